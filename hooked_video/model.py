@@ -1,0 +1,291 @@
+"""HookedVideoLLM: a TransformerLens ``TransformerBridge`` over a Video LLM, plus its processor.
+
+The bridge (``model.bridge``) gives TransformerLens' hooks, ``run_with_cache``, ``run_with_hooks``
+and ``hooks()``; this class adds video prompts (``prepare``), the token map, and one hook point
+of its own, ``hook_video_embeds``: the projected video features the language model receives,
+(batch, n_video_tokens, d_model) in (T, H, W) sequence order, fired just before the first block.
+Anything not defined here is looked up on the bridge, so ``model.cfg``, ``model.hook_dict``,
+``model.blocks`` and ``model.to_str_tokens`` work as in TransformerLens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformer_lens.hook_points import HookPoint
+
+from hooked_video.adapters import ADAPTERS
+from hooked_video.families import FAMILIES, VideoFamily
+from hooked_video.prompt import (
+    PromptTemplate,
+    VideoPrompt,
+    align_text,
+    expanded_spans,
+    letter_token_ids,
+    resolve_answer,
+)
+from hooked_video.tokens import PromptLayoutError, build_token_map
+from hooked_video.video import load_video
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The checkpoint's architecture has no hooked_video adapter."""
+
+
+def _unsupported(arch: str | None) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(
+        f"architecture {arch!r} is not supported by hooked_video; supported: {sorted(ADAPTERS)}."
+    )
+
+
+def _dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def boot_bridge(hf_model, tokenizer=None, model_name: str = "hooked_video"):
+    """Wrap a loaded HF Video LLM in a TransformerBridge with hooked_video's adapter.
+
+    Uses TransformerLens' own config translation, tokenizer setup and driver; only the adapter
+    class is chosen here (see ``hooked_video.adapters.ADAPTERS``). The model is modified in
+    place and switched to eager attention.
+    """
+    from transformer_lens.model_bridge.bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources._bridge_builder import (
+        build_bridge_config_from_hf,
+        configure_tokenizer,
+    )
+    from transformer_lens.model_bridge.sources.transformers_driver import TransformersDriver
+
+    arch = type(hf_model).__name__
+    if arch not in ADAPTERS:
+        raise _unsupported(arch)
+    hf_model.config.architectures = [arch]
+    param = next(hf_model.parameters())
+    cfg = build_bridge_config_from_hf(hf_model.config, arch, model_name, param.dtype)
+    adapter = ADAPTERS[arch](cfg)
+    adapter.cfg.device = str(param.device)
+    adapter.prepare_model(hf_model)
+    if tokenizer is not None:
+        tokenizer = configure_tokenizer(tokenizer, adapter.cfg)
+    driver = TransformersDriver(hf_model, adapter, tokenizer)
+    return TransformerBridge(hf_model, adapter, tokenizer, driver=driver)
+
+
+class HookedVideoLLM:
+    """A Video LLM as a TransformerLens model with video-aware prompts.
+
+    Build with ``from_pretrained`` (a local folder, a hub id, or a zoo name) or ``from_hf``.
+    """
+
+    def __init__(self, bridge, processor, family: VideoFamily) -> None:
+        self.bridge = bridge
+        self.processor = processor
+        self.family = family
+        self._install_video_hook()
+
+    # ----- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, device=None, dtype=None, **boot_kwargs: Any
+    ) -> "HookedVideoLLM":
+        """Load a checkpoint (local folder or hub id) with its processor, eager attention.
+
+        Extra keyword arguments go to the HF model's ``from_pretrained`` (e.g. ``device_map``).
+        """
+        import transformers
+        from transformers import AutoConfig, AutoProcessor
+
+        config = AutoConfig.from_pretrained(name_or_path)
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        if arch not in ADAPTERS:
+            raise _unsupported(arch)
+        model_cls = getattr(transformers, arch)
+        hf_model = model_cls.from_pretrained(
+            name_or_path, dtype=_dtype(dtype), attn_implementation="eager", **boot_kwargs
+        ).eval()
+        if device is not None and "device_map" not in boot_kwargs:
+            hf_model.to(device)
+        processor = AutoProcessor.from_pretrained(name_or_path)
+        return cls.from_hf(hf_model, processor, model_name=str(name_or_path))
+
+    @classmethod
+    def from_hf(cls, hf_model, processor, model_name: str = "hooked_video") -> "HookedVideoLLM":
+        """Wrap an already loaded HF model and its processor (the model is modified in place)."""
+        arch = type(hf_model).__name__
+        if arch not in FAMILIES:
+            raise _unsupported(arch)
+        bridge = boot_bridge(hf_model.eval(), processor.tokenizer, model_name)
+        bridge.processor = processor
+        return cls(bridge, processor, FAMILIES[arch](hf_model.config))
+
+    # ----- TransformerLens surface ----------------------------------------------------------
+    def __getattr__(self, name: str):
+        if name in ("bridge", "processor", "family"):
+            raise AttributeError(name)
+        return getattr(self.bridge, name)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def hf_model(self):
+        return self.bridge.original_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def _inputs(self, prompt) -> tuple[Any, dict]:
+        """(input_ids, other model kwargs) for a prompt, a list of prompts, or raw inputs."""
+        if isinstance(prompt, VideoPrompt):
+            inputs = prompt.inputs
+        elif isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], VideoPrompt):
+            inputs = batch_inputs(prompt)
+        elif isinstance(prompt, dict):
+            inputs = prompt
+        else:
+            return prompt, {}
+        device = self.device
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        ids = inputs.pop("input_ids")
+        return ids, inputs
+
+    def __call__(self, prompt, **kwargs):
+        ids, inputs = self._inputs(prompt)
+        return self.bridge(ids, **inputs, **kwargs)
+
+    forward = __call__
+
+    def run_with_cache(self, prompt, **kwargs):
+        """``bridge.run_with_cache`` on a VideoPrompt (or a list of equal-layout prompts)."""
+        ids, inputs = self._inputs(prompt)
+        return self.bridge.run_with_cache(ids, **inputs, **kwargs)
+
+    def run_with_hooks(self, prompt, fwd_hooks=(), bwd_hooks=(), **kwargs):
+        """``bridge.run_with_hooks`` on a VideoPrompt (or a list of equal-layout prompts)."""
+        ids, inputs = self._inputs(prompt)
+        return self.bridge.run_with_hooks(
+            ids, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **inputs, **kwargs
+        )
+
+    def hooks(self, *args, **kwargs) -> contextlib.AbstractContextManager:
+        return self.bridge.hooks(*args, **kwargs)
+
+    # ----- video embedding hook ---------------------------------------------------------------
+    def _install_video_hook(self) -> None:
+        """Register ``hook_video_embeds`` on the bridge and fire it on the LM's input embeddings."""
+        self.bridge.hook_video_embeds = HookPoint()  # the bridge registers and names it
+        hook_point, family, state = self.bridge.hook_video_embeds, self.family, {}
+
+        def remember_ids(module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            state["mask"] = None if ids is None else family.feature_mask(ids)
+
+        def edit_embeds(module, args, kwargs):
+            embeds, mask = kwargs.get("inputs_embeds"), state.pop("mask", None)
+            if embeds is None or mask is None or mask.shape != embeds.shape[:2] or not mask.any():
+                return None
+            counts = mask.sum(-1)
+            if not bool((counts == counts[0]).all()):
+                raise PromptLayoutError("batched prompts must have the same number of video tokens.")
+            video = embeds[mask].reshape(embeds.shape[0], int(counts[0]), embeds.shape[-1])
+            embeds = embeds.masked_scatter(mask[..., None], hook_point(video))
+            return args, {**kwargs, "inputs_embeds": embeds}
+
+        hf = self.hf_model
+        self._hook_handles = [
+            hf.register_forward_pre_hook(remember_ids, with_kwargs=True),
+            hf.model.language_model.register_forward_pre_hook(edit_embeds, with_kwargs=True),
+        ]
+
+    # ----- prompts ------------------------------------------------------------------------------
+    def prepare(
+        self,
+        frames,
+        question: str,
+        options: Sequence[str] | None = None,
+        answer: int | str | None = None,
+        template: PromptTemplate | None = None,
+        num_frames: int | None = 8,
+        processor_kwargs: dict | None = None,
+    ) -> VideoPrompt:
+        """Build a video prompt with the model's processor and chat template.
+
+        Args:
+            frames: a video path, a (T, H, W, 3) uint8 array/tensor, or a list of PIL images.
+            question: the question text.
+            options: answer options; with options the multiple-choice template is used.
+            answer: the true option, as an index or as the option's text.
+            template: a PromptTemplate (default: the paper's multiple-choice template, or
+                ``PromptTemplate.free_form()`` when there are no options).
+            num_frames: frames sampled from a file (segment midpoints); None keeps all frames
+                of an in-memory clip.
+            processor_kwargs: extra keyword arguments for the processor call.
+        """
+        options = list(options or [])
+        answer_index = resolve_answer(answer, options)
+        if template is None:
+            template = PromptTemplate() if options else PromptTemplate.free_form()
+        frames = load_video(frames, num_frames=num_frames)
+        user_text, char_spans = template.render_user_text(question, options)
+        text = self._render_chat(user_text, template) + template.answer_prefix
+        inputs = dict(self.processor(text=text, videos=[frames], return_tensors="pt", **(processor_kwargs or {})))
+        ids = inputs["input_ids"][0]
+        offsets, placeholder, run = align_text(self.tokenizer, text, ids.tolist(), self.family.video_token_id)
+        spans = expanded_spans(offsets, placeholder, run, char_spans, base=text.index(user_text))
+        layout = self.family.layout(ids, inputs)
+        self._check_context(len(ids))
+        token_map = build_token_map(
+            len(ids), layout.features, layout.grid_shape, layout.separators, spans,
+            n_input_frames=len(frames), temporal_patch_size=layout.temporal_patch_size,
+            answer=answer_index,
+        )  # fmt: skip
+        letters = letter_token_ids(self.tokenizer, text, len(options)) if options else []
+        return VideoPrompt(
+            inputs=inputs, token_map=token_map, str_tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),
+            option_token_ids=letters, answer=answer_index, question=question, options=options,
+            text=text, frames=frames,
+        )  # fmt: skip
+
+    def _render_chat(self, user_text: str, template: PromptTemplate) -> str:
+        messages = []
+        if template.system_prompt:
+            messages.append({"role": "system", "content": [{"type": "text", "text": template.system_prompt}]})
+        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user_text}]})
+        rendered = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if user_text not in rendered:
+            raise PromptLayoutError("the chat template changed the question text; spans cannot be located.")
+        return rendered
+
+    def _check_context(self, n_positions: int) -> None:
+        n_ctx = getattr(self.cfg, "n_ctx", None)
+        if n_ctx and n_positions > n_ctx:
+            raise PromptLayoutError(
+                f"the prompt has {n_positions} tokens, more than the model's context of {n_ctx}; "
+                f"use fewer frames (num_frames=...) or smaller frames, or a shorter question."
+            )
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HookedVideoLLM({type(self.hf_model).__name__}, n_layers={c.n_layers}, "
+            f"d_model={c.d_model}, n_heads={c.n_heads}, d_vocab={c.d_vocab})"
+        )
+
+
+def batch_inputs(prompts: Sequence[VideoPrompt]) -> dict:
+    """Concatenate the inputs of prompts of equal layout along the batch dimension."""
+    lengths = {p.n_positions for p in prompts}
+    if len(lengths) != 1:
+        raise PromptLayoutError(
+            f"prompts of different lengths {sorted(lengths)} cannot be batched; batch prompts of "
+            "equal layout (same template, frame count and option lengths) or run them one by one."
+        )
+    keys = prompts[0].inputs.keys()
+    return {k: torch.cat([p.inputs[k] for p in prompts]) for k in keys}

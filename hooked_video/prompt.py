@@ -1,0 +1,205 @@
+"""Video prompts: the multiple-choice template of METHOD.md section 1, built with the model's own
+processor and chat template, and aligned token by token with the text it came from.
+
+The processor expands the single video placeholder into one token per video feature. To know
+which tokens hold the question and each option, the rendered text is tokenized once more with
+character offsets and *without* expansion; that token sequence must equal the processor's with
+each run of video placeholders collapsed to one, which is checked, so every span is exact.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from hooked_video.tokens import PromptLayoutError, TextSpans, TokenMap
+
+#: System prompt of the paper's LLaVA experiments (MVBench-style).
+PAPER_SYSTEM_PROMPT = (
+    "Carefully watch the video and pay attention to the cause and sequence of events, the detail "
+    "and movement of objects, and the action and pose of persons. Based on your observations, "
+    "select the best option that accurately addresses the question."
+)
+LETTERS = string.ascii_uppercase
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How the user turn and the answer prefix are written.
+
+    The multiple-choice default gives ``Question: {q}\\nOptions:\\n(A) {c0}\\n(B) {c1}\\nOnly give
+    the best option.`` and pre-fills the assistant turn with ``Best option:(``, so the last token
+    is ``(`` and the next token is an option letter. ``free_form()`` has no options and no prefix.
+    """
+
+    question_label: str = "Question: "
+    options_header: str = "\nOptions:\n"
+    option_format: str = "({letter}) {option}"
+    option_separator: str = "\n"
+    instruction: str = "\nOnly give the best option."
+    answer_prefix: str = "Best option:("
+    system_prompt: str | None = PAPER_SYSTEM_PROMPT
+
+    @classmethod
+    def free_form(cls, system_prompt: str | None = None) -> "PromptTemplate":
+        return cls(question_label="", instruction="", answer_prefix="", system_prompt=system_prompt)
+
+    def render_user_text(self, question: str, options: list[str]) -> tuple[str, dict]:
+        """The user turn's text and the character spans [start, stop) of its parts."""
+        text = self.question_label
+        spans: dict = {"block_start": 0, "question": (len(text), len(text) + len(question))}
+        text += question
+        option_spans = []
+        if options:
+            text += self.options_header
+            for i, option in enumerate(options):
+                if i:
+                    text += self.option_separator
+                piece = self.option_format.format(letter=LETTERS[i], option=option)
+                option_spans.append((len(text), len(text) + len(piece)))
+                text += piece
+        spans["options"] = option_spans
+        spans["block_stop"] = len(text)
+        text += self.instruction
+        return text, spans
+
+
+@dataclass
+class VideoPrompt:
+    """A prepared prompt: model inputs, token map and the option letters' token ids.
+
+    Attributes:
+        inputs: keyword arguments for the model (input_ids (1, N), pixel_values_videos, ...).
+        token_map: roles, frames and spans of every position.
+        str_tokens: the N token strings.
+        option_token_ids: vocabulary id of each option's letter as the next token.
+        answer: index of the true option (or None).
+        text: the rendered prompt before placeholder expansion.
+        frames: the (T, H, W, 3) uint8 frames given to the processor.
+    """
+
+    inputs: dict
+    token_map: TokenMap
+    str_tokens: list[str]
+    option_token_ids: list[int] = field(default_factory=list)
+    answer: int | None = None
+    question: str = ""
+    options: list[str] = field(default_factory=list)
+    text: str = ""
+    frames: object = None
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.inputs["input_ids"]
+
+    @property
+    def n_positions(self) -> int:
+        return self.input_ids.shape[-1]
+
+    @property
+    def answer_token_id(self) -> int:
+        if self.answer is None:
+            raise AttributeError("this prompt has no answer: pass answer=... to prepare()")
+        return self.option_token_ids[self.answer]
+
+    def to(self, device) -> "VideoPrompt":
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
+        return replace(self, inputs=moved)
+
+    def __repr__(self) -> str:
+        return f"VideoPrompt(N={self.n_positions}, options={len(self.options)}, answer={self.answer}, {self.token_map!r})"
+
+
+def resolve_answer(answer, options: list[str]) -> int | None:
+    """An answer index, from an int index or the option's text."""
+    if answer is None:
+        return None
+    if not options:
+        raise ValueError("answer= needs options=[...]: a free-form question has no option to be true.")
+    if isinstance(answer, str):
+        if answer not in options:
+            raise ValueError(f"answer {answer!r} is not among the options {options}.")
+        return options.index(answer)
+    if not 0 <= int(answer) < len(options):
+        raise ValueError(
+            f"answer index {answer} is outside the {len(options)} options (0..{len(options) - 1})."
+        )
+    return int(answer)
+
+
+def collapse_video_runs(ids: list[int], video_token_id: int) -> tuple[list[int], list[int]]:
+    """Collapse each run of video placeholders to one; returns (ids, run lengths)."""
+    out, runs = [], []
+    for token in ids:
+        if token == video_token_id and out and out[-1] == video_token_id and runs[-1] > 0:
+            runs[-1] += 1
+            continue
+        out.append(token)
+        runs.append(1 if token == video_token_id else 0)
+    return out, [r for r in runs if r]
+
+
+def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, stop: int) -> tuple[int, int]:
+    """Minimal token span [first, last + 1) whose characters cover [start, stop)."""
+    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < stop and b > start]
+    if not hits:
+        raise PromptLayoutError(f"no token covers characters {start}..{stop} of the prompt.")
+    return hits[0], hits[-1] + 1
+
+
+def align_text(tokenizer, text: str, expanded_ids: list[int], video_token_id: int):
+    """Tokenize `text` with offsets and check it matches the processor's expanded ids.
+
+    Returns (offsets of the unexpanded tokens, index of the placeholder, its run length).
+    """
+    collapsed, runs = collapse_video_runs(expanded_ids, video_token_id)
+    for add_special in (True, False):
+        encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special)
+        if encoded["input_ids"] == collapsed:
+            break
+    else:
+        raise PromptLayoutError(
+            "the processor's token ids do not match a plain tokenization of the prompt text, so "
+            "question and option spans cannot be located; is the tokenizer a fast tokenizer?"
+        )
+    placeholder = collapsed.index(video_token_id)
+    return [tuple(o) for o in encoded["offset_mapping"]], placeholder, runs[0]
+
+
+def expanded_spans(offsets, placeholder: int, run: int, char_spans: dict, base: int) -> TextSpans:
+    """Token spans of the question block, question and options, in expanded positions."""
+
+    def tokens(a: int, b: int) -> tuple[int, int]:
+        first, stop = char_span_to_tokens(offsets, base + a, base + b)
+        shift = run - 1
+        return (first + shift if first > placeholder else first, stop + shift if stop > placeholder else stop)
+
+    question = tokens(*char_spans["question"]) if char_spans["question"][1] > char_spans["question"][0] else None
+    options = tuple(tokens(a, b) for a, b in char_spans["options"])
+    block = tokens(char_spans["block_start"], char_spans["block_stop"]) if options else question
+    return TextSpans(question_block=block, question_text=question, options=options)
+
+
+def letter_token_ids(tokenizer, text: str, n_options: int) -> list[int]:
+    """The exact id of each option letter as the token that follows `text`.
+
+    Tokenizes ``text + letter`` and requires it to extend ``text``'s tokens by one token; where
+    a tokenizer merges the letter with the preceding characters, falls back to the bare
+    vocabulary piece of the letter, and fails if there is none.
+    """
+    base = tokenizer(text, add_special_tokens=False)["input_ids"]
+    vocab = tokenizer.get_vocab()
+    ids = []
+    for letter in LETTERS[:n_options]:
+        extended = tokenizer(text + letter, add_special_tokens=False)["input_ids"]
+        if extended[: len(base)] == base and len(extended) == len(base) + 1:
+            ids.append(extended[-1])
+        elif letter in vocab:
+            ids.append(vocab[letter])
+        else:
+            raise PromptLayoutError(
+                f"cannot find one token for option letter {letter!r} after the answer prefix."
+            )
+    return ids

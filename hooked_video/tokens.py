@@ -1,0 +1,203 @@
+"""TokenMap: what every position of a video prompt is (METHOD.md section 2).
+
+A TokenMap knows, for one prompt of N positions, the role of each position, the temporal slot
+("frame") and (t, h, w) grid cell of every video token, and the spans of the question, its
+options, the true and false options and the last position. Positions are LongTensors, so they
+index activations directly: ``cache["blocks.3.hook_resid_post"][0, tm.frame(2)]``.
+
+Qwen-VL models merge ``temporal_patch_size`` input frames into one temporal slot. ``n_frames``
+and ``frame(i)`` count temporal slots (what the token grid has); ``n_input_frames`` counts the
+frames given to the processor, and ``input_frames(i)`` says which of them slot i covers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Int
+
+Positions = Int[torch.Tensor, "n"]
+
+#: Roles, in the order they usually appear. "system" and "text" are the untyped groups of
+#: METHOD.md section 2 (never blocked); "video_separator" tokens (newline features, vision
+#: start/end markers) sit in or around the video but belong to no frame.
+ROLES = ("system", "video", "video_separator", "question", "option", "text", "last")
+
+
+class PromptLayoutError(ValueError):
+    """The prompt's video placeholders or text spans do not match what the model expects."""
+
+
+@dataclass(frozen=True)
+class TextSpans:
+    """Token spans [start, stop) of the question block in a prompt (expanded positions)."""
+
+    question_block: tuple[int, int] | None  # "Question:" through the end of the last option
+    question_text: tuple[int, int] | None  # the raw question only
+    options: tuple[tuple[int, int], ...] = ()  # each "(X) text"
+
+
+@dataclass
+class TokenMap:
+    """Roles, frames and grid cells of every position of one video prompt.
+
+    Attributes:
+        role: per-position role name (see ROLES), length N.
+        grid: (T, H, W) positions of the video tokens, T = temporal slots, row-major per slot.
+        n_input_frames: frames the processor received (T * temporal_patch_size).
+        temporal_patch_size: input frames merged into one temporal slot (1 for LLaVA models).
+        spans: token spans of the question block, question text and options.
+        answer: index of the true option, or None.
+    """
+
+    role: list[str]
+    grid: Int[torch.Tensor, "T H W"]
+    n_input_frames: int
+    temporal_patch_size: int = 1
+    spans: TextSpans = field(default_factory=lambda: TextSpans(None, None))
+    answer: int | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.role)
+        self.frame_of = torch.full((n,), -1, dtype=torch.long)
+        self.cell = torch.full((n, 3), -1, dtype=torch.long)
+        t, h, w = self.grid.shape
+        flat = self.grid.reshape(-1)
+        self.frame_of[flat] = torch.arange(t).repeat_interleave(h * w)
+        self.cell[flat] = torch.stack(
+            torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"), -1
+        ).reshape(-1, 3)
+
+    # ----- sizes -------------------------------------------------------------------------
+    @property
+    def n_positions(self) -> int:
+        return len(self.role)
+
+    @property
+    def n_frames(self) -> int:
+        """Temporal slots of the token grid (what ``frame(i)`` indexes)."""
+        return self.grid.shape[0]
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        return tuple(self.grid.shape)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid.shape[1] * self.grid.shape[2]
+
+    # ----- groups ------------------------------------------------------------------------
+    def positions(self, role: str) -> Positions:
+        """All positions with the given role, ascending."""
+        if role not in ROLES:
+            raise KeyError(f"unknown role {role!r}; roles are {ROLES}")
+        return torch.tensor([i for i, r in enumerate(self.role) if r == role], dtype=torch.long)
+
+    @property
+    def video(self) -> Positions:
+        """All video tokens (separators excluded), in sequence order."""
+        return self.grid.reshape(-1).sort().values
+
+    @property
+    def video_separators(self) -> Positions:
+        return self.positions("video_separator")
+
+    def frame(self, i: int) -> Positions:
+        """Positions of temporal slot i, row-major (h, w) order."""
+        if not -self.n_frames <= i < self.n_frames:
+            raise IndexError(f"frame {i} out of range: the prompt has {self.n_frames} frames")
+        return self.grid[i].reshape(-1)
+
+    def input_frames(self, i: int) -> list[int]:
+        """Indices of the input frames that temporal slot i was built from."""
+        p = self.temporal_patch_size
+        return list(range(i * p, (i + 1) * p))
+
+    def _span(self, span: tuple[int, int] | None, what: str) -> Positions:
+        if span is None:
+            raise AttributeError(f"this prompt has no {what} span (was it built with options?)")
+        return torch.arange(*span)
+
+    @property
+    def question(self) -> Positions:
+        """From ``Question:`` through the end of the last option (the question with options)."""
+        return self._span(self.spans.question_block, "question")
+
+    @property
+    def question_without_options(self) -> Positions:
+        return self._span(self.spans.question_text, "question text")
+
+    @property
+    def options(self) -> list[Positions]:
+        return [torch.arange(*s) for s in self.spans.options]
+
+    @property
+    def true_option(self) -> Positions:
+        if self.answer is None:
+            raise AttributeError("this prompt has no answer: pass answer=... to prepare()")
+        return self.options[self.answer]
+
+    @property
+    def false_options(self) -> Positions:
+        if self.answer is None:
+            raise AttributeError("this prompt has no answer: pass answer=... to prepare()")
+        rest = [o for i, o in enumerate(self.options) if i != self.answer]
+        return torch.cat(rest) if rest else torch.empty(0, dtype=torch.long)
+
+    @property
+    def last(self) -> Positions:
+        return torch.tensor([self.n_positions - 1])
+
+    def __repr__(self) -> str:
+        counts = {r: self.role.count(r) for r in ROLES if self.role.count(r)}
+        t, h, w = self.grid_shape
+        return (
+            f"TokenMap(N={self.n_positions}, grid=(T={t}, H={h}, W={w}), "
+            f"input_frames={self.n_input_frames}, roles={counts})"
+        )
+
+
+def build_token_map(
+    n_positions: int,
+    video_slots: Positions,
+    grid_shape: tuple[int, int, int],
+    separators: Positions,
+    spans: TextSpans,
+    n_input_frames: int,
+    temporal_patch_size: int = 1,
+    answer: int | None = None,
+) -> TokenMap:
+    """Assemble a TokenMap from already located positions.
+
+    Args:
+        n_positions: sequence length N.
+        video_slots: positions carrying video features, in sequence order, T*H*W of them.
+        grid_shape: (T, H, W) of the video token grid, row-major within each slot.
+        separators: positions of video separator tokens (newline features, start/end markers).
+        spans: question / option token spans (expanded positions).
+    """
+    t, h, w = grid_shape
+    if len(video_slots) != t * h * w:
+        raise PromptLayoutError(
+            f"the prompt has {len(video_slots)} video feature positions but the video gives "
+            f"{t}x{h}x{w} = {t * h * w} tokens; build prompts with model.prepare(), which lets "
+            f"the processor expand the video placeholder."
+        )
+    role = ["text"] * n_positions
+    first_video = int(video_slots.min()) if len(video_slots) else n_positions
+    for i in range(min(first_video, n_positions)):
+        role[i] = "system"
+    for i in video_slots.tolist():
+        role[i] = "video"
+    for i in separators.tolist():
+        role[i] = "video_separator"
+    if spans.question_text is not None:
+        for i in range(*spans.question_text):
+            role[i] = "question"
+    for start, stop in spans.options:
+        for i in range(start, stop):
+            role[i] = "option"
+    role[n_positions - 1] = "last"
+    grid = video_slots.reshape(t, h, w).clone()
+    return TokenMap(role, grid, n_input_frames, temporal_patch_size, spans, answer)

@@ -1,0 +1,173 @@
+"""Video input: read a clip and sample frames at segment midpoints (METHOD.md section 8).
+
+`load_video` accepts a path (decord, with PyAV as fallback), a (T, H, W, 3) uint8 array or
+tensor, or a list of PIL images, and always returns a (num_frames, H, W, 3) uint8 numpy array.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from jaxtyping import UInt8
+
+VideoSource = Union[str, os.PathLike, np.ndarray, torch.Tensor, Sequence["PIL.Image.Image"]]  # noqa: F821
+Frames = UInt8[np.ndarray, "frames height width 3"]
+
+
+class VideoError(ValueError):
+    """A video could not be used: missing, undecodable, too short, or badly shaped."""
+
+
+def segment_midpoints(
+    n_total: int,
+    num_frames: int,
+    fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> np.ndarray:
+    """Indices of the midpoints of `num_frames` equal segments of a clip of `n_total` frames.
+
+    The window is [start, end] in seconds (needs `fps`), else the whole clip. With
+    first = round(start * fps) (>= 0) and last = round(end * fps) (<= n_total - 1),
+    seg = (last - first) / num_frames and index_i = int(first + seg / 2 + round(seg * i)),
+    the rule of the TVBench evaluation code.
+    """
+    if num_frames < 1:
+        raise VideoError(f"num_frames must be at least 1, got {num_frames}.")
+    if n_total < 1:
+        raise VideoError("the video has no frames.")
+    if (start is not None or end is not None) and not fps:
+        raise VideoError("start/end are in seconds and need the clip's frame rate (fps).")
+    first = 0 if start is None else max(0, round(start * fps))
+    last = n_total - 1 if end is None else min(round(end * fps), n_total - 1)
+    available = last - first + 1
+    if available < num_frames:
+        window = "" if start is None and end is None else f" between {start}s and {end}s"
+        raise VideoError(
+            f"the video has {max(available, 0)} frames{window}, fewer than the {num_frames} "
+            f"asked for; ask for fewer frames (num_frames=...) or widen the window."
+        )
+    seg = (last - first) / num_frames
+    return np.array([int(first + seg / 2 + np.round(seg * i)) for i in range(num_frames)])
+
+
+def _read_decord(path: str, num_frames: int, start, end) -> Frames:
+    import decord
+
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    indices = segment_midpoints(len(reader), num_frames, float(reader.get_avg_fps()), start, end)
+    return reader.get_batch(indices.tolist()).asnumpy()
+
+
+def _read_pyav(path: str, num_frames: int, start, end) -> Frames:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        fps = float(stream.average_rate) if stream.average_rate else None
+    if not frames:
+        raise VideoError(f"no video frames could be decoded from {path}.")
+    indices = segment_midpoints(len(frames), num_frames, fps, start, end)
+    return np.stack([frames[i] for i in indices])
+
+
+def _decoders(backend: str):
+    if backend == "decord":
+        return [_read_decord]
+    if backend == "pyav":
+        return [_read_pyav]
+    if backend != "auto":
+        raise ValueError(f"backend must be 'auto', 'decord' or 'pyav', got {backend!r}.")
+    try:
+        import decord  # noqa: F401
+
+        return [_read_decord, _read_pyav]
+    except ImportError:
+        return [_read_pyav]
+
+
+def _read_file(path: Path, num_frames: int, start, end, backend: str) -> Frames:
+    if not path.is_file():
+        raise VideoError(f"video file not found: {path}")
+    errors = []
+    for read in _decoders(backend):
+        try:
+            return read(str(path), num_frames, start, end)
+        except VideoError:
+            raise
+        except Exception as exc:  # decoders raise their own, unrelated error types
+            errors.append(f"{read.__name__[6:]}: {type(exc).__name__}: {exc}")
+    raise VideoError(f"could not decode video {path} ({'; '.join(errors)}); is it a video file?")
+
+
+def _as_array(source) -> Frames:
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu().numpy()
+    if isinstance(source, np.ndarray):
+        array = source
+    else:
+        try:
+            array = np.stack([np.asarray(image.convert("RGB")) for image in source])
+        except (AttributeError, TypeError) as exc:
+            raise VideoError(
+                f"cannot read frames from {type(source).__name__}: give a path, a (T, H, W, 3) "
+                "uint8 array or tensor, or a list of PIL images."
+            ) from exc
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise VideoError(f"frames must have shape (T, H, W, 3), got {tuple(array.shape)}.")
+    if array.dtype != np.uint8:
+        raise VideoError(f"frames must be uint8 in 0..255, got dtype {array.dtype}.")
+    return array
+
+
+def load_video(
+    source: VideoSource,
+    num_frames: int | None = 8,
+    start: float | None = None,
+    end: float | None = None,
+    fps: float | None = None,
+    backend: str = "auto",
+) -> Frames:
+    """Read a video and sample `num_frames` frames at the midpoints of equal segments.
+
+    Args:
+        source: a video file path, a (T, H, W, 3) uint8 array/tensor, or a list of PIL images.
+        num_frames: frames to return; None keeps every frame of an in-memory clip.
+        start, end: optional window in seconds (for arrays, give `fps`).
+        fps: frame rate of an in-memory clip (files carry their own).
+        backend: "auto" (decord, then PyAV), "decord" or "pyav".
+
+    Returns:
+        (num_frames, H, W, 3) uint8 array.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        if num_frames is None:
+            raise VideoError("num_frames=None is only for in-memory frames; give a number.")
+        return _read_file(Path(source), num_frames, start, end, backend)
+    frames = _as_array(source)
+    if num_frames is None or (len(frames) == num_frames and start is None and end is None):
+        return frames
+    return frames[segment_midpoints(len(frames), num_frames, fps, start, end)]
+
+
+def save_video(frames: Frames, path: str | os.PathLike, fps: int = 8, codec: str = "libx264") -> Path:
+    """Write (T, H, W, 3) uint8 frames as an H.264 mp4 (PyAV). H and W must be even."""
+    import av
+
+    frames = _as_array(frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "10"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
