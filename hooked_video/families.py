@@ -45,6 +45,7 @@ class VideoFamily:
 
     name = "base"
     trailing_separators = 0  # placeholders at the end of each run that carry no frame
+    takes_video_metadata = False  # whether the processor accepts video_metadata (fps)
 
     def __init__(self, config) -> None:
         self.config = config
@@ -132,6 +133,7 @@ class QwenVLFamily(VideoFamily):
     """``video_grid_thw`` patches merged ``spatial_merge_size``^2; vision start/end markers."""
 
     name = "qwen_vl"
+    takes_video_metadata = True
 
     def grid_shape(self, inputs):
         grid = inputs.get("video_grid_thw")

@@ -151,6 +151,7 @@ class HookedVideoLLM:
             inputs = prompt
         else:
             return prompt, {}
+        self._validate(inputs)
         device = self.device
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         ids = inputs.pop("input_ids")
@@ -213,6 +214,7 @@ class HookedVideoLLM:
         answer: int | str | None = None,
         template: PromptTemplate | None = None,
         num_frames: int | None = 8,
+        fps: float | None = None,
         processor_kwargs: dict | None = None,
     ) -> VideoPrompt:
         """Build a video prompt with the model's processor and chat template.
@@ -226,6 +228,8 @@ class HookedVideoLLM:
                 ``PromptTemplate.free_form()`` when there are no options).
             num_frames: frames sampled from a file (segment midpoints); None keeps all frames
                 of an in-memory clip.
+            fps: frame rate of the frames given to the processor; Qwen2.5-VL scales temporal
+                positions by it (without it the processor assumes 24 fps).
             processor_kwargs: extra keyword arguments for the processor call.
         """
         options = list(options or [])
@@ -235,7 +239,10 @@ class HookedVideoLLM:
         frames = load_video(frames, num_frames=num_frames)
         user_text, char_spans = template.render_user_text(question, options)
         text = self._render_chat(user_text, template) + template.answer_prefix
-        inputs = dict(self.processor(text=text, videos=[frames], return_tensors="pt", **(processor_kwargs or {})))
+        kwargs = dict(processor_kwargs or {})
+        if fps is not None and self.family.takes_video_metadata:
+            kwargs.setdefault("video_metadata", [{"fps": fps, "total_num_frames": len(frames)}])
+        inputs = dict(self.processor(text=text, videos=[frames], return_tensors="pt", **kwargs))
         ids = inputs["input_ids"][0]
         offsets, placeholder, run = align_text(self.tokenizer, text, ids.tolist(), self.family.video_token_id)
         spans = expanded_spans(offsets, placeholder, run, char_spans, base=text.index(user_text))
@@ -262,6 +269,20 @@ class HookedVideoLLM:
         if user_text not in rendered:
             raise PromptLayoutError("the chat template changed the question text; spans cannot be located.")
         return rendered
+
+    def _validate(self, inputs: dict) -> None:
+        """Check placeholders against the video features and the length against the context,
+        so a bad prompt fails here with a clear message instead of deep inside the model."""
+        ids = inputs["input_ids"]
+        self._check_context(ids.shape[-1])
+        if "pixel_values_videos" not in inputs:
+            return
+        rows = ids.reshape(-1, ids.shape[-1])
+        for i, row in enumerate(rows):
+            row_inputs = inputs
+            if len(rows) > 1:  # one video per row: take that row's video metadata
+                row_inputs = {k: v[i : i + 1] for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+            self.family.layout(row, row_inputs)
 
     def _check_context(self, n_positions: int) -> None:
         n_ctx = getattr(self.cfg, "n_ctx", None)

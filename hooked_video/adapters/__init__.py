@@ -29,8 +29,11 @@ def register_with_transformer_lens() -> None:
     from transformer_lens.factories import architecture_adapter_factory as factory
     from transformer_lens.utilities.architectures import MULTIMODAL_ARCHITECTURES
 
+    registry = factory.ArchitectureAdapterFactory
+    registry.discover_entry_points()  # loads ours from the entry points when installed
     for name in NEW_ARCHITECTURES:
-        factory.ArchitectureAdapterFactory.register_adapter(name, ADAPTERS[name])
+        if registry._adapters.get(name) is not ADAPTERS[name]:
+            registry.register_adapter(name, ADAPTERS[name])
         factory.SUPPORTED_ARCHITECTURES.setdefault(name, ADAPTERS[name])
         MULTIMODAL_ARCHITECTURES.add(name)
 

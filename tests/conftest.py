@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny real models of every architecture, saved and loaded like a user's."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: never wait on a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from hooked_video import HookedVideoLLM
+from hooked_video.zoo.tiny import BUILDERS, build_tiny
+
+ARCHS = sorted(BUILDERS)
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tmp_path_factory):
+    """arch -> folder holding a saved tiny model and processor."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: build_tiny(arch, root / arch) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def frames():
+    """Four distinct 32x32 frames (uint8)."""
+    return np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def arch(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def hooked(arch, tiny_paths):
+    torch.manual_seed(0)
+    return HookedVideoLLM.from_pretrained(tiny_paths[arch])
+
+
+@pytest.fixture(scope="session")
+def prompt(hooked, frames):
+    return hooked.prepare(frames, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)

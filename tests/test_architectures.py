@@ -1,0 +1,157 @@
+"""End to end on each architecture: fidelity to HF, video hooks, token map, frame layout."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from hooked_video.families import FAMILIES
+
+
+def hf_reference(path, hooked):
+    """The same checkpoint loaded as a plain HF model with eager attention."""
+    cls = getattr(transformers, type(hooked.hf_model).__name__)
+    return cls.from_pretrained(path, attn_implementation="eager").eval()
+
+
+def test_logits_equal_hf_eager(arch, hooked, prompt, tiny_paths):
+    with torch.no_grad():
+        expected = hf_reference(tiny_paths[arch], hooked)(**prompt.inputs).logits
+        logits = hooked(prompt)
+    assert logits.shape == expected.shape
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+
+def test_video_hooks_fire_with_documented_shapes(hooked, prompt):
+    tm, cfg = prompt.token_map, hooked.cfg
+    n, v = prompt.n_positions, len(tm.video)
+    logits, cache = hooked.run_with_cache(prompt)
+    assert cache["hook_video_embeds"].shape == (1, v, cfg.d_model)
+    assert cache["blocks.0.hook_resid_pre"].shape == (1, n, cfg.d_model)
+    # the hook carries exactly what the first block receives at the video positions, in order
+    torch.testing.assert_close(cache["hook_video_embeds"][0], cache["blocks.0.hook_resid_pre"][0, tm.video])
+    scores = cache["blocks.1.attn.hook_attn_scores"]
+    assert scores.shape == (1, cfg.n_heads, n, n)
+    # pre-softmax scores (editable knockout target), causal mask applied
+    torch.testing.assert_close(scores.float().softmax(-1), cache["blocks.1.attn.hook_pattern"].float())
+    assert bool((scores[0, :, 0, 1:] < -1e30).all())
+    assert "vision_projector.hook_out" in cache.keys()
+    assert cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"][0, tm.frame(1)].shape == (tm.tokens_per_frame, cfg.d_model)
+
+
+def test_editing_one_frame_changes_output_and_identity_does_not(hooked, prompt):
+    tm = prompt.token_map
+    base = hooked(prompt)
+    same = hooked.run_with_hooks(prompt, fwd_hooks=[("hook_video_embeds", lambda x, hook: x)])
+    assert torch.equal(same, base)
+    rel = torch.arange(tm.tokens_per_frame) + tm.tokens_per_frame  # frame 1, relative to the hook
+
+    def scramble_frame_1(x, hook):
+        x = x.clone()
+        x[:, rel] = torch.randn_like(x[:, rel]) * 10
+        return x
+
+    edited = hooked.run_with_hooks(prompt, fwd_hooks=[("hook_video_embeds", scramble_frame_1)])
+    first_edit = int(tm.frame(1).min())
+    assert not torch.allclose(edited[0, -1], base[0, -1])
+    # causality: nothing before the edited frame moves
+    torch.testing.assert_close(edited[0, :first_edit], base[0, :first_edit], atol=1e-5, rtol=0)
+
+
+def test_token_map_video_positions_are_the_placeholders(hooked, prompt):
+    tm, ids = prompt.token_map, prompt.input_ids[0]
+    placeholders = (ids == hooked.family.video_token_id).nonzero().flatten()
+    separators_in_run = tm.video_separators[torch.isin(tm.video_separators, placeholders)]
+    assert torch.equal(torch.cat([tm.video, separators_in_run]).sort().values, placeholders)
+    assert all(tm.role[i] == "video" for i in tm.video.tolist())
+    assert (tm.frame_of[tm.video_separators] == -1).all()
+    assert tm.video_separators.numel() == {"LlavaNextVideoFamily": 0, "LlavaOnevisionFamily": 1}.get(
+        type(hooked.family).__name__, 2
+    )
+
+
+def model_grid(hf_model, prompt):
+    """The (T, H, W) video token grid computed from the model config, independently."""
+    config, inputs = hf_model.config, prompt.inputs
+    vision = config.vision_config
+    if "video_grid_thw" in inputs:
+        t, h, w = inputs["video_grid_thw"][0].tolist()
+        m = vision.spatial_merge_size
+        return t, h // m, w // m
+    side = vision.image_size // vision.patch_size
+    pooled = side // config.spatial_pool_stride if hasattr(config, "spatial_pool_stride") else -(-side // 2)
+    return inputs["pixel_values_videos"].shape[1], pooled, pooled
+
+
+def test_grid_matches_model_layout(hooked, prompt):
+    tm = prompt.token_map
+    assert tm.grid_shape == model_grid(hooked.hf_model, prompt)
+    assert torch.equal(tm.grid.reshape(-1), tm.video)  # row-major within each frame
+    t, h, w = tm.grid_shape
+    for i in range(t):
+        assert torch.equal(tm.cell[tm.frame(i)][:, 0], torch.full((h * w,), i))
+    assert tm.n_input_frames == 4 and tm.n_frames * tm.temporal_patch_size == 4
+
+
+def test_each_frame_slice_holds_that_frame(hooked, prompt, frames):
+    """The features at tm.frame(i) are those of the input frames of slot i encoded alone."""
+    tm = prompt.token_map
+    full = hooked.run_with_cache(prompt, names_filter="hook_video_embeds")[1]["hook_video_embeds"][0]
+    for i in range(tm.n_frames):
+        sub_frames = frames[tm.input_frames(i)]
+        sub = hooked.prepare(sub_frames, "which way ?", ["left", "right"], num_frames=None)
+        alone = hooked.run_with_cache(sub, names_filter="hook_video_embeds")[1]["hook_video_embeds"][0]
+        rel = slice(i * tm.tokens_per_frame, (i + 1) * tm.tokens_per_frame)
+        torch.testing.assert_close(full[rel], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_text_spans(prompt):
+    tm, toks = prompt.token_map, prompt.str_tokens
+    assert [toks[i] for i in tm.question_without_options] == "which way does the ball move ?".split()
+    assert [toks[i] for i in tm.true_option] == ["(", "B", ")", "right"]
+    assert [toks[i] for i in tm.false_options] == ["(", "A", ")", "left"]
+    assert toks[int(tm.question[0])] == "Question" and int(tm.question[-1]) == int(tm.true_option[-1])
+    assert toks[-1] == "(" and tm.last.tolist() == [prompt.n_positions - 1]
+    # the letter ids are the ids the letters have inside the options
+    assert prompt.option_token_ids == [int(prompt.input_ids[0, tm.options[i][1]]) for i in range(2)]
+    assert prompt.answer_token_id == prompt.option_token_ids[1]
+
+
+def test_batch_of_equal_layout_prompts(hooked, prompt, frames):
+    other = hooked.prepare(frames[::-1].copy(), "which way does the ball move ?", ["left", "right"], answer=0, num_frames=None)
+    batched = hooked([prompt, other])
+    torch.testing.assert_close(batched[0], hooked(prompt)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched[1], hooked(other)[0], atol=1e-5, rtol=0)
+
+
+def test_family_registry_covers_the_four_architectures():
+    assert set(FAMILIES) == {
+        "LlavaNextVideoForConditionalGeneration", "LlavaOnevisionForConditionalGeneration",
+        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+    }  # fmt: skip
+
+
+def test_mrope_positions_follow_the_token_grid(hooked, frames):
+    """Qwen-VL: the 3-D rotary positions the LM receives put video token (t, h, w) at
+    (t0 + t * step, h0 + h, w0 + w): the model's own layout agrees with the token map."""
+    if "Qwen" not in type(hooked.hf_model).__name__:
+        pytest.skip("M-RoPE is Qwen-VL only")
+    eight = np.concatenate([frames, frames[::-1]])
+    prompt = hooked.prepare(eight, "which way ?", ["left", "right"], num_frames=None, fps=2.0)
+    seen = {}
+    lm = hooked.hf_model.model.language_model
+    handle = lm.register_forward_pre_hook(lambda m, a, k: seen.update(pos=k["position_ids"]), with_kwargs=True)
+    try:
+        hooked(prompt)
+    finally:
+        handle.remove()
+    tm = prompt.token_map
+    pos = seen["pos"][-3:, 0]  # (t, h, w) components
+    t, h, w = tm.grid_shape
+    origin = pos[:, tm.grid[0, 0, 0]]
+    cells = pos[:, tm.grid.reshape(-1)] - origin[:, None]
+    expected = tm.cell[tm.grid.reshape(-1)].T
+    assert torch.equal(cells[1:], expected[1:])  # h and w exactly
+    step = cells[0].reshape(t, h * w)
+    assert (step == step[:, :1]).all() and (step[1:, 0] > step[:-1, 0]).all()  # one t per slot, rising
+    assert int(pos[0, tm.last]) > int(pos[:, tm.video].max())  # text resumes after the video
