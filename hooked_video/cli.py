@@ -4,14 +4,20 @@
     hooked-video info MODEL                 architecture, sizes and hook points of a model
     hooked-video tokens MODEL VIDEO -q Q -o A -o B [--answer 1]
                                             the token map of a prompt: roles, frames, spans
+    hooked-video flow --model M --data D --target T [--target T2] --out DIR
+                                            attention-knockout sweep (rows.jsonl, summary.json)
+    hooked-video lens --model M --data D --variant V --out DIR [--keywords K.json]
+                                            logit lens, keyword frequencies, answer probability
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections import Counter
+from pathlib import Path
 
 
 def _build_tiny(args) -> None:
@@ -51,6 +57,96 @@ def _tokens(args) -> None:
         print(f"{i:6d}  {role:15s}{where:9s} {token!r}")
 
 
+def _dataset(args):
+    from hooked_video.data import MCQADataset
+
+    data = MCQADataset(args.data, skip_invalid=args.skip_invalid)
+    return data.samples[: args.samples] if args.samples else data.samples
+
+
+def _flow(args) -> None:
+    from hooked_video import flow
+
+    samples, model = _dataset(args), _load(args)  # data errors first, before the slow load
+    df = flow.sweep(model, samples, targets=args.target or list(flow.TARGETS), window=args.window,
+                    select=args.select, out=args.out, resume=not args.fresh, batch_size=args.batch_size,
+                    num_frames=args.frames)  # fmt: skip
+    baseline = df.attrs["baseline"]
+    summary = {
+        "n_samples": len(baseline),
+        "baseline_accuracy": sum(b["correct"] for b in baseline) / max(len(baseline), 1),
+        "knocked_out_samples": int(df.sample_id.nunique()),
+        "rel_change": flow.summarize(df).to_dict("records") if len(df) else [],
+        "accuracy_under_knockout": flow.accuracy_under_knockout(df).to_dict("records") if len(df) else [],
+    }
+    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"{len(baseline)} samples, baseline accuracy {summary['baseline_accuracy']:.3f}, "
+          f"{summary['knocked_out_samples']} knocked out ({args.select})")  # fmt: skip
+    if len(df):
+        table = df.groupby(["target", "condition"]).rel_change.agg(["mean", "min"]).round(2)
+        print(table.to_string())
+    print(f"rows: {Path(args.out, 'rows.jsonl')}  summary: {Path(args.out, 'summary.json')}")
+
+
+def _lens(args) -> None:
+    from hooked_video import lens
+    from hooked_video.results import JsonlRows, check_config
+
+    samples, model = _dataset(args), _load(args)  # data errors first, before the slow load
+    check_config(args.out, {"variant": args.variant, "top_k": args.top_k, "frames": args.frames,
+                            "data": str(args.data), "model": str(args.model)}, resume=not args.fresh)  # fmt: skip
+    rows = JsonlRows(Path(args.out, "lens.jsonl"))
+    probs = JsonlRows(Path(args.out, "answer_probability.jsonl"))
+    done = {r["sample_id"] for r in probs.rows}
+    from tqdm.auto import tqdm
+
+    for sample in tqdm(samples, desc="logit lens"):
+        if sample.id in done:
+            continue
+        prompt = sample.prepare(model, num_frames=args.frames)
+        result = lens.logit_lens(model, prompt, variant=args.variant, top_k=args.top_k)
+        rows.append({"sample_id": sample.id, "task": sample.task, "layer": layer, "positions": result.positions.tolist(),
+                     "top1": result.tokens(layer), "top1_prob": result.top_probs[layer, :, 0].tolist()}
+                    for layer in range(result.n_layers))  # fmt: skip
+        tables = [lens.answer_probability_by_layer(model, prompt, final_norm=n) for n in (True, False)]
+        probs.append({"sample_id": sample.id, "task": sample.task, **r} for t in tables for r in t.to_dict("records"))
+    import pandas as pd
+
+    answer = pd.DataFrame(probs.rows)
+    summary = {"answer_probability": answer.groupby(["final_norm", "layer", "is_true"]).prob.mean().reset_index().to_dict("records")}
+    if args.keywords:
+        counts = [Counter() for _ in range(model.cfg.n_layers)]
+        for r in rows.rows:
+            counts[r["layer"]].update(r["top1"])
+        keywords = json.loads(Path(args.keywords).read_text())
+        tables = lens.keyword_table(counts, keywords, model.tokenizer, min_count=args.min_count,
+                                    overlapping_bins=args.overlapping_bins)  # fmt: skip
+        tables = tables if isinstance(tables, dict) else {"keywords": tables}
+        summary["keywords"] = {g: {"raw": t.raw.to_dict("index"), "average": t.average.to_dict(), "dropped": t.dropped}
+                               for g, t in tables.items()}  # fmt: skip
+        for group, table in tables.items():
+            print(f"{group}: normalised keyword frequency per layer bin\n{table.average.round(3).to_string()}")
+    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    last = answer[(answer.final_norm) & (answer.layer == answer.layer.max())]
+    print(f"{answer.sample_id.nunique()} samples; final-layer P(true letter) {last[last.is_true].prob.mean():.3f}")
+    print(f"results: {args.out}")
+
+
+def _analysis_parser(sub, name: str, run, text: str):
+    p = sub.add_parser(name, help=text)
+    p.add_argument("--model", required=True, help="local folder or hub id")
+    p.add_argument("--data", required=True, help="JSON file of {video, question, options, answer} entries")
+    p.add_argument("--out", required=True, help="results folder (a rerun resumes)")
+    p.add_argument("--samples", type=int, default=None, help="use only the first N samples")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    p.add_argument("--skip-invalid", action="store_true", help="skip malformed entries instead of failing")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.set_defaults(run=run)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hooked-video", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,11 +173,23 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--frames", type=int, default=8)
         p.set_defaults(run=run)
 
+    p = _analysis_parser(sub, "flow", _flow, "attention-knockout sweep over the paper's targets")
+    p.add_argument("--target", action="append", help="a target name (repeat); default: all four")
+    p.add_argument("--window", type=int, default=9)
+    p.add_argument("--select", choices=["correct", "wrong", "all"], default="correct")
+    p.add_argument("--batch-size", type=int, default=8)
+    p = _analysis_parser(sub, "lens", _lens, "logit lens over video tokens and answer probability by layer")
+    p.add_argument("--variant", choices=["unembed", "unembed-raw", "embed"], required=True)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--keywords", default=None, help='JSON: a word list or {"spatial": [...], "temporal": [...]}')
+    p.add_argument("--min-count", type=int, default=100)
+    p.add_argument("--overlapping-bins", action="store_true", help="the released code's off-by-one bins")
+
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         args.run(args)
-    except (ValueError, OSError) as exc:  # our errors say what to do; no traceback for users
+    except (ValueError, OSError, KeyError) as exc:  # our errors say what to do; no traceback for users
         print(f"hooked-video: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -18,6 +18,7 @@ import torch
 from transformer_lens.hook_points import HookPoint
 
 from hooked_video.adapters import ADAPTERS
+from hooked_video.embedded import EmbeddedPrompt
 from hooked_video.families import FAMILIES, VideoFamily
 from hooked_video.prompt import (
     PromptTemplate,
@@ -29,6 +30,10 @@ from hooked_video.prompt import (
 )
 from hooked_video.tokens import PromptLayoutError, build_token_map
 from hooked_video.video import load_video
+
+
+class _StopBeforeLanguageModel(Exception):
+    """Raised inside ``embed`` once the language model's inputs are known."""
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -143,6 +148,9 @@ class HookedVideoLLM:
 
     def _inputs(self, prompt) -> tuple[Any, dict]:
         """(input_ids, other model kwargs) for a prompt, a list of prompts, or raw inputs."""
+        if isinstance(prompt, EmbeddedPrompt):
+            self._video_state["pending"] = prompt.feature_mask.to(self.device)
+            return prompt.inputs_embeds.to(self.device), prompt.lm_kwargs(self.device)
         if isinstance(prompt, VideoPrompt):
             inputs = prompt.inputs
         elif isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], VideoPrompt):
@@ -178,6 +186,33 @@ class HookedVideoLLM:
     def hooks(self, *args, **kwargs) -> contextlib.AbstractContextManager:
         return self.bridge.hooks(*args, **kwargs)
 
+    @torch.no_grad()
+    def embed(self, prompt: VideoPrompt) -> EmbeddedPrompt:
+        """Run the vision pathway once and return what the language model receives.
+
+        The result can be passed to ``__call__``, ``run_with_cache`` and ``run_with_hooks``
+        like the prompt itself, any number of times, without re-running the vision encoder;
+        ``hook_video_embeds`` still fires on it. Embeddings are taken before that hook point.
+        """
+        captured: dict = {}
+
+        def capture(module, args, kwargs):
+            captured.update(kwargs)
+            raise _StopBeforeLanguageModel
+
+        handle = self.hf_model.model.language_model.register_forward_pre_hook(
+            capture, with_kwargs=True, prepend=True
+        )
+        ids, inputs = self._inputs(prompt)
+        try:
+            self.hf_model(input_ids=ids, **inputs)
+        except _StopBeforeLanguageModel:
+            pass
+        finally:
+            handle.remove()
+            self._video_state.clear()
+        return EmbeddedPrompt.from_captured(captured, self.family.feature_mask(ids), prompt)
+
     # ----- video embedding hook ---------------------------------------------------------------
     def _install_video_hook(self) -> None:
         """Register ``hook_video_embeds`` on the bridge and fire it on the LM's input embeddings."""
@@ -186,7 +221,8 @@ class HookedVideoLLM:
 
         def remember_ids(module, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
-            state["mask"] = None if ids is None else family.feature_mask(ids)
+            pending = state.pop("pending", None)  # set by an EmbeddedPrompt forward
+            state["mask"] = pending if ids is None else family.feature_mask(ids)
 
         def edit_embeds(module, args, kwargs):
             embeds, mask = kwargs.get("inputs_embeds"), state.pop("mask", None)
@@ -200,6 +236,7 @@ class HookedVideoLLM:
             return args, {**kwargs, "inputs_embeds": embeds}
 
         hf = self.hf_model
+        self._video_state = state
         self._hook_handles = [
             hf.register_forward_pre_hook(remember_ids, with_kwargs=True),
             hf.model.language_model.register_forward_pre_hook(edit_embeds, with_kwargs=True),
@@ -257,7 +294,7 @@ class HookedVideoLLM:
         return VideoPrompt(
             inputs=inputs, token_map=token_map, str_tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),
             option_token_ids=letters, answer=answer_index, question=question, options=options,
-            text=text, frames=frames,
+            text=text, frames=frames, template=template,
         )  # fmt: skip
 
     def _render_chat(self, user_text: str, template: PromptTemplate) -> str:

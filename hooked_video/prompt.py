@@ -78,6 +78,7 @@ class VideoPrompt:
         answer: index of the true option (or None).
         text: the rendered prompt before placeholder expansion.
         frames: the (T, H, W, 3) uint8 frames given to the processor.
+        template: the PromptTemplate it was written with.
     """
 
     inputs: dict
@@ -89,6 +90,7 @@ class VideoPrompt:
     options: list[str] = field(default_factory=list)
     text: str = ""
     frames: object = None
+    template: PromptTemplate | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:

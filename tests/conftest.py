@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hooked_video import HookedVideoLLM
-from hooked_video.zoo.tiny import BUILDERS, build_tiny
+from hooked_video.zoo.tiny import BUILDERS, TinySizes, build_tiny
 
 ARCHS = sorted(BUILDERS)
 
@@ -42,3 +42,20 @@ def hooked(arch, tiny_paths):
 @pytest.fixture(scope="session")
 def prompt(hooked, frames):
     return hooked.prepare(frames, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+
+
+@pytest.fixture(scope="session")
+def deep_paths(tmp_path_factory):
+    """arch -> a saved tiny model with 4 layers (room for knockout windows)."""
+    root = tmp_path_factory.mktemp("deep")
+    return {arch: build_tiny(arch, root / arch, TinySizes(n_layers=4), seed=1) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def deep(arch, deep_paths):
+    return HookedVideoLLM.from_pretrained(deep_paths[arch])
+
+
+@pytest.fixture(scope="session")
+def deep_prompt(deep, frames):
+    return deep.prepare(frames, "what happens first ?", ["the ball falls", "the cup moves", "nothing"], answer=2, num_frames=None)

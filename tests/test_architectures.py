@@ -3,15 +3,9 @@
 import numpy as np
 import pytest
 import torch
-import transformers
+from hf_reference import load_hf as hf_reference
 
 from hooked_video.families import FAMILIES
-
-
-def hf_reference(path, hooked):
-    """The same checkpoint loaded as a plain HF model with eager attention."""
-    cls = getattr(transformers, type(hooked.hf_model).__name__)
-    return cls.from_pretrained(path, attn_implementation="eager").eval()
 
 
 def test_logits_equal_hf_eager(arch, hooked, prompt, tiny_paths):
@@ -155,3 +149,26 @@ def test_mrope_positions_follow_the_token_grid(hooked, frames):
     step = cells[0].reshape(t, h * w)
     assert (step == step[:, :1]).all() and (step[1:, 0] > step[:-1, 0]).all()  # one t per slot, rising
     assert int(pos[0, tm.last]) > int(pos[:, tm.video].max())  # text resumes after the video
+
+
+def test_embedded_prompt_gives_the_same_logits_and_keeps_the_video_hook(hooked, prompt):
+    embedded = hooked.embed(prompt)
+    tm = prompt.token_map
+    assert embedded.inputs_embeds.shape == (1, prompt.n_positions, hooked.cfg.d_model)
+    with torch.no_grad():
+        torch.testing.assert_close(hooked(embedded), hooked(prompt), atol=0, rtol=0)
+        _, cache = hooked.run_with_cache(embedded)
+        _, direct = hooked.run_with_cache(prompt)
+    torch.testing.assert_close(cache["hook_video_embeds"], direct["hook_video_embeds"], atol=0, rtol=0)
+
+    def zero_frame_0(video, hook):
+        video[:, : tm.tokens_per_frame] = 0
+        return video
+
+    with torch.no_grad():
+        a = hooked.run_with_hooks(embedded, fwd_hooks=[("hook_video_embeds", zero_frame_0)])
+        b = hooked.run_with_hooks(prompt, fwd_hooks=[("hook_video_embeds", zero_frame_0)])
+        batch = hooked(embedded.expand(3))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert not torch.allclose(a, hooked(prompt))
+    torch.testing.assert_close(batch, hooked(prompt).expand(3, -1, -1), atol=1e-5, rtol=0)

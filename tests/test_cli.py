@@ -1,5 +1,6 @@
 """The hooked-video command, run as a user runs it."""
 
+import json
 import subprocess
 import sys
 
@@ -31,3 +32,50 @@ def test_errors_are_one_line(tmp_path):
     out = run("tokens", str(model), str(tmp_path / "missing.mp4"), "-q", "which way ?")
     assert out.returncode == 2
     assert "hooked-video: error: video file not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def write_dataset(tmp_path, n=2):
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(n):
+        save_video(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), tmp_path / f"v{i}.mp4")
+        entries.append({"id": f"clip{i}", "video": f"v{i}.mp4", "question": "which way does the ball move ?",
+                        "candidates": ["left", "right"], "answer": "right", "task": "direction"})  # fmt: skip
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_flow_and_lens_commands(tmp_path):
+    model = tmp_path / "tiny"
+    run("build-tiny", "llava_next_video", str(model))
+    data = write_dataset(tmp_path)
+    args = ["flow", "--model", str(model), "--data", str(data), "--target", "cross-frame", "--target", "vql-to-ql",
+            "--window", "1", "--select", "all", "--frames", "4", "--out", str(tmp_path / "flow")]  # fmt: skip
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "flow" / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 5 * 2  # samples x conditions x layers
+    summary = json.loads((tmp_path / "flow" / "summary.json").read_text())
+    assert summary["n_samples"] == 2 and len(summary["rel_change"]) == 5 * 2
+    again = run(*args)  # resumes: nothing to add
+    assert again.returncode == 0, again.stderr
+    assert len((tmp_path / "flow" / "rows.jsonl").read_text().splitlines()) == len(rows)
+
+    keywords = tmp_path / "keywords.json"
+    keywords.write_text(json.dumps({"spatial": ["ball", "red"], "temporal": ["before", "after"]}))
+    out = run("lens", "--model", str(model), "--data", str(data), "--variant", "embed", "--frames", "4",
+              "--keywords", str(keywords), "--min-count", "0", "--out", str(tmp_path / "lens"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lens_rows = (tmp_path / "lens" / "lens.jsonl").read_text().splitlines()
+    assert len(lens_rows) == 2 * 2  # samples x lens entries
+    summary = json.loads((tmp_path / "lens" / "summary.json").read_text())
+    assert set(summary["keywords"]) == {"spatial", "temporal"}
+    assert len(summary["answer_probability"]) == 2 * 2 * 2  # norm x layers x true/false
+
+
+def test_flow_command_reports_bad_data(tmp_path):
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps([{"video": "nope.mp4", "question": "q ?", "candidates": ["a", "b"], "answer": "c"}]))
+    out = run("flow", "--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "entry 0" in out.stderr and "Traceback" not in out.stderr

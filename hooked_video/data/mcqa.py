@@ -1,0 +1,132 @@
+"""Multiple-choice video QA samples, and a generic dataset from a list of dicts or a JSON file.
+
+A JSON file holds a list of entries ``{"video": path, "question": str, "options": [str, ...],
+"answer": int | str, optional "id", "task", "start", "end"}``; ``candidates`` is accepted for
+``options`` (TVBench's name). Video paths are relative to the file's folder (or ``video_root``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from hooked_video.prompt import resolve_answer
+from hooked_video.video import load_video
+
+
+class AnnotationError(ValueError):
+    """An annotation entry is malformed; the message names the file and the entry."""
+
+
+@dataclass
+class Sample:
+    """One multiple-choice question about a video.
+
+    Attributes:
+        id: unique identifier within its dataset (used as the key of result rows).
+        video: a path, or in-memory frames ((T, H, W, 3) uint8 array or list of PIL images).
+        question, options: the question and its answer options.
+        answer: index of the true option.
+        task: task name (for per-task summaries).
+        start, end: optional window of the clip in seconds.
+    """
+
+    id: str
+    video: object
+    question: str
+    options: list[str]
+    answer: int
+    task: str = ""
+    start: float | None = None
+    end: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def load_frames(self, num_frames: int | None = 8):
+        """The sampled frames, (T, H, W, 3) uint8 (segment midpoints over [start, end])."""
+        return load_video(self.video, num_frames=num_frames, start=self.start, end=self.end)
+
+    def prepare(self, model, num_frames: int | None = 8, **prepare_kwargs):
+        """This sample as a VideoPrompt for ``model``."""
+        return model.prepare(
+            self.load_frames(num_frames), self.question, self.options, self.answer,
+            num_frames=None, **prepare_kwargs,
+        )  # fmt: skip
+
+
+def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | None, task: str = "") -> Sample:
+    """Validate one annotation entry and build its Sample (errors name ``source`` and the entry)."""
+    where = f"{source}, entry {index}"
+    if not isinstance(entry, dict):
+        raise AnnotationError(f"{where}: expected an object, got {type(entry).__name__}")
+    options = entry.get("options", entry.get("candidates"))
+    missing = [k for k, v in (("video", entry.get("video")), ("question", entry.get("question")),
+                              ("options", options), ("answer", entry.get("answer"))) if v is None]  # fmt: skip
+    if missing:
+        raise AnnotationError(f"{where}: missing field(s) {missing}")
+    try:
+        answer = resolve_answer(entry["answer"], list(options))
+    except ValueError as err:
+        raise AnnotationError(f"{where}: {err}") from None
+    video = entry["video"]
+    if isinstance(video, str) and video_root is not None and not Path(video).is_absolute():
+        video = str(video_root / video)
+    if isinstance(video, str) and not Path(video).exists():
+        raise AnnotationError(f"{where}: video file {video} does not exist")
+    return Sample(
+        id=str(entry.get("id", index)), video=video, question=entry["question"],
+        options=list(options), answer=answer, task=entry.get("task", task),
+        start=entry.get("start"), end=entry.get("end"),
+    )  # fmt: skip
+
+
+class MCQADataset(Sequence[Sample]):
+    """Users' own multiple-choice data, from a list of dicts or a JSON file.
+
+    Args:
+        entries: a path to a JSON file holding a list of entries, or the list itself.
+        video_root: folder that relative video paths are resolved against (default: the JSON
+            file's folder, or the current folder for a list).
+        skip_invalid: report and skip malformed entries instead of raising AnnotationError.
+    """
+
+    def __init__(self, entries: str | Path | list[dict], video_root: str | Path | None = None,
+                 skip_invalid: bool = False) -> None:  # fmt: skip
+        source = "<list>"
+        if isinstance(entries, (str, Path)):
+            source = str(entries)
+            path = Path(entries)
+            if not path.exists():
+                raise FileNotFoundError(f"annotation file {path} does not exist")
+            try:
+                entries = json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+            video_root = video_root or path.parent
+        if not isinstance(entries, list):
+            raise AnnotationError(f"{source}: expected a list of entries")
+        root = Path(video_root) if video_root is not None else None
+        self.samples: list[Sample] = []
+        self.skipped: list[str] = []
+        for i, entry in enumerate(entries):
+            try:
+                self.samples.append(sample_from_entry(entry, i, source, root))
+            except AnnotationError as err:
+                if not skip_invalid:
+                    raise
+                self.skipped.append(str(err))
+        if self.skipped:
+            print(f"skipped {len(self.skipped)} invalid entries:\n  " + "\n  ".join(self.skipped))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def __repr__(self) -> str:
+        return f"MCQADataset({len(self)} samples)"

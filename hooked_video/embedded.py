@@ -1,0 +1,80 @@
+"""EmbeddedPrompt: a prompt after the vision pathway, ready for many language-model passes.
+
+Knockout sweeps and patching run the same prompt dozens of times with different hooks on the
+language model. ``HookedVideoLLM.embed(prompt)`` runs the vision encoder and projector once and
+keeps what the language model receives; passing the result to the model skips the vision
+pathway and gives the same logits bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from jaxtyping import Bool, Float
+
+from hooked_video.tokens import TokenMap
+
+
+@dataclass
+class EmbeddedPrompt:
+    """Language-model inputs of a video prompt.
+
+    Attributes:
+        inputs_embeds: (batch, pos, d_model) token and video embeddings, before
+            ``hook_video_embeds``.
+        position_ids: position ids the model computed (Qwen-VL: M-RoPE, (3, batch, pos)),
+            or None where the language model derives them itself.
+        attention_mask: (batch, pos) padding mask or None.
+        feature_mask: (batch, pos) True at positions carrying video features.
+        prompt: the VideoPrompt this came from (token map, option letters, answer).
+    """
+
+    inputs_embeds: Float[torch.Tensor, "batch pos d_model"]
+    position_ids: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    feature_mask: Bool[torch.Tensor, "batch pos"]
+    prompt: object = None
+
+    @classmethod
+    def from_captured(cls, kwargs: dict, feature_mask: torch.Tensor, prompt) -> "EmbeddedPrompt":
+        return cls(
+            inputs_embeds=kwargs["inputs_embeds"],
+            position_ids=kwargs.get("position_ids"),
+            attention_mask=kwargs.get("attention_mask"),
+            feature_mask=feature_mask,
+            prompt=prompt if not isinstance(prompt, dict) else None,
+        )
+
+    @property
+    def token_map(self) -> TokenMap:
+        return self.prompt.token_map
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs_embeds.shape[0]
+
+    def expand(self, n: int) -> "EmbeddedPrompt":
+        """The same single prompt repeated n times along the batch (no copy)."""
+        if self.batch_size != 1:
+            raise ValueError(f"expand() needs a single prompt, this one has batch {self.batch_size}")
+        position_ids = self.position_ids
+        if position_ids is not None:  # (batch, pos) or (sections, batch, pos)
+            dim = position_ids.ndim - 2
+            position_ids = position_ids.expand(*position_ids.shape[:dim], n, position_ids.shape[-1])
+        return replace(
+            self,
+            inputs_embeds=self.inputs_embeds.expand(n, -1, -1),
+            position_ids=position_ids,
+            attention_mask=None if self.attention_mask is None else self.attention_mask.expand(n, -1),
+            feature_mask=self.feature_mask.expand(n, -1),
+        )
+
+    def lm_kwargs(self, device) -> dict:
+        """Keyword arguments (besides the embeddings) for the bridge forward."""
+        kwargs = {"position_ids": self.position_ids, "attention_mask": self.attention_mask}
+        return {k: v.to(device) for k, v in kwargs.items() if v is not None}
+
+    def __repr__(self) -> str:
+        b, n, d = self.inputs_embeds.shape
+        return f"EmbeddedPrompt(batch={b}, N={n}, d_model={d})"

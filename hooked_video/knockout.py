@@ -1,0 +1,277 @@
+"""Attention knockout (METHOD.md section 3): blocked edges as masks, applied by plain hooks.
+
+An edge ``source -> target`` lets the target position's query read the source position's key.
+Knocking it out sets that pre-softmax attention score to the dtype's minimum in every head of
+the chosen layers, through TransformerLens hooks on ``blocks.{l}.attn.hook_attn_scores`` (which
+fire after the causal mask, before the softmax)::
+
+    edges = knockout.cross_frame(tm) | knockout.between(tm.video, tm.last)
+    hooks = knockout.hooks(edges, layers=knockout.window(center=12, k=9, n_layers=32))
+    logits = model.run_with_hooks(prompt, fwd_hooks=hooks)
+
+An ``EdgeSet`` is a boolean mask ``[target, source]`` (optionally with a leading batch axis, one
+edge set per batch item), restricted to causal pairs (source <= target). Every constructor
+builds it from index tensors; nothing loops over pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+from jaxtyping import Bool, Int
+
+from hooked_video.tokens import TokenMap
+
+Positions = Int[torch.Tensor, "n"] | Sequence[int]
+
+
+class KnockoutError(ValueError):
+    """A knockout that cannot be applied (e.g. it would leave a query with nothing to read)."""
+
+
+class EdgeSet:
+    """Blocked attention edges: ``mask[..., target, source]`` is True where target may not
+    attend to source. Shape (N, N), or (batch, N, N) for one edge set per batch item; only
+    causal pairs (source <= target) are ever included.
+
+    Combine with ``|`` (union), ``-`` (difference) and ``&`` (intersection). A set built from
+    positions alone (``between(tm.video, tm.last)``) learns the prompt length N from the set it
+    is combined with, or from the attention scores when its hook runs.
+    """
+
+    def __init__(self, mask_or_builder, n_positions: int | None = None) -> None:
+        if isinstance(mask_or_builder, torch.Tensor):
+            mask = mask_or_builder
+            if mask.ndim not in (2, 3) or mask.shape[-2] != mask.shape[-1]:
+                raise ValueError(f"an EdgeSet mask must be (N, N) or (batch, N, N), got {tuple(mask.shape)}")
+            n_positions = mask.shape[-1]
+            self._build = lambda n: mask
+        else:
+            self._build = mask_or_builder
+        self._n = n_positions
+        self._masks: dict[int, torch.Tensor] = {}
+
+    # ----- construction ------------------------------------------------------------------
+    @classmethod
+    def empty(cls, n_positions: int | None = None) -> "EdgeSet":
+        return cls(lambda n: torch.zeros(n, n, dtype=torch.bool), n_positions)
+
+    @classmethod
+    def stack(cls, edge_sets: Sequence["EdgeSet"]) -> "EdgeSet":
+        """One edge set per batch item, from unbatched edge sets."""
+        n = next((e._n for e in edge_sets if e._n is not None), None)
+        return cls(lambda m: torch.stack([e.mask_for(m) for e in edge_sets]), n)
+
+    # ----- masks -------------------------------------------------------------------------
+    def mask_for(self, n_positions: int) -> Bool[torch.Tensor, "*batch N N"]:
+        """The boolean mask for a prompt of ``n_positions`` tokens (cached)."""
+        if self._n is not None and n_positions != self._n:
+            raise KnockoutError(
+                f"this edge set was built for {self._n} positions but the prompt has {n_positions}; "
+                "build edges from the token map of the prompt you run."
+            )
+        if n_positions not in self._masks:
+            causal = torch.ones(n_positions, n_positions, dtype=torch.bool).tril()
+            mask = self._build(n_positions)
+            self._masks[n_positions] = mask.bool() & causal.to(mask.device)
+        return self._masks[n_positions]
+
+    @property
+    def mask(self) -> Bool[torch.Tensor, "*batch N N"]:
+        if self._n is None:
+            raise KnockoutError(
+                "this edge set does not know the prompt length: call .mask_for(N), or combine it "
+                "with a set built from a TokenMap (e.g. knockout.cross_frame(tm))."
+            )
+        return self.mask_for(self._n)
+
+    @property
+    def n_positions(self) -> int | None:
+        return self._n
+
+    def _combine(self, other: "EdgeSet", op: Callable) -> "EdgeSet":
+        if self._n is not None and other._n is not None and self._n != other._n:
+            raise KnockoutError(f"cannot combine edge sets for {self._n} and {other._n} positions")
+        return EdgeSet(lambda n: op(self.mask_for(n), other.mask_for(n)), self._n or other._n)
+
+    def __or__(self, other: "EdgeSet") -> "EdgeSet":
+        return self._combine(other, torch.logical_or)
+
+    def __and__(self, other: "EdgeSet") -> "EdgeSet":
+        return self._combine(other, torch.logical_and)
+
+    def __sub__(self, other: "EdgeSet") -> "EdgeSet":
+        return self._combine(other, lambda a, b: a & ~b)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, EdgeSet) and torch.equal(self.mask, other.mask)
+
+    __hash__ = None
+
+    # ----- inspection --------------------------------------------------------------------
+    @property
+    def n_edges(self) -> int | list[int]:
+        """Number of blocked edges (per batch item for a batched set)."""
+        counts = self.mask.sum((-2, -1))
+        return counts.tolist() if counts.ndim else int(counts)
+
+    def pairs(self) -> Int[torch.Tensor, "n_edges 2"]:
+        """(target, source) position pairs of an unbatched set."""
+        if self.mask.ndim != 2:
+            raise ValueError("pairs() is defined for an unbatched EdgeSet; index a batch item first")
+        return self.mask.nonzero()
+
+    def __getitem__(self, i: int) -> "EdgeSet":
+        return EdgeSet(self.mask[i])
+
+    def additive_mask(self, n_positions: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A 4D additive attention mask (batch, 1, N, N): 0 where allowed, dtype-min where
+        blocked or acausal. This is how the paper's released code applies a knockout."""
+        mask = self.mask if n_positions is None else self.mask_for(n_positions)
+        n = mask.shape[-1]
+        blocked = mask | ~torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+        blocked = blocked if blocked.ndim == 3 else blocked[None]
+        zeros = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device)
+        return zeros.masked_fill(blocked, torch.finfo(dtype).min)[:, None]
+
+    def check_no_empty_rows(self, n_positions: int | None = None) -> None:
+        """Raise if some query would have every causal key blocked (its softmax would be NaN)."""
+        mask = self.mask if n_positions is None else self.mask_for(n_positions)
+        n = mask.shape[-1]
+        full = mask.sum(-1) >= torch.arange(1, n + 1, device=mask.device)
+        if bool(full.any()):
+            rows = full.nonzero()[:, -1].unique()[:5].tolist()
+            raise KnockoutError(
+                f"the knockout blocks every key of query position(s) {rows}; such a row has "
+                "nothing to attend to. Keep at least its own edge or an untyped (system) token open."
+            )
+
+    def __repr__(self) -> str:
+        if self._n is None:
+            return "EdgeSet(N unknown until applied)"
+        shape = "x".join(map(str, self.mask.shape))
+        return f"EdgeSet({shape}, edges={self.n_edges})"
+
+
+# ----- constructors from a TokenMap ----------------------------------------------------------
+def _as_positions(group: Positions) -> torch.Tensor:
+    return torch.as_tensor(group, dtype=torch.long).reshape(-1)
+
+
+def _n_of(tm: TokenMap | int | None) -> int | None:
+    return tm.n_positions if isinstance(tm, TokenMap) else tm
+
+
+def _flags(positions: torch.Tensor, n: int) -> torch.Tensor:
+    if len(positions) and int(positions.max()) >= n:
+        raise KnockoutError(f"position {int(positions.max())} is outside a prompt of {n} positions")
+    flags = torch.zeros(n, dtype=torch.bool)
+    flags[positions] = True
+    return flags
+
+
+def between(source: Positions, target: Positions, tm: TokenMap | int | None = None) -> EdgeSet:
+    """``source -/-> target``: every query in ``target`` is blocked from every key in ``source``."""
+    source, target = _as_positions(source), _as_positions(target)
+    return EdgeSet(lambda n: _flags(target, n)[:, None] & _flags(source, n)[None, :], _n_of(tm))
+
+
+def within(group: Positions, tm: TokenMap | int | None = None) -> EdgeSet:
+    """``group -/-> group``: all edges inside a group, its diagonal (self-edges) included."""
+    return between(group, group, tm)
+
+
+def self_edges(group: Positions, tm: TokenMap | int | None = None) -> EdgeSet:
+    """Each position's edge to itself, for the positions of ``group`` (e.g. ``last -/-> last``)."""
+    group = _as_positions(group)
+    return EdgeSet(lambda n: torch.diag(_flags(group, n)), _n_of(tm))
+
+
+def cross_frame(tm: TokenMap) -> EdgeSet:
+    """For every frame i >= 1, frame i's tokens -/-> from all tokens of frames 0..i-1.
+
+    Intra-frame edges are kept. Frames are the token map's temporal slots.
+    """
+    frame = tm.frame_of  # -1 outside the video
+    is_video = frame >= 0
+    mask = is_video[:, None] & is_video[None, :] & (frame[None, :] < frame[:, None])
+    return EdgeSet(mask)
+
+
+# ----- layers ---------------------------------------------------------------------------------
+def window(center: int, k: int, n_layers: int) -> list[int]:
+    """The k layers centred on ``center``, clipped to [0, n_layers - 1].
+
+    For odd k this is ``max(0, c - (k-1)/2) .. min(L-1, c + (k-1)/2)`` (k = 9: c-4 .. c+4);
+    an even k puts the extra layer above the centre.
+    """
+    if not 0 <= center < n_layers:
+        raise ValueError(f"window centre {center} is outside layers 0..{n_layers - 1}")
+    if k < 1:
+        raise ValueError(f"window size k must be >= 1, got {k}")
+    lo, hi = center - (k - 1) // 2, center + k // 2
+    return list(range(max(0, lo), min(n_layers - 1, hi) + 1))
+
+
+def attn_scores_hook_name(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_attn_scores"
+
+
+def _blocking_hook(edges: EdgeSet, active: torch.Tensor | None) -> Callable:
+    """A hook that fills blocked (batch, query, key) entries of the scores with dtype-min."""
+    cache: dict = {}
+
+    def hook(scores: torch.Tensor, hook=None) -> torch.Tensor:
+        key = (scores.device, scores.shape[0], scores.shape[-1])
+        if key not in cache:
+            edges.check_no_empty_rows(scores.shape[-1])
+            m = edges.mask_for(scores.shape[-1]).to(scores.device)
+            m = m if m.ndim == 3 else m[None]
+            if active is not None:
+                m = m & active.to(scores.device)[:, None, None]
+            if m.shape[0] not in (1, scores.shape[0]):
+                raise KnockoutError(
+                    f"the edge set has {m.shape[0]} batch items but the forward has {scores.shape[0]}"
+                )
+            cache[key] = m[:, None]  # broadcast over heads
+        return scores.masked_fill(cache[key], torch.finfo(scores.dtype).min)
+
+    return hook
+
+
+def hooks(
+    edges: EdgeSet | Mapping[int, EdgeSet],
+    layers: Iterable[int] | Bool[torch.Tensor, "batch n_layers"] | None = None,
+) -> list[tuple[str, Callable]]:
+    """TransformerLens forward hooks that block ``edges`` in every head of ``layers``.
+
+    Args:
+        edges: one EdgeSet for all chosen layers, or ``{layer: EdgeSet}`` for per-layer edges
+            (then ``layers`` defaults to its keys).
+        layers: layer indices; or a bool tensor (batch, n_layers) saying, per batch item, in
+            which layers its (batched) edge set is blocked. Items whose flag is False run that
+            layer unmodified, so one forward can hold many (condition, window) passes.
+
+    Returns:
+        ``[(hook_name, hook_fn), ...]`` for ``run_with_hooks(fwd_hooks=...)`` or ``hooks()``.
+        Edge sets that know their length are checked here for fully blocked query rows, the
+        others on first use.
+    """
+    if isinstance(edges, Mapping):
+        if layers is not None:
+            raise ValueError("pass layers either as the keys of a {layer: EdgeSet} dict or as layers=, not both")
+        per_layer = {int(l): e for l, e in edges.items()}
+    elif isinstance(layers, torch.Tensor):
+        if layers.dtype != torch.bool or layers.ndim != 2:
+            raise ValueError("a layers tensor must be bool of shape (batch, n_layers)")
+        used = layers.any(0).nonzero().reshape(-1).tolist()
+        return [(attn_scores_hook_name(l), _blocking_hook(edges, layers[:, l])) for l in used]
+    elif layers is None:
+        raise ValueError("say which layers to block: layers=knockout.window(...) or a list of layers")
+    else:
+        per_layer = {int(l): edges for l in layers}
+    for edge_set in {id(e): e for e in per_layer.values()}.values():
+        if edge_set.n_positions is not None:
+            edge_set.check_no_empty_rows()
+    return [(attn_scores_hook_name(l), _blocking_hook(e, None)) for l, e in sorted(per_layer.items())]

@@ -1,0 +1,41 @@
+"""Independent computations with plain Hugging Face models (no TransformerLens, no hooked_video
+hooks): the reference that every hook-based analysis is checked against."""
+
+import contextlib
+
+import torch
+import transformers
+
+
+def load_hf(path, hooked):
+    """The checkpoint loaded again as a plain HF model with eager attention."""
+    cls = getattr(transformers, type(hooked.hf_model).__name__)
+    return cls.from_pretrained(path, attn_implementation="eager").eval()
+
+
+@contextlib.contextmanager
+def layer_masks(hf, masks: dict):
+    """Replace the attention mask each decoder layer receives by an explicit 4D additive mask
+    (layer -> (batch, 1, N, N)), as the paper's released code does."""
+
+    def replace(mask):
+        def pre_hook(module, args, kwargs):
+            return args, {**kwargs, "attention_mask": mask}
+
+        return pre_hook
+
+    layers = hf.model.language_model.layers
+    handles = [layers[l].register_forward_pre_hook(replace(m), with_kwargs=True) for l, m in masks.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def last_probs(hf, inputs, masks=None):
+    """Full-vocabulary softmax at the last position, (batch, vocab)."""
+    with layer_masks(hf, masks or {}):
+        logits = hf(**inputs).logits
+    return logits[:, -1].float().softmax(-1)

@@ -1,0 +1,196 @@
+"""Information-flow sweeps: pass counts, selection, summaries, incremental files and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hooked_video import flow, knockout
+from hooked_video.data import Sample
+from hooked_video.results import JsonlRows, ResultsMismatchError
+
+
+@pytest.fixture(scope="module")
+def llava(deep_paths):
+    from hooked_video import HookedVideoLLM
+
+    return HookedVideoLLM.from_pretrained(deep_paths["llava_next_video"])
+
+
+def make_samples(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        Sample(id=f"s{i}", video=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), question="what happens first ?",
+               options=["the ball falls", "the cup moves"], answer=i % 2, task=f"task{i % 2}")
+        for i in range(n)
+    ]  # fmt: skip
+
+
+class Counter:
+    """Counts vision-encoder calls and language-model batch items with plain PyTorch hooks."""
+
+    def __init__(self, model):
+        hf = model.hf_model
+        self.vision = self.lm_items = 0
+        self.handles = [
+            hf.model.vision_tower.register_forward_hook(self._count_vision),
+            hf.model.language_model.register_forward_hook(self._count_lm, with_kwargs=True),
+        ]
+
+    def _count_vision(self, *args):
+        self.vision += 1
+
+    def _count_lm(self, module, args, kwargs, output):
+        self.lm_items += kwargs["inputs_embeds"].shape[0]
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def test_pass_counts_and_vision_runs_once_per_sample(llava):
+    samples, targets = make_samples(3), ["cross-frame", "vql-to-ql"]
+    counter = Counter(llava)
+    try:
+        df = flow.sweep(llava, samples, targets=targets, window=3, select="all", num_frames=None, progress=False)
+    finally:
+        counter.remove()
+    n_layers, n_conditions = llava.cfg.n_layers, 1 + 4
+    assert counter.vision == len(samples)  # not once per pass
+    assert counter.lm_items == len(samples) * (1 + n_conditions * n_layers)
+    assert len(df) == len(samples) * n_conditions * n_layers
+    assert not df.duplicated(list(flow.ROW_KEY)).any()
+
+
+@pytest.fixture(scope="module")
+def prefers_a(deep_paths):
+    """A model whose output layer favours the letter A: samples with answer 0 are answered
+    correctly, the others wrongly (a random model alone never picks a letter)."""
+    from hooked_video import HookedVideoLLM
+
+    model = HookedVideoLLM.from_pretrained(deep_paths["llava_next_video"])
+    letter_a = model.tokenizer.convert_tokens_to_ids("A")
+
+    def favour_a(module, args, output):
+        output[..., letter_a] += 12.0
+        return output
+
+    model.hf_model.lm_head.register_forward_hook(favour_a)
+    return model
+
+
+def test_selection_and_accuracy_under_knockout(prefers_a):
+    llava, samples = prefers_a, make_samples(4)
+    all_rows = flow.sweep(llava, samples, targets=["cross-frame"], window=3, select="all", num_frames=None, progress=False)
+    baseline = pd.DataFrame(all_rows.attrs["baseline"])
+    assert len(baseline) == 4 and set(baseline.columns) >= {"correct", "p_pred", "p_gt", "pred_token"}
+    for select, want in (("correct", True), ("wrong", False)):
+        df = flow.sweep(llava, samples, targets=["cross-frame"], window=3, select=select, num_frames=None, progress=False)
+        assert set(df.sample_id) == set(baseline[baseline.correct == want].sample_id)
+    assert baseline.correct.tolist() == [True, False, True, False]
+    correct = flow.sweep(llava, samples, targets=["cross-frame"], window=3, num_frames=None, progress=False)
+    acc = flow.accuracy_under_knockout(correct)
+    assert set(acc.task) == {"task0", "task1"}
+    for task, group in acc.groupby("task"):
+        base_acc = baseline[baseline.task == task].correct.mean()
+        assert (group.baseline_accuracy == base_acc).all()
+        assert (group.accuracy <= base_acc + 1e-12).all()
+    # an independent count for one cell: all-sample rows, wrong baselines counted as wrong
+    row = acc[(acc.layer == 0) & (acc.task == "task0")].iloc[0]
+    knocked = all_rows[(all_rows.layer == 0) & (all_rows.task == "task0")].set_index("sample_id").correct
+    base = baseline[baseline.task == "task0"].set_index("sample_id").correct
+    assert row.accuracy == pytest.approx((knocked & base).mean())
+
+
+def test_summary_mean_and_bootstrap_ci():
+    df = pd.DataFrame({"target": "t", "condition": "c", "layer": [0] * 50 + [1] * 50,
+                       "rel_change": np.r_[np.full(50, -10.0), np.linspace(-20, 0, 50)]})  # fmt: skip
+    summary = flow.summarize(df)
+    first, second = summary.iloc[0], summary.iloc[1]
+    assert first["mean"] == -10 and first.ci_low == -10 and first.ci_high == -10 and first.n == 50
+    assert second.ci_low < second["mean"] < second.ci_high
+    assert second["mean"] == pytest.approx(-10)
+    assert 1 < second.ci_high - second.ci_low < 8  # sd 5.9 / sqrt(50) ~ 0.83; 95% ~ 3.3 wide
+
+
+def test_custom_conditions_and_layers(llava):
+    custom = {"my-target": {"video->last": lambda tm: knockout.between(tm.video, tm.last, tm)}}
+    df = flow.sweep(llava, make_samples(1), targets=[custom, "cross-frame"], layers=[1, 2], window=1,
+                    select="all", num_frames=None, progress=False)  # fmt: skip
+    assert set(zip(df.target, df.condition)) == {("my-target", "video->last"), ("cross-frame", "cross-frame")}
+    assert sorted(df.layer.unique()) == [1, 2]
+    assert (df.window_start == df.layer).all() and (df.window_end == df.layer).all()
+    with pytest.raises(KeyError, match="unknown target"):
+        flow.sweep(llava, make_samples(1), targets=["nope"], progress=False)
+
+
+def test_results_folder_refuses_other_settings(llava, tmp_path):
+    flow.sweep(llava, make_samples(1), targets=["cross-frame"], window=3, select="all", out=tmp_path,
+               num_frames=None, progress=False)  # fmt: skip
+    with pytest.raises(ResultsMismatchError, match="other settings"):
+        flow.sweep(llava, make_samples(1), targets=["cross-frame"], window=5, select="all", out=tmp_path,
+                   num_frames=None, progress=False)  # fmt: skip
+    assert len(flow.load(tmp_path)) == llava.cfg.n_layers
+
+
+def test_torn_last_line_is_repaired(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"a": 1}) + "\n" + '{"a": 2')
+    rows = JsonlRows(path)
+    assert rows.rows == [{"a": 1}]
+    rows.append([{"a": 3}])
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"a": 1}, {"a": 3}]
+
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from hooked_video import HookedVideoLLM, flow
+    from test_flow import make_samples
+    model = HookedVideoLLM.from_pretrained({model!r})
+    calls = 0
+    def kill_after_some_passes(module, args, output):
+        global calls
+        calls += 1
+        if calls == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)
+    if {kill_at}:
+        model.hf_model.model.language_model.register_forward_hook(kill_after_some_passes)
+    flow.sweep(model, make_samples(3), targets=["cross-frame", "vql-to-ql"], window=3, select="all",
+               out={out!r}, batch_size=1, num_frames=None, progress=False)
+    """
+)
+
+
+def run_sweep_process(model_path, out, kill_at):
+    script = KILLED_RUN.format(tests=os.path.dirname(__file__), model=str(model_path), out=str(out), kill_at=kill_at)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+def test_killed_sweep_resumes_to_exactly_the_uninterrupted_rows(llava, deep_paths, tmp_path):
+    reference = flow.sweep(llava, make_samples(3), targets=["cross-frame", "vql-to-ql"], window=3,
+                           select="all", batch_size=1, num_frames=None, progress=False)  # fmt: skip
+    out = tmp_path / "run"
+    killed = run_sweep_process(deep_paths["llava_next_video"], out, kill_at=30)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    partial = JsonlRows(out / "rows.jsonl").rows
+    assert 0 < len(partial) < len(reference)
+    with open(out / "rows.jsonl", "a") as f:  # as if killed in the middle of a write
+        f.write('{"sample_id": "s1", "tar')
+    resumed = run_sweep_process(deep_paths["llava_next_video"], out, kill_at=0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = flow.load(out)
+    key = list(flow.ROW_KEY)
+    assert not final.duplicated(key).any()
+    expected = reference.sort_values(key).reset_index(drop=True)
+    got = final.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert len(final.attrs["baseline"]) == 3
