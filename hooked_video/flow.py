@@ -3,7 +3,8 @@
 For every sample the vision pathway runs once (``model.embed``), the baseline runs once, and
 each (condition, swept layer) pass blocks the condition's edges in the window of layers around
 the swept layer. Several passes share one batched forward (each batch item carries its own edge
-set and window), which gives the same numbers as running them one by one.
+set and window); this changes results only by floating-point rounding of batched matrix
+products (``batch_size=1`` reproduces one-by-one passes bit for bit).
 
     df = flow.sweep(model, samples, targets=["cross-frame", "vql-to-ql"], window=9, out="runs/a")
     flow.summarize(df)                      # mean relative change and bootstrap 95% CI per layer
@@ -15,6 +16,7 @@ running the same call again resumes where it stopped, without losing or duplicat
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -76,7 +78,7 @@ def last_position_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _rel(new: float, base: float) -> float:
-    return (new - base) / base * 100.0
+    return (new - base) / base * 100.0 if base > 0 else float("nan")
 
 
 def _as_sample(item, index: int):
@@ -142,7 +144,8 @@ def sweep(
 
     Args:
         model: a HookedVideoLLM.
-        samples: VideoPrompts, data ``Sample``s, or dicts (video, question, options, answer).
+        samples: data ``Sample``s or dicts (video, question, options, answer, id), or
+            VideoPrompts (identified by their index in ``samples``: keep the order to resume).
         targets: paper target names (``TARGETS``) and/or ``{target: {condition: fn(tm) -> EdgeSet}}``.
         window: k, the number of layers blocked around each swept layer (clipped at the ends).
         layers: swept layers (default: all).
@@ -171,7 +174,8 @@ def sweep(
     if out is not None:
         config = {"targets": {t: list(c) for t, c in resolved.items()}, "window": window,
                   "layers": swept, "select": select, "num_frames": num_frames,
-                  "model": str(getattr(model.cfg, "model_name", ""))}  # fmt: skip
+                  "model": str(getattr(model.cfg, "model_name", "")),
+                  "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
         check_config(out, config, resume)
         rows_file, base_file = JsonlRows(Path(out) / "rows.jsonl"), JsonlRows(Path(out) / "baseline.jsonl")
     else:
@@ -274,10 +278,11 @@ def summarize(df: pd.DataFrame, value: str = "rel_change", by: Sequence[str] = (
 
 def accuracy_under_knockout(df: pd.DataFrame, baseline: Sequence[dict] | pd.DataFrame | None = None,
                             by: Sequence[str] = ("target", "condition", "layer")) -> pd.DataFrame:  # fmt: skip
-    """Accuracy over ALL samples (per task), per condition and layer.
+    """Accuracy over ALL samples (per task), per condition and layer (METHOD.md section 3).
 
-    Samples the sweep did not knock out count with their baseline correctness (wrong ones as
-    wrong under the default "correct" selection, so knockout accuracy never exceeds baseline).
+    A sample counts as correct only if its baseline was correct and its knocked-out answer is
+    still the ground truth, so accuracy under knockout never exceeds the baseline accuracy.
+    Samples without a knockout row (not selected) count with their baseline correctness.
     """
     base = pd.DataFrame(df.attrs.get("baseline", []) if baseline is None else baseline)
     if base.empty:
@@ -286,9 +291,13 @@ def accuracy_under_knockout(df: pd.DataFrame, baseline: Sequence[dict] | pd.Data
     records = []
     for key, group in df.groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        knocked = group.set_index("sample_id")["correct"]
-        correct = base["correct"].copy()
-        correct.loc[knocked.index] = knocked
+        knocked = group.set_index("sample_id")["correct"].astype(bool)
+        missing = base.index[base["correct"].astype(bool)].difference(knocked.index)
+        if len(missing) and len(knocked):
+            warnings.warn(f"{dict(zip(by, key))}: {len(missing)} correct samples have no knockout row "
+                          "(an unfinished sweep?); they count with their baseline answer.", stacklevel=2)  # fmt: skip
+        correct = base["correct"].astype(bool).copy()
+        correct.loc[knocked.index] = knocked & base.loc[knocked.index, "correct"].astype(bool)
         for task, task_correct in correct.groupby(base["task"]):
             records.append({**dict(zip(by, key)), "task": task, "accuracy": float(task_correct.mean()),
                             "baseline_accuracy": float(base.loc[task_correct.index, "correct"].mean()),

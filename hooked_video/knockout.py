@@ -218,24 +218,24 @@ def attn_scores_hook_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_attn_scores"
 
 
-def _blocking_hook(edges: EdgeSet, active: torch.Tensor | None) -> Callable:
-    """A hook that fills blocked (batch, query, key) entries of the scores with dtype-min."""
-    cache: dict = {}
+def _blocking_hook(edges: EdgeSet, active: torch.Tensor | None, shared: dict) -> Callable:
+    """A hook that fills blocked (batch, query, key) entries of the scores with dtype-min.
+
+    ``shared`` holds one checked device copy of the mask for all layers of one ``hooks()`` call.
+    """
 
     def hook(scores: torch.Tensor, hook=None) -> torch.Tensor:
-        key = (scores.device, scores.shape[0], scores.shape[-1])
-        if key not in cache:
+        key = (id(edges), scores.device, scores.shape[-1])
+        if key not in shared:
             edges.check_no_empty_rows(scores.shape[-1])
             m = edges.mask_for(scores.shape[-1]).to(scores.device)
-            m = m if m.ndim == 3 else m[None]
-            if active is not None:
-                m = m & active.to(scores.device)[:, None, None]
-            if m.shape[0] not in (1, scores.shape[0]):
-                raise KnockoutError(
-                    f"the edge set has {m.shape[0]} batch items but the forward has {scores.shape[0]}"
-                )
-            cache[key] = m[:, None]  # broadcast over heads
-        return scores.masked_fill(cache[key], torch.finfo(scores.dtype).min)
+            shared[key] = m if m.ndim == 3 else m[None]
+        m = shared[key]
+        if m.shape[0] not in (1, scores.shape[0]):
+            raise KnockoutError(f"the edge set has {m.shape[0]} batch items but the forward has {scores.shape[0]}")
+        if active is not None:
+            m = m & active.to(scores.device)[:, None, None]
+        return scores.masked_fill(m[:, None], torch.finfo(scores.dtype).min)  # broadcast over heads
 
     return hook
 
@@ -265,8 +265,8 @@ def hooks(
     elif isinstance(layers, torch.Tensor):
         if layers.dtype != torch.bool or layers.ndim != 2:
             raise ValueError("a layers tensor must be bool of shape (batch, n_layers)")
-        used = layers.any(0).nonzero().reshape(-1).tolist()
-        return [(attn_scores_hook_name(l), _blocking_hook(edges, layers[:, l])) for l in used]
+        used, shared = layers.any(0).nonzero().reshape(-1).tolist(), {}
+        return [(attn_scores_hook_name(l), _blocking_hook(edges, layers[:, l], shared)) for l in used]
     elif layers is None:
         raise ValueError("say which layers to block: layers=knockout.window(...) or a list of layers")
     else:
@@ -274,4 +274,5 @@ def hooks(
     for edge_set in {id(e): e for e in per_layer.values()}.values():
         if edge_set.n_positions is not None:
             edge_set.check_no_empty_rows()
-    return [(attn_scores_hook_name(l), _blocking_hook(e, None)) for l, e in sorted(per_layer.items())]
+    shared: dict = {}
+    return [(attn_scores_hook_name(l), _blocking_hook(e, None, shared)) for l, e in sorted(per_layer.items())]

@@ -61,7 +61,8 @@ def lens_residuals(model, prompt, positions: torch.Tensor) -> list[torch.Tensor]
     names = [f"blocks.{i}.hook_resid_pre" for i in range(n_layers - 1)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
     acts = _capture(model, prompt, names, positions)
     with torch.no_grad():
-        final = _final_norm(model)(acts[names[-1]])
+        norm = _final_norm(model)
+        final = norm(acts[names[-1]].to(norm.weight.device))
     return [acts[n] for n in names[:-1]] + [final]
 
 
@@ -71,10 +72,11 @@ def project(model, resid: torch.Tensor, variant: str, is_final: bool) -> Float[t
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     with torch.no_grad():
         if variant == "embed":
-            return resid @ _embedding_matrix(model).T
+            weight = _embedding_matrix(model)
+            return resid.to(weight.device) @ weight.T
         if variant == "unembed" and not is_final:
-            resid = _final_norm(model)(resid)
-        return _unembed(model)(resid)
+            resid = _final_norm(model)(resid.to(_final_norm(model).weight.device))
+        return _unembed(model)(resid.to(_unembed(model).weight.device))
 
 
 @dataclass
@@ -133,13 +135,13 @@ class LensResult:
         return f"LensResult(variant={self.variant!r}, layers={self.n_layers}, positions={len(self.positions)}, k={self.top_ids.shape[-1]})"
 
 
-def logit_lens(model, prompt, positions: torch.Tensor | None = None, variant: str = "unembed", top_k: int = 5) -> LensResult:
+def logit_lens(model, prompt, positions: torch.Tensor | None = None, *, variant: str, top_k: int = 5) -> LensResult:
     """Logit lens at ``positions`` (default: all video tokens) of a VideoPrompt.
 
     Args:
-        variant: "unembed" (final norm then W_U), "unembed-raw" (W_U, no norm) or "embed"
-            (W_E, the paper code's choice). There is no default hidden in the analysis: the
-            variant is recorded in the result.
+        variant: required: "unembed" (final norm then W_U, the TransformerLens convention),
+            "unembed-raw" (W_U, no norm) or "embed" (W_E, the paper code's choice). It is
+            recorded in the result.
         top_k: tokens kept per (layer, position); probabilities are a softmax over the full vocabulary.
     """
     if variant not in VARIANTS:
@@ -178,10 +180,23 @@ class KeywordFrequencies:
     dropped: list[str]
 
 
-def first_subtokens(tokenizer, keywords: Sequence[str]) -> list[str]:
-    """Each keyword reduced to its first sub-token (decoded, stripped), deduplicated and sorted."""
-    firsts = {tokenizer.decode(tokenizer(k, add_special_tokens=False)["input_ids"][:1]).strip() for k in keywords}
-    return sorted(firsts - {""})
+def _first_subtoken(tokenizer, text: str) -> str:
+    return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:1]).strip()
+
+
+def first_subtokens(tokenizer, keywords: Sequence[str]) -> dict[str, set[str]]:
+    """Each keyword's first sub-token (decoded, stripped) -> the strings that count as a hit.
+
+    A keyword is tokenised alone and after a space (byte-level BPE tokenisers such as Qwen's
+    split " walking" and "walking" differently; inside a sentence the spaced form is the one
+    seen), and both first sub-tokens count for it.
+    """
+    table: dict[str, set[str]] = {}
+    for keyword in keywords:
+        first = _first_subtoken(tokenizer, keyword)
+        if first:
+            table.setdefault(first, set()).update({first} | ({_first_subtoken(tokenizer, " " + keyword)} - {""}))
+    return dict(sorted(table.items()))
 
 
 def layer_bins(n_layers: int, bin_size: int = 5, overlapping: bool = False) -> dict[str, range]:
@@ -240,8 +255,8 @@ def keyword_table(
     counters = [Counter({_strip_space_marker(k): v for k, v in c.items()}) for c in counts]
     words = first_subtokens(tokenizer, keywords)
     bins = layer_bins(len(counters), bin_size, overlapping_bins)
-    raw = pd.DataFrame({label: [sum(counters[l][w] for l in layers) for w in words] for label, layers in bins.items()},
-                       index=pd.Index(words, name="keyword"), dtype=float)  # fmt: skip
+    raw = pd.DataFrame({label: [sum(counters[l][hit] for l in layers for hit in hits) for hits in words.values()]
+                        for label, layers in bins.items()}, index=pd.Index(list(words), name="keyword"), dtype=float)  # fmt: skip
     keep = raw.sum(axis=1) >= min_count
     dropped = raw.index[~keep].tolist()
     raw = raw[keep]
@@ -274,8 +289,8 @@ def answer_probability_by_layer(model, prompt, final_norm: bool = True) -> pd.Da
     with torch.no_grad():
         for layer, name in enumerate(names):
             resid = acts[name]
-            resid = _final_norm(model)(resid) if final_norm else resid
-            probs = _unembed(model)(resid).float().softmax(-1)[0]
+            resid = _final_norm(model)(resid.to(_final_norm(model).weight.device)) if final_norm else resid
+            probs = _unembed(model)(resid.to(_unembed(model).weight.device)).float().softmax(-1)[0]
             for option, token in enumerate(letters):
                 records.append({"layer": layer, "option": option, "letter": LETTERS[option],
                                 "is_true": option == prompt.answer, "prob": float(probs[token]),

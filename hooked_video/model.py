@@ -160,10 +160,17 @@ class HookedVideoLLM:
         else:
             return prompt, {}
         self._validate(inputs)
-        device = self.device
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        inputs = self.move_inputs(inputs)
         ids = inputs.pop("input_ids")
         return ids, inputs
+
+    def move_inputs(self, inputs: dict) -> dict:
+        """Tensors to the model's device; pixel values to its dtype (processors give float32)."""
+        device, dtype = self.device, next(self.hf_model.parameters()).dtype
+        return {
+            k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if isinstance(v, torch.Tensor) else v
+            for k, v in inputs.items()
+        }
 
     def __call__(self, prompt, **kwargs):
         ids, inputs = self._inputs(prompt)
@@ -294,7 +301,7 @@ class HookedVideoLLM:
         return VideoPrompt(
             inputs=inputs, token_map=token_map, str_tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),
             option_token_ids=letters, answer=answer_index, question=question, options=options,
-            text=text, frames=frames, template=template,
+            text=text, frames=frames, template=template, fps=fps, processor_kwargs=processor_kwargs,
         )  # fmt: skip
 
     def _render_chat(self, user_text: str, template: PromptTemplate) -> str:

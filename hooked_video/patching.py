@@ -66,7 +66,10 @@ class PatchingResult:
 
     def normalized(self) -> torch.Tensor:
         """(patched - corrupted) / (clean - corrupted): 0 = corrupted behaviour, 1 = clean."""
-        return (self.values - self.corrupted) / (self.clean - self.corrupted)
+        gap = self.clean - self.corrupted
+        if abs(gap) < 1e-12:
+            raise ZeroDivisionError("the clean and corrupted metrics are equal: the corruption changes nothing to normalise by")
+        return (self.values - self.corrupted) / gap
 
     def __repr__(self) -> str:
         return f"PatchingResult({self.component}, layers={len(self.layers)}, sets={len(self.labels)}, clean={self.clean:.4g}, corrupted={self.corrupted:.4g})"
@@ -83,6 +86,7 @@ def patch_positions(
     layers: Sequence[int] | None = None,
     metric: Metric = logit_diff,
     batch_size: int = 8,
+    logits_to_keep: int | None = 1,
     progress: bool = True,
 ) -> PatchingResult:
     """Patch clean activations into the corrupted run, one position set at a time, per layer.
@@ -93,18 +97,21 @@ def patch_positions(
         component: which hook of each block is patched (see COMPONENTS).
         metric: ``fn(logits (batch, pos, vocab), clean_prompt) -> (batch,)``; default: logit
             difference of the true versus the false option letters.
+        logits_to_keep: the metric sees the logits of the last this-many positions (None: all).
     """
-    if clean.n_positions != corrupted.n_positions:
+    if clean.token_map.role != corrupted.token_map.role or not torch.equal(clean.token_map.grid, corrupted.token_map.grid):
         raise ValueError(
-            f"clean and corrupted prompts differ in length ({clean.n_positions} vs {corrupted.n_positions}); "
-            "patching needs the same layout: corrupt the video, not the text."
+            f"clean and corrupted prompts have different layouts (N = {clean.n_positions} vs "
+            f"{corrupted.n_positions}, or tokens in other places); patching needs the same layout: "
+            "corrupt the video (reverse_frames, shuffle_frames, with_frames), not the text."
         )
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     names = {layer: hook_name(component, layer) for layer in layers}
     clean_embedded, corrupted_embedded = model.embed(clean), model.embed(corrupted)
     _, cache = model.run_with_cache(clean_embedded, names_filter=lambda n: n in names.values())
-    clean_metric = float(metric(model(clean_embedded), clean)[0])
-    corrupted_metric = float(metric(model(corrupted_embedded), clean)[0])
+    keep = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
+    clean_metric = float(metric(model(clean_embedded, **keep), clean)[0])
+    corrupted_metric = float(metric(model(corrupted_embedded, **keep), clean)[0])
 
     sets = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in position_sets]
     values = torch.zeros(len(layers), len(sets))
@@ -112,7 +119,7 @@ def patch_positions(
     for start in tqdm(range(0, len(jobs), batch_size), desc=f"patching {component}", disable=not progress):
         chunk = jobs[start : start + batch_size]
         hooks = _patch_hooks(chunk, layers, names, sets, cache)
-        logits = model.run_with_hooks(corrupted_embedded.expand(len(chunk)), fwd_hooks=hooks)
+        logits = model.run_with_hooks(corrupted_embedded.expand(len(chunk)), fwd_hooks=hooks, **keep)
         for (li, si), value in zip(chunk, metric(logits, clean)):
             values[li, si] = float(value)
     labels = list(labels) if labels is not None else list(range(len(sets)))
@@ -155,8 +162,9 @@ def cell_patching(model, clean, corrupted, **kwargs) -> PatchingResult:
 
 # ----- corrupted prompts -----------------------------------------------------------------------
 def with_frames(model, prompt, frames) -> object:
-    """The same question, options and template over other frames."""
-    return model.prepare(frames, prompt.question, prompt.options, prompt.answer, template=prompt.template, num_frames=None)
+    """The same question, options, template, fps and processor settings over other frames."""
+    return model.prepare(frames, prompt.question, prompt.options, prompt.answer, template=prompt.template,
+                         num_frames=None, fps=prompt.fps, processor_kwargs=prompt.processor_kwargs)  # fmt: skip
 
 
 def reverse_frames(model, prompt):

@@ -79,6 +79,7 @@ class VideoPrompt:
         text: the rendered prompt before placeholder expansion.
         frames: the (T, H, W, 3) uint8 frames given to the processor.
         template: the PromptTemplate it was written with.
+        fps, processor_kwargs: the frame rate and processor settings it was built with.
     """
 
     inputs: dict
@@ -91,6 +92,8 @@ class VideoPrompt:
     text: str = ""
     frames: object = None
     template: PromptTemplate | None = None
+    fps: float | None = None
+    processor_kwargs: dict | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:

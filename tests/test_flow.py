@@ -28,7 +28,7 @@ def make_samples(n, seed=0):
     rng = np.random.default_rng(seed)
     return [
         Sample(id=f"s{i}", video=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), question="what happens first ?",
-               options=["the ball falls", "the cup moves"], answer=i % 2, task=f"task{i % 2}")
+               options=["the ball falls", "the cup moves"], answer=i % 2, task=f"task{i // 2 % 2}")
         for i in range(n)
     ]  # fmt: skip
 
@@ -96,17 +96,26 @@ def test_selection_and_accuracy_under_knockout(prefers_a):
         assert set(df.sample_id) == set(baseline[baseline.correct == want].sample_id)
     assert baseline.correct.tolist() == [True, False, True, False]
     correct = flow.sweep(llava, samples, targets=["cross-frame"], window=3, num_frames=None, progress=False)
-    acc = flow.accuracy_under_knockout(correct)
-    assert set(acc.task) == {"task0", "task1"}
-    for task, group in acc.groupby("task"):
-        base_acc = baseline[baseline.task == task].correct.mean()
-        assert (group.baseline_accuracy == base_acc).all()
-        assert (group.accuracy <= base_acc + 1e-12).all()
-    # an independent count for one cell: all-sample rows, wrong baselines counted as wrong
-    row = acc[(acc.layer == 0) & (acc.task == "task0")].iloc[0]
-    knocked = all_rows[(all_rows.layer == 0) & (all_rows.task == "task0")].set_index("sample_id").correct
-    base = baseline[baseline.task == "task0"].set_index("sample_id").correct
-    assert row.accuracy == pytest.approx((knocked & base).mean())
+    for table in (flow.accuracy_under_knockout(correct), flow.accuracy_under_knockout(all_rows)):
+        assert set(table.task) == {"task0", "task1"}
+        for task, group in table.groupby("task"):
+            base_acc = baseline[baseline.task == task].correct.mean()
+            assert base_acc == 0.5  # each task holds one right and one wrong baseline
+            assert (group.baseline_accuracy == base_acc).all()
+            assert (group.accuracy <= base_acc + 1e-12).all()
+        # an independent count for one cell: knocked-out answers, wrong baselines counted as wrong
+        row = table[(table.layer == 0) & (table.task == "task0")].iloc[0]
+        knocked = all_rows[(all_rows.layer == 0) & (all_rows.task == "task0")].set_index("sample_id").correct
+        base = baseline[baseline.task == "task0"].set_index("sample_id").correct
+        assert row.accuracy == pytest.approx((knocked & base.loc[knocked.index]).mean())
+
+
+def test_accuracy_counts_a_wrong_baseline_as_wrong_even_if_knockout_fixes_it():
+    rows = pd.DataFrame({"sample_id": ["a", "b"], "target": "t", "condition": "c", "layer": 0,
+                         "correct": [False, True]})  # fmt: skip
+    baseline = [{"sample_id": "a", "task": "x", "correct": True}, {"sample_id": "b", "task": "x", "correct": False}]
+    table = flow.accuracy_under_knockout(rows, baseline)
+    assert table.accuracy.tolist() == [0.0] and table.baseline_accuracy.tolist() == [0.5]
 
 
 def test_summary_mean_and_bootstrap_ci():

@@ -79,6 +79,7 @@ def test_corruption_helpers(deep, deep_prompt):
     assert np.array_equal(np.asarray(reversed_prompt.frames), np.asarray(deep_prompt.frames)[::-1])
     assert reversed_prompt.token_map.grid_shape == deep_prompt.token_map.grid_shape
     assert reversed_prompt.question == deep_prompt.question and reversed_prompt.answer == deep_prompt.answer
+    assert reversed_prompt.template == deep_prompt.template and reversed_prompt.fps == deep_prompt.fps
     shuffled = patching.shuffle_frames(deep, deep_prompt, seed=3)
     assert not np.array_equal(np.asarray(shuffled.frames), np.asarray(deep_prompt.frames))
     assert sorted(map(bytes, np.asarray(shuffled.frames))) == sorted(map(bytes, np.asarray(deep_prompt.frames)))
