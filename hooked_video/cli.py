@@ -8,6 +8,10 @@
                                             attention-knockout sweep (rows.jsonl, summary.json)
     hooked-video lens --model M --data D --variant V --out DIR [--keywords K.json]
                                             logit lens, keyword frequencies, answer probability
+    hooked-video prune --model M --data D --preset P|--from-sweep DIR --out DIR
+                                            effective pathways vs full vs random pruning
+
+D is a TVBench folder (json/, video/), a TOMATO folder (jsons/, videos/) or a JSON file.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+
+PATHWAY_PRESETS = ("llava-next-7b-video-ft", "llava-next-13b-video-ft", "mini-internvl-4b-video-ft", "videollama3-7b")
 
 
 def _build_tiny(args) -> None:
@@ -58,9 +64,9 @@ def _tokens(args) -> None:
 
 
 def _dataset(args):
-    from hooked_video.data import MCQADataset
+    from hooked_video.data import open_dataset
 
-    data = MCQADataset(args.data, skip_invalid=args.skip_invalid)
+    data = open_dataset(args.data, tasks=args.task or None, skip_invalid=args.skip_invalid)
     return data.samples[: args.samples] if args.samples else data.samples
 
 
@@ -132,12 +138,36 @@ def _lens(args) -> None:
     print(f"results: {args.out}")
 
 
+def _prune(args) -> None:
+    from hooked_video import flow, pathways
+
+    samples = _dataset(args)
+    if bool(args.preset) == bool(args.from_sweep):
+        raise ValueError("give exactly one of --preset NAME or --from-sweep SWEEP_DIR")
+    if args.preset:
+        spec = pathways.PathwaySpec.preset(args.preset)
+    else:
+        spec = pathways.PathwaySpec.from_sweep(flow.load(args.from_sweep), threshold=args.threshold)
+    model = _load(args)
+    report = pathways.evaluate(model, samples, spec, random_baseline=not args.no_random, seed=args.seed,
+                               random_fraction=args.random_fraction, num_frames=args.frames, out=args.out,
+                               resume=not args.fresh)  # fmt: skip
+    summary = {"spec": spec.__dict__, "accuracy": report.accuracy.to_dict("index"),
+               "retention": report.retention.to_dict("index"), "n_samples": len(report.rows)}  # fmt: skip
+    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"pathways: INTER {spec.inter}, V2Q {spec.v2q}, Q2L {spec.q2l}")
+    print(report.accuracy.round(3).to_string())
+    print(report.retention.round(3).to_string())
+    print(f"results: {args.out}")
+
+
 def _analysis_parser(sub, name: str, run, text: str):
     p = sub.add_parser(name, help=text)
     p.add_argument("--model", required=True, help="local folder or hub id")
     p.add_argument("--data", required=True, help="JSON file of {video, question, options, answer} entries")
     p.add_argument("--out", required=True, help="results folder (a rerun resumes)")
     p.add_argument("--samples", type=int, default=None, help="use only the first N samples")
+    p.add_argument("--task", action="append", help="only this task (repeat)")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.add_argument("--skip-invalid", action="store_true", help="skip malformed entries instead of failing")
@@ -184,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keywords", default=None, help='JSON: a word list or {"spatial": [...], "temporal": [...]}')
     p.add_argument("--min-count", type=int, default=100)
     p.add_argument("--overlapping-bins", action="store_true", help="the released code's off-by-one bins")
+
+    p = _analysis_parser(sub, "prune", _prune, "accuracy with only the effective pathways (and random pruning)")
+    p.add_argument("--preset", default=None, help="paper ranges: " + ", ".join(sorted(PATHWAY_PRESETS)))
+    p.add_argument("--from-sweep", default=None, help="a flow results folder to derive the ranges from")
+    p.add_argument("--threshold", type=float, default=10.0, help="with --from-sweep: percent drop that marks a layer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-fraction", type=float, default=None, help="default: each sample's pathway pruned share")
+    p.add_argument("--no-random", action="store_true", help="skip the random baseline")
 
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -62,6 +62,16 @@ def test_flow_and_lens_commands(tmp_path):
     assert again.returncode == 0, again.stderr
     assert len((tmp_path / "flow" / "rows.jsonl").read_text().splitlines()) == len(rows)
 
+    prune = run("prune", "--model", str(model), "--data", str(data), "--from-sweep", str(tmp_path / "flow"),
+                "--threshold", "-1000", "--frames", "4", "--out", str(tmp_path / "prune"))  # fmt: skip
+    assert prune.returncode == 0, prune.stderr
+    summary = json.loads((tmp_path / "prune" / "summary.json").read_text())
+    assert summary["spec"]["inter"] == [0, 1] and summary["n_samples"] == 2  # every layer "hurts" at -1000%
+    assert set(summary["accuracy"]["overall"]) == {"full", "pathways", "random"}
+    mismatch = run("prune", "--model", str(model), "--data", str(data), "--preset", "llava-next-7b-video-ft",
+                   "--frames", "4", "--out", str(tmp_path / "prune7b"))  # fmt: skip
+    assert mismatch.returncode == 2 and "made for 32 layers" in mismatch.stderr
+
     keywords = tmp_path / "keywords.json"
     keywords.write_text(json.dumps({"spatial": ["ball", "red"], "temporal": ["before", "after"]}))
     out = run("lens", "--model", str(model), "--data", str(data), "--variant", "embed", "--frames", "4",
@@ -79,3 +89,9 @@ def test_flow_command_reports_bad_data(tmp_path):
     data.write_text(json.dumps([{"video": "nope.mp4", "question": "q ?", "candidates": ["a", "b"], "answer": "c"}]))
     out = run("flow", "--model", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "entry 0" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_presets_match_the_library():
+    from hooked_video import cli, pathways
+
+    assert set(cli.PATHWAY_PRESETS) == set(pathways.PRESETS)

@@ -57,7 +57,7 @@ class Sample:
 
 def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | None, task: str = "") -> Sample:
     """Validate one annotation entry and build its Sample (errors name ``source`` and the entry)."""
-    where = f"{source}, entry {index}"
+    where = f"{source}, entry {index!r}" if not isinstance(index, int) else f"{source}, entry {index}"
     if not isinstance(entry, dict):
         raise AnnotationError(f"{where}: expected an object, got {type(entry).__name__}")
     options = entry.get("options", entry.get("candidates"))

@@ -1,0 +1,150 @@
+"""TVBench and TOMATO loaders (METHOD.md section 8), yielding ``Sample``s.
+
+TVBench: ``{root}/json/{task}.json``, each a list of ``{video, question, candidates, answer
+(text), optional start, end (seconds)}``; videos under ``{root}/video/{task}/``. Tasks are named
+as in the paper ("Action Antonym") or by file stem ("action_antonym").
+
+TOMATO: ``{root}/jsons/{task}.json``, each a dict of ``{id: {question, options, answer (index),
+demonstration_type, key}}``; the video is ``{root}/videos/{demonstration_type}/{key}.mp4``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from hooked_video.data.mcqa import AnnotationError, Sample, sample_from_entry
+
+TVBENCH_TASKS = (
+    "Action Antonym", "Action Count", "Action Localization", "Action Sequence", "Egocentric Sequence",
+    "Moving Direction", "Object Count", "Object Shuffle", "Scene Transition", "Unexpected Action",
+)  # fmt: skip
+#: The five TVBench tasks of the paper's analyses.
+PAPER_TVBENCH_TASKS = ("Action Antonym", "Action Sequence", "Moving Direction", "Object Count", "Scene Transition")
+TOMATO_TASKS = ("count", "direction", "rotation", "shape&trend", "velocity&frequency", "visual_cues")
+
+
+def _stem(task: str) -> str:
+    return task.strip().lower().replace(" ", "_")
+
+
+class _Benchmark(Sequence[Sample]):
+    """Samples of a benchmark folder, task by task, with per-entry validation."""
+
+    annotation_dir = ""
+
+    def __init__(self, root: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False) -> None:
+        self.root = Path(root)
+        folder = self.root / self.annotation_dir
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} does not exist: is {self.root} a {type(self).__name__} folder?")
+        available = {p.stem: p for p in sorted(folder.glob("*.json"))}
+        wanted = [_stem(t) for t in tasks] if tasks else list(available)
+        unknown = [t for t in wanted if t not in available]
+        if unknown:
+            raise FileNotFoundError(f"no annotation file for task(s) {unknown} in {folder}; found {sorted(available)}")
+        self.samples: list[Sample] = []
+        self.skipped: list[str] = []
+        for stem in wanted:
+            path = available[stem]
+            try:
+                entries = json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+            for index, entry in self._entries(path, entries):
+                try:
+                    sample = self._sample(path, stem, index, entry)
+                except AnnotationError as err:
+                    if not skip_invalid:
+                        raise
+                    self.skipped.append(str(err))
+                    continue
+                self.samples.append(sample)
+        if self.skipped:
+            print(f"skipped {len(self.skipped)} invalid entries:\n  " + "\n  ".join(self.skipped))
+
+    def _entries(self, path: Path, entries) -> Iterator[tuple]:
+        raise NotImplementedError
+
+    def _sample(self, path: Path, stem: str, index, entry) -> Sample:
+        raise NotImplementedError
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({s.task for s in self.samples})
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.root}, {len(self)} samples, tasks={self.tasks})"
+
+
+def _require(entry, fields: Sequence[str], where: str) -> None:
+    if not isinstance(entry, dict):
+        raise AnnotationError(f"{where}: expected an object, got {type(entry).__name__}")
+    missing = [f for f in fields if entry.get(f) is None]
+    if missing:
+        raise AnnotationError(f"{where}: missing field(s) {missing}")
+
+
+class TVBench(_Benchmark):
+    """TVBench multiple-choice questions; ``tasks`` by paper name or file stem (default: all)."""
+
+    annotation_dir = "json"
+
+    def _entries(self, path, entries):
+        if not isinstance(entries, list):
+            raise AnnotationError(f"{path}: expected a list of entries")
+        return enumerate(entries)
+
+    def _sample(self, path, stem, index, entry) -> Sample:
+        _require(entry, ("video", "question", "candidates", "answer"), f"{path}, entry {index}")
+        task = next((t for t in TVBENCH_TASKS if _stem(t) == stem), stem)
+        entry = {**entry, "id": f"{stem}/{index}", "task": task}
+        return sample_from_entry(entry, index, str(path), self.root / "video" / stem)
+
+
+class TOMATO(_Benchmark):
+    """TOMATO multiple-choice questions; ``tasks`` among TOMATO_TASKS (default: all)."""
+
+    annotation_dir = "jsons"
+
+    def _entries(self, path, entries):
+        if not isinstance(entries, dict):
+            raise AnnotationError(f"{path}: expected an object of entries keyed by id")
+        return entries.items()
+
+    def _sample(self, path, stem, key, entry) -> Sample:
+        where = f"{path}, entry {key!r}"
+        _require(entry, ("question", "options", "answer", "demonstration_type", "key"), where)
+        video = self.root / "videos" / entry["demonstration_type"] / f"{entry['key']}.mp4"
+        entry = {"video": str(video), "question": entry["question"], "options": entry["options"],
+                 "answer": entry["answer"], "id": f"{stem}/{key}", "task": stem}  # fmt: skip
+        if isinstance(entry["answer"], str) and entry["answer"].isdigit():
+            entry["answer"] = int(entry["answer"])
+        return sample_from_entry(entry, key, str(path), None)
+
+
+def open_dataset(path: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False):
+    """A TVBench folder, a TOMATO folder, or a JSON file of entries (``MCQADataset``)."""
+    from hooked_video.data.mcqa import MCQADataset
+
+    path = Path(path)
+    kinds: list[tuple[str, Callable]] = [("json", TVBench), ("jsons", TOMATO)]
+    for folder, cls in kinds:
+        if (path / folder).is_dir():
+            return cls(path, tasks=tasks, skip_invalid=skip_invalid)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is neither a TVBench (json/) nor a TOMATO (jsons/) folder")
+    data = MCQADataset(path, skip_invalid=skip_invalid)
+    if tasks:
+        data.samples = [s for s in data.samples if s.task in set(tasks)]
+    return data

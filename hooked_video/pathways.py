@@ -1,0 +1,266 @@
+"""Effective pathways (METHOD.md section 4): keep only the critical attention edges.
+
+A ``PathwaySpec`` names the layers where three flows stay open: cross-frame interaction
+(INTER), video -> question (V2Q) and question -> last (Q2L). Everything else of those families
+is blocked, plus last -> last and video -> last everywhere, video -> video above V2Q and
+question -> question above Q2L, all in one forward with per-layer masks::
+
+    spec = PathwaySpec.preset("llava-next-7b-video-ft")     # or PathwaySpec(inter=(5, 14), ...)
+    report = evaluate(model, dataset, spec, random_baseline=True, seed=0)
+    report.accuracy, report.retention
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hooked_video import knockout as ko
+from hooked_video.results import JsonlRows, check_config
+from hooked_video.tokens import TokenMap
+
+Range = tuple[int, int] | None  # inclusive, 0-based; None: closed in every layer
+
+PRESETS: dict[str, dict] = {
+    "llava-next-7b-video-ft": dict(inter=(5, 14), v2q=(5, 19), q2l=(15, 24), n_layers=32),
+    "llava-next-13b-video-ft": dict(inter=(5, 14), v2q=(5, 19), q2l=(15, 29), n_layers=40),
+    "mini-internvl-4b-video-ft": dict(inter=(5, 14), v2q=(5, 19), q2l=(10, 29), n_layers=32),
+    "videollama3-7b": dict(inter=(0, 14), v2q=(5, 19), q2l=(20, 27), n_layers=28),
+}
+
+#: Sweep conditions that define each family in ``PathwaySpec.from_sweep``.
+SWEEP_CONDITIONS = {
+    "inter": ("cross-frame", "cross-frame"),
+    "v2q": ("vql-to-ql", "video->question"),
+    "q2l": ("vql-to-ql", "question->last"),
+}
+
+
+def _in(layer: int, r: Range) -> bool:
+    return r is not None and r[0] <= layer <= r[1]
+
+
+@dataclass(frozen=True)
+class PathwaySpec:
+    """Layer ranges (0-based, inclusive) where each flow stays open.
+
+    Attributes:
+        inter: cross-frame interaction among video tokens.
+        v2q: video -> question (the question block with its options).
+        q2l: question -> last position.
+        n_layers: the model depth the ranges were chosen for (checked when applied), or None.
+    """
+
+    inter: Range
+    v2q: Range
+    q2l: Range
+    n_layers: int | None = None
+
+    @classmethod
+    def preset(cls, name: str) -> "PathwaySpec":
+        """The paper's ranges for one of its models (see ``PRESETS``)."""
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+        return cls(**PRESETS[name])
+
+    @classmethod
+    def from_sweep(cls, flow_df: pd.DataFrame, threshold: float = 10.0, value: str = "rel_change") -> "PathwaySpec":
+        """Derive ranges from a ``flow.sweep`` DataFrame.
+
+        Rule: for each family, take the mean ``value`` (relative change of the answer's
+        probability, %) per swept layer of its sweep condition (INTER: cross-frame; V2Q:
+        vql-to-ql video->question; Q2L: vql-to-ql question->last). The family's range runs from
+        the first to the last swept layer whose mean drop exceeds ``threshold`` (mean <=
+        -threshold), gaps included; a family that never drops that much gets no range (closed
+        in every layer). The sweep must contain the cross-frame and vql-to-ql targets.
+        """
+        ranges = {}
+        for family, (target, condition) in SWEEP_CONDITIONS.items():
+            rows = flow_df[(flow_df.target == target) & (flow_df.condition == condition)]
+            if rows.empty:
+                raise ValueError(f"the sweep has no {target}/{condition} rows; sweep targets ['cross-frame', 'vql-to-ql']")
+            means = rows.groupby("layer")[value].mean()
+            hurting = means.index[means <= -threshold]
+            ranges[family] = (int(hurting.min()), int(hurting.max())) if len(hurting) else None
+        n_layers = int(flow_df.layer.max()) + 1 if "window_end" not in flow_df else int(flow_df.window_end.max()) + 1
+        return cls(**ranges, n_layers=n_layers)
+
+    def layer_edges(self, tm: TokenMap, n_layers: int) -> dict[int, ko.EdgeSet]:
+        """Blocked edges of every layer: the union rule of METHOD.md section 4."""
+        if self.n_layers is not None and self.n_layers != n_layers:
+            raise ValueError(f"this spec was made for {self.n_layers} layers but the model has {n_layers}")
+        cross = ko.cross_frame(tm)
+        v2q, q2l = ko.between(tm.video, tm.question, tm), ko.between(tm.question, tm.last, tm)
+        always = ko.self_edges(tm.last, tm) | ko.between(tm.video, tm.last, tm)
+        v2v, q2q = ko.within(tm.video, tm), ko.within(tm.question, tm)
+        top_v2q = self.v2q[1] if self.v2q else -1
+        top_q2l = self.q2l[1] if self.q2l else -1
+        edges = {}
+        for layer in range(n_layers):
+            mask = always.mask.clone()
+            for family, open_range in ((cross, self.inter), (v2q, self.v2q), (q2l, self.q2l)):
+                if not _in(layer, open_range):
+                    mask |= family.mask
+            if layer > top_v2q:
+                mask |= v2v.mask
+            if layer > top_q2l:
+                mask |= q2q.mask
+            edges[layer] = ko.EdgeSet(mask)
+        return edges
+
+
+# ----- edge accounting and the random baseline --------------------------------------------------
+def causal_edges(n_positions: int) -> int:
+    """Edges of one layer's causal triangle, diagonal included: N(N+1)/2."""
+    return n_positions * (n_positions + 1) // 2
+
+
+@dataclass
+class EdgeCount:
+    """Edges of one prompt over all layers (one head; heads are not multiplied in)."""
+
+    retained: int
+    baseline: int
+
+    @property
+    def retention(self) -> float:
+        return self.retained / self.baseline
+
+
+def count_edges(layer_edges: dict[int, ko.EdgeSet], n_positions: int) -> EdgeCount:
+    """Retained (allowed) and baseline (causal) edges summed over layers."""
+    per_layer = causal_edges(n_positions)
+    blocked = sum(int(e.n_edges) for e in layer_edges.values())
+    return EdgeCount(per_layer * len(layer_edges) - blocked, per_layer * len(layer_edges))
+
+
+def random_layer_edges(tm: TokenMap, n_layers: int, fraction: float, seed: int) -> dict[int, ko.EdgeSet]:
+    """Per layer, ``int(fraction * N(N+1)/2)`` causal edges drawn uniformly without replacement
+    among pairs whose query and key are both at or after the video start; a fresh draw per layer.
+    """
+    n = tm.n_positions
+    start = int(tm.video.min())
+    k = n - start
+    candidates = torch.tril_indices(k, k) + start  # (2, k(k+1)/2): query, key
+    n_block = int(fraction * causal_edges(n))
+    if n_block > candidates.shape[1]:
+        raise ValueError(f"cannot block {n_block} edges per layer: only {candidates.shape[1]} pairs start at the video")
+    generator = torch.Generator().manual_seed(seed)
+    edges = {}
+    for layer in range(n_layers):
+        chosen = candidates[:, torch.randperm(candidates.shape[1], generator=generator)[:n_block]]
+        mask = torch.zeros(n, n, dtype=torch.bool)
+        mask[chosen[0], chosen[1]] = True
+        edges[layer] = ko.EdgeSet(mask)
+    return edges
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """A per-sample seed independent of sample order (so a resumed run draws the same edges)."""
+    return zlib.crc32(f"{seed}:{sample_id}".encode())
+
+
+# ----- evaluation ----------------------------------------------------------------------------------
+@dataclass
+class PathwayReport:
+    """Multiple-choice accuracy with full attention, the pathways, and the random baseline.
+
+    Attributes:
+        rows: one row per sample (predictions and edge counts per setting).
+        accuracy: rows = tasks plus "overall", columns = settings (full, pathways, random).
+        retention: per setting: mean retained and baseline edges per sample, and their ratio.
+    """
+
+    rows: pd.DataFrame
+    spec: PathwaySpec
+    accuracy: pd.DataFrame = field(init=False)
+    retention: pd.DataFrame = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = [s for s in ("full", "pathways", "random") if f"{s}_correct" in self.rows]
+        by_task = self.rows.groupby("task")[[f"{s}_correct" for s in settings]].mean()
+        by_task.loc["overall"] = self.rows[[f"{s}_correct" for s in settings]].mean()
+        by_task.columns = settings
+        self.accuracy = by_task
+        records = []
+        for s in settings:
+            if f"{s}_retained" in self.rows:
+                retained, baseline = self.rows[f"{s}_retained"].mean(), self.rows[f"{s}_baseline"].mean()
+                records.append({"setting": s, "retained": retained, "baseline": baseline, "retention": retained / baseline})
+        self.retention = pd.DataFrame(records).set_index("setting")
+
+    def __repr__(self) -> str:
+        return f"PathwayReport({len(self.rows)} samples)\n{self.accuracy.round(3)}\n{self.retention.round(3)}"
+
+
+def _option_prediction(logits: torch.Tensor, prompt) -> int:
+    """Index of the option whose letter has the highest next-token logit."""
+    letters = torch.tensor(prompt.option_token_ids, device=logits.device)
+    return int(logits[0, -1, letters].argmax())
+
+
+@torch.no_grad()
+def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = True, random_fraction: float | None = None,
+                    seed: int = 0, sample_id: str = "0") -> dict:  # fmt: skip
+    """Predictions and edge counts of one prompt under full attention, the pathways and random pruning.
+
+    ``random_fraction`` is the share of each layer's causal edges the random baseline blocks;
+    by default the sample's own pathway pruned fraction (1 - retention), so both prune as much.
+    """
+    tm, n_layers = prompt.token_map, model.cfg.n_layers
+    embedded = model.embed(prompt)
+    row = {"full_pred": _option_prediction(model(embedded, logits_to_keep=1), prompt)}
+    edges = spec.layer_edges(tm, n_layers)
+    counts = count_edges(edges, tm.n_positions)
+    row["pathways_pred"] = _option_prediction(model.run_with_hooks(embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1), prompt)
+    row.update(pathways_retained=counts.retained, pathways_baseline=counts.baseline, full_retained=counts.baseline,
+               full_baseline=counts.baseline)  # fmt: skip
+    if random_baseline:
+        fraction = 1 - counts.retention if random_fraction is None else random_fraction
+        random_edges = random_layer_edges(tm, n_layers, fraction, sample_seed(seed, sample_id))
+        random_counts = count_edges(random_edges, tm.n_positions)
+        logits = model.run_with_hooks(embedded, fwd_hooks=ko.hooks(random_edges), logits_to_keep=1)
+        row.update(random_pred=_option_prediction(logits, prompt), random_retained=random_counts.retained,
+                   random_baseline=random_counts.baseline, random_fraction=fraction)  # fmt: skip
+    return row
+
+
+def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool = True, random_fraction: float | None = None,
+             seed: int = 0, num_frames: int | None = 8, out: str | Path | None = None, resume: bool = True,
+             progress: bool = True) -> PathwayReport:  # fmt: skip
+    """Accuracy of full attention vs the effective pathways (vs random pruning) over a dataset.
+
+    Each sample costs one vision pass and two or three language-model forwards. With ``out``,
+    rows go to ``out/rows.jsonl`` as they are computed and a rerun resumes.
+    """
+    from hooked_video.flow import _as_sample, _prompt_of
+
+    rows_file = None
+    if out is not None:
+        check_config(out, {"spec": asdict(spec), "random_baseline": random_baseline, "random_fraction": random_fraction,
+                           "seed": seed, "num_frames": num_frames}, resume)  # fmt: skip
+        rows_file = JsonlRows(Path(out) / "rows.jsonl")
+    done = {r["sample_id"]: r for r in rows_file.rows} if rows_file else {}
+    rows = []
+    samples = list(samples)
+    for index, item in enumerate(tqdm(samples, desc="pathway evaluation", disable=not progress)):
+        sample_id, task, item = _as_sample(item, index)
+        if sample_id in done:
+            rows.append(done[sample_id])
+            continue
+        prompt = _prompt_of(model, item, num_frames)
+        row = {"sample_id": sample_id, "task": task, "answer": prompt.answer, "n_positions": prompt.n_positions,
+               **evaluate_prompt(model, prompt, spec, random_baseline, random_fraction, seed, sample_id)}  # fmt: skip
+        for setting in ("full", "pathways", "random"):
+            if f"{setting}_pred" in row:
+                row[f"{setting}_correct"] = row[f"{setting}_pred"] == prompt.answer
+        if rows_file is not None:
+            rows_file.append([row])
+        rows.append(row)
+    return PathwayReport(pd.DataFrame(rows), spec)

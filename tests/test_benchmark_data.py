@@ -1,0 +1,124 @@
+"""TVBench and TOMATO loaders on fixture folders in the real formats, with real mp4 files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hooked_video import load_video, save_video
+from hooked_video.data import TOMATO, AnnotationError, MCQADataset, TVBench, open_dataset
+from hooked_video.video import segment_midpoints
+
+FPS, N_FRAMES = 8, 32
+
+
+def ramp_video(path):
+    """32 frames at 8 fps (4 s); frame i is a flat grey of value 6 * i."""
+    frames = np.repeat((np.arange(N_FRAMES, dtype=np.uint8) * 6)[:, None, None, None], 32 * 32 * 3, axis=1)
+    return save_video(frames.reshape(N_FRAMES, 32, 32, 3), path, fps=FPS)
+
+
+@pytest.fixture()
+def tvbench(tmp_path):
+    root = tmp_path / "TVBench"
+    (root / "json").mkdir(parents=True)
+    for task in ("action_sequence", "moving_direction"):
+        (root / "video" / task).mkdir(parents=True)
+        ramp_video(root / "video" / task / "a.mp4")
+    (root / "json" / "action_sequence.json").write_text(json.dumps([
+        {"video": "a.mp4", "question": "What did the person do first?", "candidates": ["sat", "stood"], "answer": "stood",
+         "start": 1.0, "end": 3.0},
+        {"video": "a.mp4", "question": "What did the person do last?", "candidates": ["sat", "stood", "ran"], "answer": "sat"},
+    ]))  # fmt: skip
+    (root / "json" / "moving_direction.json").write_text(json.dumps([
+        {"video": "a.mp4", "question": "Which way?", "candidates": ["left", "right"], "answer": "left"},
+    ]))  # fmt: skip
+    return root
+
+
+@pytest.fixture()
+def tomato(tmp_path):
+    root = tmp_path / "TOMATO"
+    (root / "jsons").mkdir(parents=True)
+    (root / "videos" / "human").mkdir(parents=True)
+    ramp_video(root / "videos" / "human" / "k1.mp4")
+    (root / "jsons" / "direction.json").write_text(json.dumps({
+        "q1": {"question": "Which way does the hand turn?", "options": ["clockwise", "counter-clockwise"], "answer": 1,
+               "demonstration_type": "human", "key": "k1"},
+    }))  # fmt: skip
+    (root / "jsons" / "count.json").write_text(json.dumps({}))
+    return root
+
+
+def test_tvbench_reads_tasks_answers_and_windows(tvbench):
+    data = TVBench(tvbench)
+    assert len(data) == 3 and data.tasks == ["Action Sequence", "Moving Direction"]
+    first = data[0]
+    assert (first.task, first.options, first.answer, first.start, first.end) == ("Action Sequence", ["sat", "stood"], 1, 1.0, 3.0)
+    assert first.id == "action_sequence/0" and first.video.endswith("video/action_sequence/a.mp4")
+    frames = first.load_frames(8)
+    assert frames.shape == (8, 32, 32, 3)
+    expected = segment_midpoints(N_FRAMES, 8, FPS, 1.0, 3.0) * 6  # frames 8..24 of the ramp
+    assert np.abs(frames.reshape(8, -1).mean(1) - expected).max() < 3
+    np.testing.assert_array_equal(frames, load_video(first.video, 8, start=1.0, end=3.0))
+    whole = data[1].load_frames(8)
+    assert np.abs(whole.reshape(8, -1).mean(1) - segment_midpoints(N_FRAMES, 8) * 6).max() < 3
+    only = TVBench(tvbench, tasks=["Moving Direction"])
+    assert [s.task for s in only] == ["Moving Direction"]
+    assert len(open_dataset(tvbench, tasks=["moving_direction"])) == 1
+
+
+def test_tomato_reads_dict_entries_and_video_paths(tomato):
+    data = TOMATO(tomato)
+    assert len(data) == 1 and data.tasks == ["direction"]
+    sample = data[0]
+    assert sample.id == "direction/q1" and sample.answer == 1 and sample.video.endswith("videos/human/k1.mp4")
+    assert sample.load_frames(4).shape == (4, 32, 32, 3)
+    assert isinstance(open_dataset(tomato), TOMATO)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"video": "a.mp4", "question": "q?", "answer": "left"}, "missing field"),
+        ({"video": "a.mp4", "question": "q?", "candidates": ["left", "right"], "answer": "up"}, "not among the options"),
+        ({"video": "gone.mp4", "question": "q?", "candidates": ["left", "right"], "answer": "left"}, "does not exist"),
+    ],
+)
+def test_tvbench_malformed_entries_name_file_and_entry(tvbench, entry, message):
+    path = tvbench / "json" / "moving_direction.json"
+    good = json.loads(path.read_text())
+    path.write_text(json.dumps(good + [entry]))
+    with pytest.raises(AnnotationError, match=message) as err:
+        TVBench(tvbench)
+    assert "moving_direction.json, entry 1" in str(err.value)
+    lenient = TVBench(tvbench, skip_invalid=True)
+    assert len(lenient) == 3 and len(lenient.skipped) == 1 and "entry 1" in lenient.skipped[0]
+
+
+def test_tomato_malformed_entries(tomato):
+    path = tomato / "jsons" / "direction.json"
+    entries = json.loads(path.read_text())
+    entries["q2"] = {"question": "q?", "options": ["a", "b"], "answer": 5, "demonstration_type": "human", "key": "k1"}
+    entries["q3"] = {"question": "q?", "options": ["a", "b"], "answer": 0, "demonstration_type": "human", "key": "nope"}
+    path.write_text(json.dumps(entries))
+    with pytest.raises(AnnotationError, match="direction.json, entry 'q2'.*outside the 2 options"):
+        TOMATO(tomato)
+    lenient = TOMATO(tomato, skip_invalid=True)
+    assert [s.id for s in lenient] == ["direction/q1"]
+    assert any("'q3'" in s and "does not exist" in s for s in lenient.skipped)
+
+
+def test_unknown_tasks_and_folders(tvbench, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no annotation file for task"):
+        TVBench(tvbench, tasks=["Object Shuffle"])
+    with pytest.raises(FileNotFoundError, match="neither a TVBench"):
+        open_dataset(tmp_path)
+
+
+def test_generic_dataset_from_dicts(tvbench):
+    video = str(tvbench / "video" / "moving_direction" / "a.mp4")
+    data = MCQADataset([{"video": video, "question": "q?", "options": ["a", "b"], "answer": 1, "task": "t"}])
+    assert data[0].answer == 1 and data[0].id == "0"
+    with pytest.raises(AnnotationError, match="<list>, entry 0: missing field"):
+        MCQADataset([{"video": video, "question": "q?"}])
