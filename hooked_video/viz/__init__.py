@@ -1,0 +1,30 @@
+"""Frame-aware figures for notebooks and reports.
+
+Static figures are matplotlib ``Figure``s (``savefig`` to PNG or SVG); interactive ones are
+``InteractiveFigure``s (CircuitsVis, ``save`` to a standalone HTML file).
+"""
+
+from hooked_video.viz.attention import (
+    aggregate_pattern,
+    attention_heads,
+    attention_pattern,
+    attention_to_video,
+    frame_grid_heatmap,
+    token_groups,
+    token_labels,
+)
+from hooked_video.viz.blueprint import flow_blueprint
+from hooked_video.viz.html import InteractiveFigure
+from hooked_video.viz.plots import (
+    answer_probability_plot,
+    keyword_bars,
+    keywords_on_frames,
+    knockout_curves,
+    patching_heatmap,
+)
+
+__all__ = [
+    "InteractiveFigure", "aggregate_pattern", "answer_probability_plot", "attention_heads", "attention_pattern",
+    "attention_to_video", "flow_blueprint", "frame_grid_heatmap", "keyword_bars", "keywords_on_frames",
+    "knockout_curves", "patching_heatmap", "token_groups", "token_labels",
+]  # fmt: skip

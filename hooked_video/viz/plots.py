@@ -1,0 +1,137 @@
+"""Static figures of the analyses: knockout curves (Figs. 2-3), keyword frequencies (Fig. 4),
+keywords over frames (Fig. 5), answer probability by layer (Fig. 9), patching heatmaps.
+
+Every function returns a matplotlib ``Figure`` (shown inline in Jupyter; ``fig.savefig("x.png")``
+or ``"x.svg"``). Figures are built without pyplot, so nothing global is touched.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from hooked_video.flow import summarize
+from hooked_video.lens import KeywordFrequencies, LensResult, first_subtokens
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _as_models(data) -> dict[str, pd.DataFrame]:
+    return {"": data} if isinstance(data, pd.DataFrame) else dict(data)
+
+
+def knockout_curves(data: pd.DataFrame | Mapping[str, pd.DataFrame], value: str = "rel_change", targets: Sequence[str] | None = None,
+                    n_boot: int = 1000, seed: int = 0) -> Figure:  # fmt: skip
+    """Mean relative change per layer with bootstrap 95% bands: one panel per target, one
+    colour per condition, one line style per model (``{"image": df1, "video-FT": df2}``).
+    Layers are drawn at x = layer + 1 as in the paper."""
+    models = _as_models(data)
+    all_targets = list(dict.fromkeys(t for df in models.values() for t in df.target))
+    targets = list(targets) if targets else all_targets
+    fig = Figure(figsize=(4.2 * len(targets), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(targets), squeeze=False)[0])
+    for ax, target in zip(axes, targets):
+        colours: dict[str, str] = {}
+        for style, (model_name, df) in zip(LINESTYLES * 4, models.items()):
+            summary = summarize(df[df.target == target], value=value, n_boot=n_boot, seed=seed)
+            for condition, rows in summary.groupby("condition", sort=False):
+                x = rows.layer.to_numpy() + 1
+                colour = colours.setdefault(condition, f"C{len(colours)}")
+                label = f"{condition} ({model_name})" if model_name else condition
+                ax.plot(x, rows["mean"], style, color=colour, label=label, linewidth=1.6)
+                ax.fill_between(x, rows.ci_low, rows.ci_high, color=colour, alpha=0.15, linewidth=0)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_title(target)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("relative change of P(answer) (%)" if value == "rel_change" else value)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def keyword_bars(frequencies: KeywordFrequencies | Mapping[str, KeywordFrequencies], title: str = "") -> Figure:
+    """Average normalised keyword frequency per layer bin, one bar group per keyword set."""
+    groups = {"keywords": frequencies} if isinstance(frequencies, KeywordFrequencies) else dict(frequencies)
+    bins = list(next(iter(groups.values())).average.index)
+    fig = Figure(figsize=(1.2 + 0.9 * len(bins) * max(1, len(groups) / 2), 3.4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(groups)
+    for i, (name, kf) in enumerate(groups.items()):
+        values = kf.average.reindex(bins).fillna(0).to_numpy()
+        ax.bar(np.arange(len(bins)) + (i - (len(groups) - 1) / 2) * width, values, width, label=f"{name} ({len(kf.raw) - 1} words)")
+    ax.set_xticks(range(len(bins)), bins)
+    ax.set_xlabel("layers")
+    ax.set_ylabel("normalised frequency")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "keywords among logit-lens top-1 tokens of video positions")
+    return fig
+
+
+def keywords_on_frames(result: LensResult, frames: np.ndarray, keywords: Sequence[str] | Mapping[str, Sequence[str]],
+                       tokenizer, layer: int, max_frames: int = 8) -> Figure:  # fmt: skip
+    """Video positions whose lens top-1 token is a keyword, written at their (h, w) cell over
+    the frame they come from (one panel per temporal slot; its first input frame is shown)."""
+    groups = {"keywords": keywords} if not isinstance(keywords, Mapping) else dict(keywords)
+    hits = {hit: (name, f"C{i}") for i, (name, words) in enumerate(groups.items())
+            for first in first_subtokens(tokenizer, words).values() for hit in first}  # fmt: skip
+    tm = result.token_map
+    t_slots, grid_h, grid_w = tm.grid_shape
+    shown = min(t_slots, max_frames)
+    fig = Figure(figsize=(2.4 * shown, 2.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, shown, squeeze=False)[0])
+    tokens = [token.replace("\u2581", " ").replace("\u0120", " ").strip() for token in result.tokens(layer)]
+    cells = tm.cell[result.positions]
+    frames = np.asarray(frames)
+    for slot, ax in enumerate(axes):
+        image = frames[min(tm.input_frames(slot)[0], len(frames) - 1)]
+        ax.imshow(image, extent=(0, grid_w, grid_h, 0), interpolation="nearest")
+        for (t, h, w), token in zip(cells.tolist(), tokens):
+            if t == slot and token in hits:
+                ax.text(w + 0.5, h + 0.5, token, color="white", fontsize=7, ha="center", va="center",
+                        bbox=dict(facecolor=hits[token][1], alpha=0.75, pad=1, linewidth=0))  # fmt: skip
+        ax.set_title(f"frame {slot}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"lens ({result.variant}) layer {layer}: " + ", ".join(f"{n} = C{i}" for i, n in enumerate(groups)), fontsize=9)
+    return fig
+
+
+def answer_probability_plot(df: pd.DataFrame, title: str = "") -> Figure:
+    """P(true letter) and P(each false letter) per layer (mean over samples, with min-max band
+    when several samples are given), from ``lens.answer_probability_by_layer`` rows."""
+    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
+    ax = fig.subplots()
+    for (is_true, norm), rows in df.groupby(["is_true", "final_norm"]):
+        stats = rows.groupby("layer").prob.agg(["mean", "min", "max"])
+        x = stats.index.to_numpy() + 1
+        colour = "C2" if is_true else "C3"
+        style = "-" if norm else ":"
+        ax.plot(x, stats["mean"], style, color=colour, label=f"{'true' if is_true else 'false'} option" + ("" if norm else " (no final norm)"))
+        if rows.get("sample_id") is not None and rows.sample_id.nunique() > 1:
+            ax.fill_between(x, stats["min"], stats["max"], color=colour, alpha=0.12, linewidth=0)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("probability of the option letter")
+    ax.set_title(title or "answer probability by layer")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def patching_heatmap(result, normalized: bool = True, title: str = "") -> Figure:
+    """Layer x position-set heatmap of a ``PatchingResult`` (normalised: 0 corrupted, 1 clean)."""
+    values = result.normalized() if normalized else result.values
+    values = values.numpy()
+    fig = Figure(figsize=(max(4, 0.45 * values.shape[1] + 2), max(3, 0.3 * values.shape[0] + 1.2)), layout="constrained")
+    ax = fig.subplots()
+    limit = float(np.nanmax(np.abs(values))) or 1.0
+    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto", origin="lower", interpolation="nearest")
+    labels = [str(label) for label in result.labels]
+    step = max(1, len(labels) // 24)
+    ax.set_xticks(range(0, len(labels), step), labels[::step], rotation=60, fontsize=7)
+    ax.set_yticks(range(len(result.layers)), [str(l) for l in result.layers], fontsize=7)
+    ax.set_xlabel("patched positions")
+    ax.set_ylabel(f"layer ({result.component})")
+    fig.colorbar(image, ax=ax, label="restored fraction" if normalized else "metric")
+    ax.set_title(title or "activation patching, clean -> corrupted")
+    return fig
