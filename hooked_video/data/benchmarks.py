@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from hooked_video.data.mcqa import AnnotationError, Sample, sample_from_entry
+from hooked_video.data.mcqa import AnnotationError, Sample, SampleList, sample_from_entry
 
 TVBENCH_TASKS = (
     "Action Antonym", "Action Count", "Action Localization", "Action Sequence", "Egocentric Sequence",
@@ -29,7 +29,7 @@ def _stem(task: str) -> str:
     return task.strip().lower().replace(" ", "_")
 
 
-class _Benchmark(Sequence[Sample]):
+class _Benchmark(SampleList):
     """Samples of a benchmark folder, task by task, with per-entry validation."""
 
     annotation_dir = ""
@@ -61,8 +61,7 @@ class _Benchmark(Sequence[Sample]):
                     self.skipped.append(str(err))
                     continue
                 self.samples.append(sample)
-        if self.skipped:
-            print(f"skipped {len(self.skipped)} invalid entries:\n  " + "\n  ".join(self.skipped))
+        self._report_skipped()
 
     def _entries(self, path: Path, entries) -> Iterator[tuple]:
         raise NotImplementedError
@@ -73,15 +72,6 @@ class _Benchmark(Sequence[Sample]):
     @property
     def tasks(self) -> list[str]:
         return sorted({s.task for s in self.samples})
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        return self.samples[i]
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self.samples)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.root}, {len(self)} samples, tasks={self.tasks})"

@@ -81,7 +81,27 @@ def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | N
     )  # fmt: skip
 
 
-class MCQADataset(Sequence[Sample]):
+class SampleList(Sequence[Sample]):
+    """A list of samples plus the reasons of the entries that were skipped as invalid."""
+
+    samples: list[Sample]
+    skipped: list[str]
+
+    def _report_skipped(self) -> None:
+        if self.skipped:
+            print(f"skipped {len(self.skipped)} invalid entries:\n  " + "\n  ".join(self.skipped))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+
+class MCQADataset(SampleList):
     """Users' own multiple-choice data, from a list of dicts or a JSON file.
 
     Args:
@@ -116,17 +136,7 @@ class MCQADataset(Sequence[Sample]):
                 if not skip_invalid:
                     raise
                 self.skipped.append(str(err))
-        if self.skipped:
-            print(f"skipped {len(self.skipped)} invalid entries:\n  " + "\n  ".join(self.skipped))
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        return self.samples[i]
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self.samples)
+        self._report_skipped()
 
     def __repr__(self) -> str:
         return f"MCQADataset({len(self)} samples)"
