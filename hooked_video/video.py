@@ -155,8 +155,11 @@ def load_video(
     return frames[segment_midpoints(len(frames), num_frames, fps, start, end)]
 
 
-def save_video(frames: Frames, path: str | os.PathLike, fps: int = 8, codec: str = "libx264") -> Path:
-    """Write (T, H, W, 3) uint8 frames as an H.264 mp4 (PyAV). H and W must be even."""
+def save_video(frames: Frames, path: str | os.PathLike, fps: int = 8, codec: str = "libx264", crf: int = 10) -> Path:
+    """Write (T, H, W, 3) uint8 frames as an H.264 mp4 (PyAV). H and W must be even.
+
+    ``crf=0`` is lossless in luma and chroma (only the yuv420p chroma subsampling remains), so
+    the decoded frames do not depend on the encoder's rate-control decisions."""
     import av
 
     frames = _as_array(frames)
@@ -166,7 +169,9 @@ def save_video(frames: Frames, path: str | os.PathLike, fps: int = 8, codec: str
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "10", "threads": "1"}  # one thread: byte-identical output for equal input
+        stream.options = {"crf": str(crf), "threads": "1"}
+        stream.codec_context.thread_count = 1  # single-threaded: equal frames give equal bytes
+        stream.codec_context.thread_type = "NONE"
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

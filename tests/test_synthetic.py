@@ -18,7 +18,7 @@ def test_generation_is_deterministic(bench, tmp_path):
     again = synthetic.generate(tmp_path / "b", per_task=12, seed=3, progress=False)
     for task in synthetic.TASKS:
         assert (bench / "json" / f"{task}.json").read_bytes() == (again / "json" / f"{task}.json").read_bytes()
-    for video in sorted((bench / "video").rglob("*.mp4"))[::7]:
+    for video in sorted((bench / "video").rglob("*.mp4")):
         twin = again / video.relative_to(bench)
         np.testing.assert_array_equal(load_video(video, 8, backend="decord"), load_video(twin, 8, backend="decord"))
     other = synthetic.generate(tmp_path / "c", tasks=["colour"], per_task=12, seed=4, progress=False)

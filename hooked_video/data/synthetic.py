@@ -277,7 +277,7 @@ def generate(root: str | Path, tasks: Sequence[str] | None = None, per_task: int
         for index in range(per_task):
             clip = make_clip(task, index, seed, canvas)
             name = f"{index:04d}.mp4"
-            save_video(clip.frames, root / "video" / task / name, fps=fps)
+            save_video(clip.frames, root / "video" / task / name, fps=fps, crf=0)  # lossless: reproducible frames
             entries.append({"video": name, "question": clip.question, "candidates": clip.options,
                             "answer": clip.options[clip.answer]})  # fmt: skip
         (root / "json").mkdir(parents=True, exist_ok=True)
