@@ -13,9 +13,10 @@ Temporal tasks mirror the paper's five (a single frame does not tell the answer;
 
 Single-frame tasks (static clips, every frame the same): colour, shape, position, static_count.
 
-Every sample is drawn from its own seeded generator (seed, task, index), the answer class cycles
-through the classes and the true option's position cycles through the option slots, so classes
-and positions are balanced (exactly, over any n_classes x n_options consecutive samples). Add
+Every sample is drawn from its own seeded generator (seed, task, index); the answer class cycles
+through the classes, and options keep a fixed order per task, so answer classes and option
+positions are balanced together (exactly, over any n_classes consecutive samples); for the two
+ordered tasks (which object first, from which colour to which) both orders occur equally. Add
 tasks with ``register_task``.
 
     root = synthetic.generate("data/synthetic", per_task=32, seed=0)
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 from hooked_video.video import save_video
 
 COLOURS = {"red": (220, 50, 50), "green": (50, 190, 70), "blue": (60, 90, 235), "yellow": (235, 215, 50)}
-SHAPES = ("square", "circle")
+SHAPES = ("square", "ring")  # distinct even after 2x2 pooling of 8-pixel patches
 BACKGROUNDS = {"black": (20, 20, 20), "grey": (120, 120, 120), "purple": (110, 50, 140), "brown": (120, 80, 40)}
 WHITE = (250, 250, 250)
 
@@ -53,8 +54,8 @@ class Clip:
 
 @dataclass(frozen=True)
 class Task:
-    """A task: ``make(rng, label, canvas) -> (frames, question, true option, wrong options)``
-    where ``label`` in ``range(n_classes)`` picks the answer class."""
+    """A task: ``make(rng, label, canvas) -> (frames, question, options, answer index)`` where
+    ``label`` in ``range(n_classes)`` picks the answer class."""
 
     name: str
     kind: str  # "temporal" or "single-frame"
@@ -82,13 +83,14 @@ class Canvas:
 
 
 def draw(image: np.ndarray, shape: str, colour, cx: float, cy: float, size: float) -> None:
-    """Draw a filled square or circle of side/diameter ``size`` centred at (cx, cy), in place."""
+    """Draw a filled square or a ring (outer diameter ``size``, hollow centre) at (cx, cy), in place."""
     yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
     half = size / 2
     if shape == "square":
         inside = (np.abs(xx - cx) <= half) & (np.abs(yy - cy) <= half)
     else:
-        inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= half**2
+        radius2 = (xx - cx) ** 2 + (yy - cy) ** 2
+        inside = (radius2 <= half**2) & (radius2 >= (half * 0.5) ** 2)
     image[inside] = colour
 
 
@@ -110,8 +112,7 @@ def _action_antonym(rng, label: int, c: Canvas):
     cx, cy = rng.uniform(22, 42, 2)
     for t in range(c.frames):
         draw(frames[t], shape, COLOURS[colour], cx, cy, sizes[t])
-    options = ["growing", "shrinking"]
-    return frames, f"Is {_name(colour, shape)} growing or shrinking ?", options[label], [options[1 - label]]
+    return frames, f"Is {_name(colour, shape)} growing or shrinking ?", ["growing", "shrinking"], label
 
 
 def _action_sequence(rng, label: int, c: Canvas):
@@ -128,8 +129,8 @@ def _action_sequence(rng, label: int, c: Canvas):
         for i in range(2):
             colour = WHITE if flash[i] <= t < flash[i] + 2 else COLOURS[colours[i]]
             draw(frames[t], shapes[i], colour, xs[i], ys[i], 14)
-    names = [_name(colours[i], shapes[i]) for i in range(2)]
-    return frames, "Which object flashes first ?", names[label], [names[1 - label]]
+    names = [_name(colours[i], shapes[i]) for i in range(2)]  # left object first
+    return frames, "Which object flashes first ?", names, label
 
 
 DIRECTIONS = ("left", "right", "up", "down")
@@ -146,8 +147,7 @@ def _moving_direction(rng, label: int, c: Canvas):
     start = rng.uniform(low, high)
     for t in range(c.frames):
         draw(frames[t], shape, COLOURS[colour], *(start + step * t), 12)
-    wrong = [d for d in DIRECTIONS if d != DIRECTIONS[label]]
-    return frames, f"Which way does {_name(colour, shape)} move ?", DIRECTIONS[label], wrong
+    return frames, f"Which way does {_name(colour, shape)} move ?", list(DIRECTIONS), label
 
 
 NUMBERS = ("one", "two", "three")
@@ -164,14 +164,14 @@ def _object_count(rng, label: int, c: Canvas):
         for i, (x, y) in enumerate(slots):
             dy = velocity[i][1] * (t - (c.frames - 1) / 2) if i in moving else 0
             draw(frames[t], SHAPES[i % 2], COLOURS[colours[i]], x, np.clip(y + dy, 6, c.size - 6), 10)
-    wrong = [n for n in NUMBERS if n != NUMBERS[label]]
-    return frames, "How many objects move ?", NUMBERS[label], wrong
+    return frames, "How many objects move ?", list(NUMBERS), label
 
 
 def _scene_transition(rng, label: int, c: Canvas):
     """The background switches colour once; the options are the same two colours in both
     orders, so a single frame (one colour) cannot tell."""
-    a, b = _pick(rng, list(BACKGROUNDS), 2)
+    first, second = sorted(_pick(rng, list(BACKGROUNDS), 2))
+    a, b = (first, second) if label == 0 else (second, first)
     switch = int(rng.integers(3, c.frames - 2))
     frames = c.blank()
     frames[:switch] = BACKGROUNDS[a]
@@ -180,9 +180,7 @@ def _scene_transition(rng, label: int, c: Canvas):
     x, y = rng.uniform(16, 48, 2)
     for t in range(c.frames):
         draw(frames[t], shape, COLOURS[colour], x, y, 12)
-    true, reverse = f"from {a} to {b}", f"from {b} to {a}"
-    del label  # the order (a, b) is random; the true option's slot is balanced by the caller
-    return frames, "How does the scene change ?", true, [reverse]
+    return frames, "How does the scene change ?", [f"from {first} to {second}", f"from {second} to {first}"], label
 
 
 # ----- single-frame tasks (static clips) ----------------------------------------------------------
@@ -195,14 +193,14 @@ def _colour(rng, label: int, c: Canvas):
     image = c.blank()[0]
     shape = SHAPES[rng.integers(2)]
     draw(image, shape, COLOURS[names[label]], *rng.uniform(16, 48, 2), rng.uniform(12, 24))
-    return _static(c, image), f"What colour is the {shape} ?", names[label], [n for n in names if n != names[label]]
+    return _static(c, image), f"What colour is the {shape} ?", names, label
 
 
 def _shape(rng, label: int, c: Canvas):
     image = c.blank()[0]
     colour = _pick(rng, list(COLOURS), 1)[0]
     draw(image, SHAPES[label], COLOURS[colour], *rng.uniform(16, 48, 2), rng.uniform(14, 24))
-    return _static(c, image), f"What shape is the {colour} object ?", SHAPES[label], [SHAPES[1 - label]]
+    return _static(c, image), f"What shape is the {colour} object ?", list(SHAPES), label
 
 
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
@@ -215,8 +213,7 @@ def _position(rng, label: int, c: Canvas):
     cx = rng.uniform(8, half - 8) + (half if label % 2 else 0)
     cy = rng.uniform(8, half - 8) + (half if label >= 2 else 0)
     draw(image, shape, COLOURS[colour], cx, cy, 12)
-    wrong = [q for q in QUADRANTS if q != QUADRANTS[label]]
-    return _static(c, image), f"Where is {_name(colour, shape)} ?", QUADRANTS[label], wrong
+    return _static(c, image), f"Where is {_name(colour, shape)} ?", list(QUADRANTS), label
 
 
 def _static_count(rng, label: int, c: Canvas):
@@ -226,8 +223,7 @@ def _static_count(rng, label: int, c: Canvas):
     for colour, slot in zip(colours, slots):
         cx, cy = 16 + 32 * (slot % 2) + rng.uniform(-4, 4), 16 + 32 * (slot // 2) + rng.uniform(-4, 4)
         draw(image, SHAPES[rng.integers(2)], COLOURS[colour], cx, cy, 12)
-    wrong = [n for n in NUMBERS if n != NUMBERS[label]]
-    return _static(c, image), "How many objects are there ?", NUMBERS[label], wrong
+    return _static(c, image), "How many objects are there ?", list(NUMBERS), label
 
 
 for _task in (
@@ -235,7 +231,7 @@ for _task in (
     Task("action_sequence", "temporal", 2, _action_sequence),
     Task("moving_direction", "temporal", 4, _moving_direction),
     Task("object_count", "temporal", 3, _object_count),
-    Task("scene_transition", "temporal", 1, _scene_transition),
+    Task("scene_transition", "temporal", 2, _scene_transition),
     Task("colour", "single-frame", 4, _colour),
     Task("shape", "single-frame", 2, _shape),
     Task("position", "single-frame", 4, _position),
@@ -249,17 +245,18 @@ SINGLE_FRAME_TASKS = tuple(t for t, spec in TASKS.items() if spec.kind == "singl
 
 # ----- samples and files --------------------------------------------------------------------------
 def make_clip(task: str, index: int, seed: int = 0, canvas: Canvas = Canvas()) -> Clip:
-    """The ``index``-th question of a task: answer class ``index % n_classes``, true option in
-    slot ``(index // n_classes + index % n_classes) % n_options`` (so classes and slots are both
-    balanced, and decorrelated), the wrong options in a seeded order."""
+    """The ``index``-th question of a task, of answer class ``index % n_classes``.
+
+    Options come in each task's fixed order (directions, numbers, colours..., objects left to
+    right, colour pairs alphabetically), so the true option's position is its class: classes
+    and positions are balanced together, and a model can answer from the video alone.
+    """
     if task not in TASKS:
         raise KeyError(f"unknown task {task!r}; tasks: {sorted(TASKS)}")
     spec = TASKS[task]
     rng = np.random.default_rng([seed, list(TASKS).index(task), index])
-    frames, question, true, wrong = spec.make(rng, index % spec.n_classes, canvas)
-    wrong = [wrong[i] for i in rng.permutation(len(wrong))]
-    slot = (index // spec.n_classes + index % spec.n_classes) % (len(wrong) + 1)
-    return Clip(frames, question, wrong[:slot] + [true] + wrong[slot:], slot)
+    frames, question, options, answer = spec.make(rng, index % spec.n_classes, canvas)
+    return Clip(frames, question, list(options), int(answer))
 
 
 def generate(root: str | Path, tasks: Sequence[str] | None = None, per_task: int = 16, seed: int = 0,
