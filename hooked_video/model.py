@@ -98,13 +98,17 @@ class HookedVideoLLM:
     def from_pretrained(
         cls, name_or_path: str | Path, device=None, dtype=None, **boot_kwargs: Any
     ) -> "HookedVideoLLM":
-        """Load a checkpoint (local folder or hub id) with its processor, eager attention.
+        """Load a checkpoint (local folder, hub id, or a bundled zoo name such as "toy-video-ft")
+        with its processor, eager attention.
 
         Extra keyword arguments go to the HF model's ``from_pretrained`` (e.g. ``device_map``).
         """
         import transformers
         from transformers import AutoConfig, AutoProcessor
 
+        from hooked_video.zoo import resolve
+
+        name_or_path = resolve(name_or_path)
         config = AutoConfig.from_pretrained(name_or_path)
         arch = (getattr(config, "architectures", None) or [None])[0]
         if arch not in ADAPTERS:

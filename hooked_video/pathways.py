@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hooked_video import knockout as ko
+from hooked_video.accuracy import option_prediction
 from hooked_video.results import JsonlRows, check_config
 from hooked_video.tokens import TokenMap
 
@@ -199,12 +200,6 @@ class PathwayReport:
         return f"PathwayReport({len(self.rows)} samples)\n{self.accuracy.round(3)}\n{self.retention.round(3)}"
 
 
-def _option_prediction(logits: torch.Tensor, prompt) -> int:
-    """Index of the option whose letter has the highest next-token logit."""
-    letters = torch.tensor(prompt.option_token_ids, device=logits.device)
-    return int(logits[0, -1, letters].argmax())
-
-
 @torch.no_grad()
 def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = True, random_fraction: float | None = None,
                     seed: int = 0, sample_id: str = "0") -> dict:  # fmt: skip
@@ -215,10 +210,10 @@ def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = Tr
     """
     tm, n_layers = prompt.token_map, model.cfg.n_layers
     embedded = model.embed(prompt)
-    row = {"full_pred": _option_prediction(model(embedded, logits_to_keep=1), prompt)}
+    row = {"full_pred": option_prediction(model(embedded, logits_to_keep=1), prompt)}
     edges = spec.layer_edges(tm, n_layers)
     counts = count_edges(edges, tm.n_positions)
-    row["pathways_pred"] = _option_prediction(model.run_with_hooks(embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1), prompt)
+    row["pathways_pred"] = option_prediction(model.run_with_hooks(embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1), prompt)
     row.update(pathways_retained=counts.retained, pathways_baseline=counts.baseline, full_retained=counts.baseline,
                full_baseline=counts.baseline)  # fmt: skip
     if random_baseline:
@@ -226,7 +221,7 @@ def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = Tr
         random_edges = random_layer_edges(tm, n_layers, fraction, sample_seed(seed, sample_id))
         random_counts = count_edges(random_edges, tm.n_positions)
         logits = model.run_with_hooks(embedded, fwd_hooks=ko.hooks(random_edges), logits_to_keep=1)
-        row.update(random_pred=_option_prediction(logits, prompt), random_retained=random_counts.retained,
+        row.update(random_pred=option_prediction(logits, prompt), random_retained=random_counts.retained,
                    random_baseline=random_counts.baseline, random_fraction=fraction)  # fmt: skip
     return row
 

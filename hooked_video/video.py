@@ -34,7 +34,8 @@ def segment_midpoints(
     The window is [start, end] in seconds (needs `fps`), else the whole clip. With
     first = round(start * fps) (>= 0) and last = round(end * fps) (<= n_total - 1),
     seg = (last - first) / num_frames and index_i = int(first + seg / 2 + round(seg * i)),
-    the rule of the TVBench evaluation code.
+    the rule of the TVBench evaluation code. When the window holds exactly ``num_frames`` frames,
+    every frame is taken once (the rule itself would repeat one frame and drop the last).
     """
     if num_frames < 1:
         raise VideoError(f"num_frames must be at least 1, got {num_frames}.")
@@ -51,6 +52,8 @@ def segment_midpoints(
             f"the video has {max(available, 0)} frames{window}, fewer than the {num_frames} "
             f"asked for; ask for fewer frames (num_frames=...) or widen the window."
         )
+    if available == num_frames:
+        return np.arange(first, last + 1)
     seg = (last - first) / num_frames
     return np.array([int(first + seg / 2 + np.round(seg * i)) for i in range(num_frames)])
 

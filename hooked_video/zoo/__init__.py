@@ -1,0 +1,26 @@
+"""Bundled models: tiny VideoLLMs that load by name, offline (``HookedVideoLLM.from_pretrained("toy-video-ft")``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).parent / "models"
+
+#: Bundled model name -> what it is.
+ZOO = {
+    "toy-image": "toy LLaVA-NeXT-Video, trained on single-frame tasks only (static clips)",
+    "toy-video-ft": "toy-image fine-tuned on the temporal tasks of the synthetic benchmark",
+}
+
+
+def resolve(name_or_path: str | Path) -> str | Path:
+    """A zoo name -> its bundled folder; anything else is returned unchanged."""
+    if isinstance(name_or_path, str) and name_or_path in ZOO and not Path(name_or_path).exists():
+        folder = MODELS_DIR / name_or_path
+        if not (folder / "model.safetensors").exists():
+            raise FileNotFoundError(
+                f"the bundled weights of {name_or_path!r} are missing from {folder}; reinstall the "
+                "package or train them with `python -m hooked_video.zoo.train --out DIR`."
+            )
+        return folder
+    return name_or_path

@@ -1,0 +1,47 @@
+"""The bundled toy models: load by name offline, small, and as accurate as their cards say."""
+
+import pytest
+
+from hooked_video import HookedVideoLLM
+from hooked_video.accuracy import accuracy
+from hooked_video.data import TVBench, synthetic
+from hooked_video.zoo import MODELS_DIR, ZOO
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """12 held-out questions per task (a multiple of every task's class count), as mp4 files."""
+    return TVBench(synthetic.generate(tmp_path_factory.mktemp("syn") / "b", per_task=12, seed=0, progress=False))
+
+
+def test_bundle_is_small_and_complete():
+    files = [p for name in ZOO for p in (MODELS_DIR / name).iterdir()]
+    assert sum(p.stat().st_size for p in files) < 20 * 2**20
+    for name in ZOO:
+        assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "README.md"} <= {
+            p.name for p in (MODELS_DIR / name).iterdir()}  # fmt: skip
+
+
+def by_stem(table, data):
+    stem = {s.task: s.id.split("/")[0] for s in data}
+    return {stem.get(task, task): row.accuracy for task, row in table.iterrows() if task != "overall"}
+
+
+def test_toy_video_ft_solves_every_temporal_task(held_out):
+    acc = by_stem(accuracy(HookedVideoLLM.from_pretrained("toy-video-ft"), held_out, progress=False), held_out)
+    for task in synthetic.TASKS:
+        assert acc[task] >= 0.9, (task, acc[task])
+
+
+def test_toy_image_solves_single_frames_but_not_time(held_out):
+    acc = by_stem(accuracy(HookedVideoLLM.from_pretrained("toy-image"), held_out, progress=False), held_out)
+    for task in synthetic.SINGLE_FRAME_TASKS:
+        assert acc[task] >= 0.9, (task, acc[task])
+    chance = {t: 1 / len(synthetic.make_clip(t, 0).options) for t in synthetic.TEMPORAL_TASKS}
+    excess = sum(acc[t] - chance[t] for t in synthetic.TEMPORAL_TASKS) / len(chance)
+    assert excess < 0.15, acc  # near chance on average over the temporal tasks
+
+
+def test_unknown_zoo_name_is_a_path():
+    with pytest.raises(OSError):
+        HookedVideoLLM.from_pretrained("toy-nonexistent")
