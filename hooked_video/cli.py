@@ -10,6 +10,8 @@
                                             logit lens, keyword frequencies, answer probability
     hooked-video prune --model M --data D --preset P|--from-sweep DIR --out DIR
                                             effective pathways vs full vs random pruning
+    hooked-video demo [--samples 8] [--out DIR]
+                                            the paper's pipeline on the bundled toy models
 
 D is a TVBench folder (json/, video/), a TOMATO folder (jsons/, videos/) or a JSON file.
 """
@@ -161,6 +163,21 @@ def _prune(args) -> None:
     print(f"results: {args.out}")
 
 
+def _demo(args) -> None:
+    from hooked_video import demo
+
+    data = args.data or Path.home() / ".cache" / "hooked_video" / "synthetic"
+    summary = demo.run(args.out, data=data, samples=args.samples, models=(args.image_model, args.model), device=args.device)
+    print("accuracy per task:")
+    for task, row in summary["accuracy"].items():
+        print(f"  {task:18s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items()))
+    for finding in ("finding1", "finding2", "finding3"):
+        print(f"{finding}: reproduces = {summary[finding]['reproduces']}")
+    f4 = summary["finding4"]
+    print(f"finding4: accuracy {f4['accuracy']}, edge retention {f4['retention']}")
+    print(f"report: {Path(args.out, 'index.html').resolve()}  ({summary['seconds']} s)")
+
+
 def _analysis_parser(sub, name: str, run, text: str):
     p = sub.add_parser(name, help=text)
     p.add_argument("--model", required=True, help="local folder or hub id")
@@ -222,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-fraction", type=float, default=None, help="default: each sample's pathway pruned share")
     p.add_argument("--no-random", action="store_true", help="skip the random baseline")
+
+    p = sub.add_parser("demo", help="the whole analysis on the bundled toy models, offline")
+    p.add_argument("--model", default="toy-video-ft", help="the video model (default: toy-video-ft)")
+    p.add_argument("--image-model", default="toy-image", help="the image model to compare with")
+    p.add_argument("--data", default=None, help="synthetic benchmark folder (default: ~/.cache/hooked_video/synthetic)")
+    p.add_argument("--samples", type=int, default=8, help="questions per task")
+    p.add_argument("--out", default="hooked_video_demo", help="report folder")
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=_demo)
 
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

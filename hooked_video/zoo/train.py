@@ -235,7 +235,7 @@ CARD_INTRO = {
 }
 
 
-def bundle(run_dir: str | Path, models_dir: str | Path, benchmark: dict | None = None) -> None:
+def bundle(run_dir: str | Path, models_dir: str | Path, benchmark: dict | None = None, findings: str | None = None) -> None:
     """Assemble ``models_dir/{toy-image,toy-video-ft}``: architecture, tokenizer and processor
     from ``build_toy``, the trained float16 weights of ``run_dir``, and a model card with the
     run's held-out accuracies (and ``benchmark``: accuracies measured on the written mp4 files)."""
@@ -248,10 +248,10 @@ def bundle(run_dir: str | Path, models_dir: str | Path, benchmark: dict | None =
         shutil.rmtree(folder, ignore_errors=True)
         build_toy(folder)
         shutil.copyfile(run_dir / f"{name}.safetensors", folder / "model.safetensors")
-        (folder / "README.md").write_text(model_card(name, log, (benchmark or {}).get(name)))
+        (folder / "README.md").write_text(model_card(name, log, (benchmark or {}).get(name), findings))
 
 
-def model_card(name: str, log: dict, benchmark: dict | None) -> str:
+def model_card(name: str, log: dict, benchmark: dict | None, findings: str | None = None) -> str:
     args = log["args"]
     phases = {p: [r for r in log["log"] if r["phase"] == p][-1] for p in ("image", "video-ft")}
     held = log["held_out"][name]
@@ -287,8 +287,8 @@ def model_card(name: str, log: dict, benchmark: dict | None) -> str:
             row += f" {benchmark.get(task, float('nan')):.3f} |"
         lines.append(row)
     lines += ["", "## What it shows and what it does not", "",
-              "The accuracies above are measured, nothing else is claimed here: which of the paper's findings "
-              "this model reproduces is measured by `hooked-video demo`, whose report says so per finding. "
               "It is a teaching model: tiny, trained on coloured shapes, with options in a fixed order per "
-              "task (so it can answer from the video without reading the options)."]  # fmt: skip
+              "task (so it can answer from the video without reading the options). Which of the paper's "
+              "findings the pair toy-image / toy-video-ft reproduces is measured by `hooked-video demo`:", "",
+              findings or "(not measured yet)"]  # fmt: skip
     return "\n".join(lines) + "\n"
