@@ -73,7 +73,9 @@ def coloured_fraction(image):
 
 
 def test_static_figures_have_content(model, prompt, sweep, frames, tmp_path):
-    check_png(viz.knockout_curves(sweep), tmp_path / "curves.png")
+    curves = viz.knockout_curves(sweep)
+    check_png(curves, tmp_path / "curves.png")
+    assert curves._repr_png_().startswith(b"\x89PNG")  # shows inline in Jupyter even without pyplot
     check_png(viz.knockout_curves({"image": sweep, "video": sweep.assign(rel_change=sweep.rel_change * 2)}), tmp_path / "curves2.png")
     check_png(viz.flow_blueprint(sweep, threshold=0.0), tmp_path / "blueprint.png")
 

@@ -16,7 +16,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from hooked_video.tokens import TokenMap
-from hooked_video.viz.html import InteractiveFigure
+from hooked_video.viz.html import InteractiveFigure, StaticFigure
 
 AUTO_AGGREGATE_ABOVE = 512  # positions; longer prompts are grouped per frame by default
 
@@ -139,7 +139,7 @@ def frame_grid_heatmap(maps: Mapping[str, torch.Tensor] | torch.Tensor, title: s
     positive = np.concatenate([a[a > 0] for a in arrays.values()] or [np.ones(1)])
     vmax = float(max(a.max() for a in arrays.values()))
     norm = LogNorm(vmin=max(float(positive.min()) if positive.size else 1e-6, vmax * 1e-4), vmax=vmax) if log and vmax > 0 else None
-    fig = Figure(figsize=(min(2 + 1.2 * t * w / max(h, 1), 18), 1.2 + 1.6 * len(arrays)), layout="constrained")
+    fig = StaticFigure(figsize=(min(2 + 1.2 * t * w / max(h, 1), 18), 1.2 + 1.6 * len(arrays)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(arrays), 1))
     for ax, (name, array) in zip(axes, arrays.items()):
         strip = np.concatenate([array[i] for i in range(t)], axis=1)  # (H, T*W)

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from hooked_video.pathways import SWEEP_CONDITIONS, PathwaySpec
+from hooked_video.viz.html import StaticFigure
 
 LANES = {"inter": "frames <-> frames\n(cross-frame)", "v2q": "video -> question", "q2l": "question -> last"}
 
@@ -23,7 +24,7 @@ def flow_blueprint(df: pd.DataFrame, threshold: float = 10.0, title: str = "") -
     """
     spec = PathwaySpec.from_sweep(df, threshold=threshold)
     n_layers = spec.n_layers
-    fig = Figure(figsize=(max(6, 0.28 * n_layers + 3), 3.2), layout="constrained")
+    fig = StaticFigure(figsize=(max(6, 0.28 * n_layers + 3), 3.2), layout="constrained")
     ax = fig.subplots()
     strips = []
     for family, (target, condition) in SWEEP_CONDITIONS.items():

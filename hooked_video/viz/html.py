@@ -7,6 +7,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import numpy as np
+from matplotlib.figure import Figure
 
 _JS_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -70,3 +71,14 @@ class InteractiveFigure:
 
     def __repr__(self) -> str:
         return f"InteractiveFigure({self.component}, title={self.title!r})"
+
+
+class StaticFigure(Figure):
+    """A matplotlib Figure that also shows itself in Jupyter without pyplot's inline backend."""
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=90)
+        return buffer.getvalue()

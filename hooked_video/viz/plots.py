@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from hooked_video.flow import summarize
 from hooked_video.lens import KeywordFrequencies, LensResult, first_subtokens
+from hooked_video.viz.html import StaticFigure
 
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -31,7 +32,7 @@ def knockout_curves(data: pd.DataFrame | Mapping[str, pd.DataFrame], value: str 
     models = _as_models(data)
     all_targets = list(dict.fromkeys(t for df in models.values() for t in df.target))
     targets = list(targets) if targets else all_targets
-    fig = Figure(figsize=(4.2 * len(targets), 3.4), layout="constrained")
+    fig = StaticFigure(figsize=(4.2 * len(targets), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(targets), squeeze=False)[0])
     for ax, target in zip(axes, targets):
         colours: dict[str, str] = {}
@@ -55,7 +56,7 @@ def keyword_bars(frequencies: KeywordFrequencies | Mapping[str, KeywordFrequenci
     """Average normalised keyword frequency per layer bin, one bar group per keyword set."""
     groups = {"keywords": frequencies} if isinstance(frequencies, KeywordFrequencies) else dict(frequencies)
     bins = list(next(iter(groups.values())).average.index)
-    fig = Figure(figsize=(1.2 + 0.9 * len(bins) * max(1, len(groups) / 2), 3.4), layout="constrained")
+    fig = StaticFigure(figsize=(1.2 + 0.9 * len(bins) * max(1, len(groups) / 2), 3.4), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(groups)
     for i, (name, kf) in enumerate(groups.items()):
@@ -79,7 +80,7 @@ def keywords_on_frames(result: LensResult, frames: np.ndarray, keywords: Sequenc
     tm = result.token_map
     t_slots, grid_h, grid_w = tm.grid_shape
     shown = min(t_slots, max_frames)
-    fig = Figure(figsize=(2.4 * shown, 2.8), layout="constrained")
+    fig = StaticFigure(figsize=(2.4 * shown, 2.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, shown, squeeze=False)[0])
     tokens = [token.replace("\u2581", " ").replace("\u0120", " ").strip() for token in result.tokens(layer)]
     cells = tm.cell[result.positions]
@@ -101,7 +102,7 @@ def keywords_on_frames(result: LensResult, frames: np.ndarray, keywords: Sequenc
 def answer_probability_plot(df: pd.DataFrame, title: str = "") -> Figure:
     """P(true letter) and P(each false letter) per layer (mean over samples, with min-max band
     when several samples are given), from ``lens.answer_probability_by_layer`` rows."""
-    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
+    fig = StaticFigure(figsize=(5.5, 3.4), layout="constrained")
     ax = fig.subplots()
     for (is_true, norm), rows in df.groupby(["is_true", "final_norm"]):
         stats = rows.groupby("layer").prob.agg(["mean", "min", "max"])
@@ -122,7 +123,7 @@ def patching_heatmap(result, normalized: bool = True, title: str = "") -> Figure
     """Layer x position-set heatmap of a ``PatchingResult`` (normalised: 0 corrupted, 1 clean)."""
     values = result.normalized() if normalized else result.values
     values = values.numpy()
-    fig = Figure(figsize=(max(4, 0.45 * values.shape[1] + 2), max(3, 0.3 * values.shape[0] + 1.2)), layout="constrained")
+    fig = StaticFigure(figsize=(max(4, 0.45 * values.shape[1] + 2), max(3, 0.3 * values.shape[0] + 1.2)), layout="constrained")
     ax = fig.subplots()
     limit = float(np.nanmax(np.abs(values))) or 1.0
     image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto", origin="lower", interpolation="nearest")
