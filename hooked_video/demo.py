@@ -65,11 +65,12 @@ def run(out: str | Path = "hooked_video_demo", data: str | Path | None = None, s
                              out=out / "results" / "sweep_image_cross_frame", progress=progress)  # fmt: skip
     cross_video_all = flow.sweep(video_model, temporal, targets=["cross-frame"], window=k, select="all",
                                  out=out / "results" / "sweep_video_cross_frame_all", progress=progress)  # fmt: skip
-    figures["knockout"] = viz.knockout_curves(sweep)
-    figures["finding1"] = viz.knockout_curves({models[0]: cross_image, models[1]: cross_video_all}, targets=["cross-frame"])
     readings["knockout"] = _read_targets(sweep, k, len(set(sweep.sample_id)))
     readings["finding1"], summary["finding1"] = _read_finding1(cross_image, cross_video_all, models)
-    figures["blueprint"] = viz.flow_blueprint(sweep)
+    figures["finding1"] = viz.knockout_curves({models[0]: cross_image, models[1]: cross_video_all}, targets=["cross-frame"])
+    if not sweep.empty:  # no correct temporal answer: nothing was knocked out
+        figures["knockout"] = viz.knockout_curves(sweep)
+        figures["blueprint"] = viz.flow_blueprint(sweep)
 
     # logit lens keywords (Finding 2) and answer probability (Finding 3)
     prompts = [s.prepare(video_model) for s in temporal]
@@ -87,7 +88,7 @@ def run(out: str | Path = "hooked_video_demo", data: str | Path | None = None, s
     readings["finding3"], summary["finding3"] = _read_finding3(probs, sweep)
 
     # effective pathways from the sweep vs random pruning (Finding 4)
-    spec = pathways.PathwaySpec.from_sweep(sweep, threshold=10.0)
+    spec = pathways.PathwaySpec.from_sweep(sweep, threshold=10.0) if not sweep.empty else pathways.PathwaySpec(None, None, None)
     report = pathways.evaluate(video_model, temporal, spec, seed=0, out=out / "results" / "pathways", progress=progress)
     summary["finding4"] = {"spec": {"inter": spec.inter, "v2q": spec.v2q, "q2l": spec.q2l},
                            "accuracy": report.accuracy.loc["overall"].round(4).to_dict(),
@@ -180,6 +181,7 @@ def _read_finding3(probs: pd.DataFrame, sweep: pd.DataFrame) -> tuple[str, dict]
     false = probs[~probs.is_true & probs.final_norm].groupby("layer").prob.mean()
     rise = next((int(l) + 1 for l, p in true.items() if p > 0.5), None)
     v2q = _drop_curve(sweep, "video->question") if not sweep.empty else pd.Series(dtype=float)
+    v2q = v2q.dropna()
     v2q_layer = int(v2q.idxmax()) + 1 if len(v2q) else None
     numbers = {"true_exceeds_half_at_layer": rise, "final_true": round(float(true.iloc[-1]), 4),
                "final_false_mean": round(float(false.iloc[-1]), 4), "video_to_question_peak_layer": v2q_layer}  # fmt: skip
@@ -205,7 +207,7 @@ def _read_finding4(report, spec) -> str:
 
 def _write_html(out: Path, acc: pd.DataFrame, readings: dict, summary: dict) -> None:
     sections = [
-        ("Accuracy per task", None, acc.round(3).to_html()),
+        ("Accuracy per task", None, acc.round(3).to_html()),  # pandas escapes cell text
         ("The four knockout targets (video-FT model)", "knockout", readings["knockout"]),
         ("Finding 1: cross-frame interactions (image vs video-FT)", "finding1", readings["finding1"]),
         ("Flow blueprint", "blueprint", "Critical layer ranges per pathway, drawn from the sweep."),
@@ -217,8 +219,8 @@ def _write_html(out: Path, acc: pd.DataFrame, readings: dict, summary: dict) -> 
     body = []
     for title, figure, text in sections:
         body.append(f"<h2>{html.escape(title)}</h2>")
-        body.append(text if text.startswith("<table") else f"<p>{html.escape(text)}</p>")
-        if figure:
+        body.append(text if title == "Accuracy per task" else f"<p>{html.escape(text)}</p>")
+        if figure and (out / f"{figure}.png").exists():
             body.append(f'<img src="{figure}.png" style="max-width:100%">')
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>hooked_video demo</title></head><body>"
             f"<h1>Map the Flow on toy VideoLLMs</h1><p>{html.escape(', '.join(summary['models']))}; "

@@ -16,6 +16,7 @@ running the same call again resumes where it stopped, without losing or duplicat
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -174,7 +175,7 @@ def sweep(
     if out is not None:
         config = {"targets": {t: list(c) for t, c in resolved.items()}, "window": window,
                   "layers": swept, "select": select, "num_frames": num_frames,
-                  "model": str(getattr(model.cfg, "model_name", "")),
+                  "model": str(getattr(model.cfg, "model_name", "")), "n_layers": n_layers,
                   "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
         check_config(out, config, resume)
         rows_file, base_file = JsonlRows(Path(out) / "rows.jsonl"), JsonlRows(Path(out) / "baseline.jsonl")
@@ -233,15 +234,16 @@ def sweep(
     if rows_file is not None:
         ids = set(seen)
         rows = [r for r in rows_file.rows if r["sample_id"] in ids]
-    return _frame(rows, baselines)
+    return _frame(rows, baselines, n_layers)
 
 
-def _frame(rows: list[dict], baselines: list[dict]) -> pd.DataFrame:
+def _frame(rows: list[dict], baselines: list[dict], n_layers: int | None = None) -> pd.DataFrame:
     columns = ["sample_id", "task", "target", "condition", "layer", "window_start", "window_end",
                "p_base", "p_knockout", "rel_change", "p_gt_base", "p_gt_knockout", "rel_change_gt",
                "answer_token", "new_answer_token", "new_answer", "correct"]  # fmt: skip
     df = pd.DataFrame(rows, columns=columns)
     df.attrs["baseline"] = baselines
+    df.attrs["n_layers"] = n_layers  # the model's depth (a sweep may cover fewer layers)
     return df
 
 
@@ -250,7 +252,8 @@ def load(out: str | Path) -> pd.DataFrame:
     out = Path(out)
     if not (out / "rows.jsonl").exists() and not (out / "baseline.jsonl").exists():
         raise FileNotFoundError(f"{out} holds no sweep results (rows.jsonl / baseline.jsonl)")
-    return _frame(JsonlRows(out / "rows.jsonl").rows, JsonlRows(out / "baseline.jsonl").rows)
+    config = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    return _frame(JsonlRows(out / "rows.jsonl").rows, JsonlRows(out / "baseline.jsonl").rows, config.get("n_layers"))
 
 
 # ----- summaries -------------------------------------------------------------------------------

@@ -63,6 +63,17 @@ class PathwaySpec:
     q2l: Range
     n_layers: int | None = None
 
+    def __post_init__(self) -> None:
+        for family in ("inter", "v2q", "q2l"):
+            r = getattr(self, family)
+            if r is None:
+                continue
+            r = tuple(int(x) for x in r)
+            object.__setattr__(self, family, r)
+            top = (self.n_layers or 10**9) - 1
+            if len(r) != 2 or not 0 <= r[0] <= r[1] <= top:
+                raise ValueError(f"{family}={r}: a range is (first, last) with 0 <= first <= last <= n_layers - 1, or None")
+
     @classmethod
     def preset(cls, name: str) -> "PathwaySpec":
         """The paper's ranges for one of its models (see ``PRESETS``)."""
@@ -79,7 +90,8 @@ class PathwaySpec:
         vql-to-ql video->question; Q2L: vql-to-ql question->last). The family's range runs from
         the first to the last swept layer whose mean drop exceeds ``threshold`` (mean <=
         -threshold), gaps included; a family that never drops that much gets no range (closed
-        in every layer). The sweep must contain the cross-frame and vql-to-ql targets.
+        in every layer). The sweep must contain the cross-frame and vql-to-ql targets. The
+        model's depth is taken from the sweep (``df.attrs["n_layers"]``) when it is known.
         """
         ranges = {}
         for family, (target, condition) in SWEEP_CONDITIONS.items():
@@ -89,8 +101,7 @@ class PathwaySpec:
             means = rows.groupby("layer")[value].mean()
             hurting = means.index[means <= -threshold]
             ranges[family] = (int(hurting.min()), int(hurting.max())) if len(hurting) else None
-        n_layers = int(flow_df.layer.max()) + 1 if "window_end" not in flow_df else int(flow_df.window_end.max()) + 1
-        return cls(**ranges, n_layers=n_layers)
+        return cls(**ranges, n_layers=flow_df.attrs.get("n_layers"))
 
     def layer_edges(self, tm: TokenMap, n_layers: int) -> dict[int, ko.EdgeSet]:
         """Blocked edges of every layer: the union rule of METHOD.md section 4."""
@@ -205,8 +216,8 @@ def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = Tr
                     seed: int = 0, sample_id: str = "0") -> dict:  # fmt: skip
     """Predictions and edge counts of one prompt under full attention, the pathways and random pruning.
 
-    ``random_fraction`` is the share of each layer's causal edges the random baseline blocks;
-    by default the sample's own pathway pruned fraction (1 - retention), so both prune as much.
+    ``random_fraction`` is the share of each layer's causal edges the random baseline blocks
+    (None: this sample's own pathway pruned share).
     """
     tm, n_layers = prompt.token_map, model.cfg.n_layers
     embedded = model.embed(prompt)
@@ -218,44 +229,74 @@ def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = Tr
                full_baseline=counts.baseline)  # fmt: skip
     if random_baseline:
         fraction = 1 - counts.retention if random_fraction is None else random_fraction
-        random_edges = random_layer_edges(tm, n_layers, fraction, sample_seed(seed, sample_id))
-        random_counts = count_edges(random_edges, tm.n_positions)
-        logits = model.run_with_hooks(embedded, fwd_hooks=ko.hooks(random_edges), logits_to_keep=1)
-        row.update(random_pred=option_prediction(logits, prompt), random_retained=random_counts.retained,
-                   random_baseline=random_counts.baseline, random_fraction=fraction)  # fmt: skip
+        row.update(random_prompt(model, prompt, fraction, seed, sample_id))
     return row
 
 
-def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool = True, random_fraction: float | None = None,
+def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool = True, random_fraction: float | str | None = None,
              seed: int = 0, num_frames: int | None = 8, out: str | Path | None = None, resume: bool = True,
              progress: bool = True) -> PathwayReport:  # fmt: skip
     """Accuracy of full attention vs the effective pathways (vs random pruning) over a dataset.
 
-    Each sample costs one vision pass and two or three language-model forwards. With ``out``,
-    rows go to ``out/rows.jsonl`` as they are computed and a rerun resumes.
+    The random baseline blocks, per layer, ``int(r * N(N+1)/2)`` edges with r = 1 - retention of
+    the whole pathway run (METHOD.md section 4), so it runs after the pathway pass of every
+    sample; ``random_fraction`` a number fixes r instead (e.g. the paper's 0.58), "sample" uses
+    each sample's own pruned share. Each sample costs one vision pass per phase and one
+    language-model forward per setting. With ``out``, rows go to ``out/rows.jsonl`` (and
+    ``random.jsonl``) as they are computed and a rerun resumes.
     """
-    from hooked_video.flow import _as_sample, _prompt_of
+    from hooked_video.flow import _as_sample
 
-    rows_file = None
+    files = {}
     if out is not None:
-        check_config(out, {"spec": asdict(spec), "random_baseline": random_baseline, "random_fraction": random_fraction,
-                           "seed": seed, "num_frames": num_frames}, resume)  # fmt: skip
-        rows_file = JsonlRows(Path(out) / "rows.jsonl")
-    done = {r["sample_id"]: r for r in rows_file.rows} if rows_file else {}
-    rows = []
-    samples = list(samples)
-    for index, item in enumerate(tqdm(samples, desc="pathway evaluation", disable=not progress)):
-        sample_id, task, item = _as_sample(item, index)
-        if sample_id in done:
-            rows.append(done[sample_id])
-            continue
-        prompt = _prompt_of(model, item, num_frames)
-        row = {"sample_id": sample_id, "task": task, "answer": prompt.answer, "n_positions": prompt.n_positions,
-               **evaluate_prompt(model, prompt, spec, random_baseline, random_fraction, seed, sample_id)}  # fmt: skip
+        config = {"spec": asdict(spec), "random_baseline": random_baseline, "random_fraction": random_fraction, "seed": seed,
+                  "num_frames": num_frames, "model": str(getattr(model.cfg, "model_name", "")),
+                  "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
+        check_config(out, config, resume)
+        files = {"main": JsonlRows(Path(out) / "rows.jsonl"), "random": JsonlRows(Path(out) / "random.jsonl")}
+    items = [_as_sample(item, i) for i, item in enumerate(samples)]
+    per_sample = random_fraction == "sample"
+    rows = _run_phase(model, items, files.get("main"), "pathway evaluation", progress, lambda prompt, sid: {
+        "answer": prompt.answer, "n_positions": prompt.n_positions,
+        **evaluate_prompt(model, prompt, spec, random_baseline and per_sample, None, seed, sid)}, num_frames)  # fmt: skip
+    if random_baseline and not per_sample and rows:
+        if isinstance(random_fraction, (int, float)):
+            fraction = float(random_fraction)
+        else:
+            fraction = 1 - sum(r["pathways_retained"] for r in rows) / sum(r["pathways_baseline"] for r in rows)
+        random_rows = _run_phase(model, items, files.get("random"), "random baseline", progress,
+                                 lambda prompt, sid: random_prompt(model, prompt, fraction, seed, sid), num_frames)  # fmt: skip
+        by_id = {r["sample_id"]: r for r in random_rows}
+        rows = [{**r, **{k: v for k, v in by_id[r["sample_id"]].items() if k.startswith("random")}} for r in rows]
+    for row in rows:
         for setting in ("full", "pathways", "random"):
             if f"{setting}_pred" in row:
-                row[f"{setting}_correct"] = row[f"{setting}_pred"] == prompt.answer
-        if rows_file is not None:
-            rows_file.append([row])
-        rows.append(row)
+                row[f"{setting}_correct"] = row[f"{setting}_pred"] == row["answer"]
     return PathwayReport(pd.DataFrame(rows), spec)
+
+
+@torch.no_grad()
+def random_prompt(model, prompt, fraction: float, seed: int, sample_id: str) -> dict:
+    """Prediction and edge counts of one prompt with random pruning of ``fraction`` per layer."""
+    tm, n_layers = prompt.token_map, model.cfg.n_layers
+    edges = random_layer_edges(tm, n_layers, fraction, sample_seed(seed, sample_id))
+    counts = count_edges(edges, tm.n_positions)
+    logits = model.run_with_hooks(model.embed(prompt), fwd_hooks=ko.hooks(edges), logits_to_keep=1)
+    return {"random_pred": option_prediction(logits, prompt), "random_retained": counts.retained,
+            "random_baseline": counts.baseline, "random_fraction": fraction}  # fmt: skip
+
+
+def _run_phase(model, items, rows_file, desc: str, progress: bool, compute, num_frames) -> list[dict]:
+    """One row per sample from ``compute(prompt, sample_id)``, resuming from ``rows_file``."""
+    from hooked_video.flow import _prompt_of
+
+    done = {r["sample_id"]: r for r in rows_file.rows} if rows_file else {}
+    rows = []
+    for sample_id, task, item in tqdm(items, desc=desc, disable=not progress):
+        if sample_id not in done:
+            row = {"sample_id": sample_id, "task": task, **compute(_prompt_of(model, item, num_frames), sample_id)}
+            if rows_file is not None:
+                rows_file.append([row])
+            done[sample_id] = row
+        rows.append(done[sample_id])
+    return rows

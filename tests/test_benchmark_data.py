@@ -7,7 +7,6 @@ import pytest
 
 from hooked_video import load_video, save_video
 from hooked_video.data import TOMATO, AnnotationError, MCQADataset, TVBench, open_dataset
-from hooked_video.video import segment_midpoints
 
 FPS, N_FRAMES = 8, 32
 
@@ -58,11 +57,12 @@ def test_tvbench_reads_tasks_answers_and_windows(tvbench):
     assert first.id == "action_sequence/0" and first.video.endswith("video/action_sequence/a.mp4")
     frames = first.load_frames(8)
     assert frames.shape == (8, 32, 32, 3)
-    expected = segment_midpoints(N_FRAMES, 8, FPS, 1.0, 3.0) * 6  # frames 8..24 of the ramp
+    # METHOD.md section 8: first = 8, last = 24, seg = 2, index_i = int(8 + 1 + round(2 i)) = 9, 11, ..., 23
+    expected = np.arange(9, 24, 2) * 6
     assert np.abs(frames.reshape(8, -1).mean(1) - expected).max() < 3
     np.testing.assert_array_equal(frames, load_video(first.video, 8, start=1.0, end=3.0))
-    whole = data[1].load_frames(8)
-    assert np.abs(whole.reshape(8, -1).mean(1) - segment_midpoints(N_FRAMES, 8) * 6).max() < 3
+    whole = data[1].load_frames(8)  # seg = 31 / 8: int(1.9375 + round(3.875 i)), numpy rounds half to even
+    assert np.abs(whole.reshape(8, -1).mean(1) - np.array([1, 5, 9, 13, 17, 20, 24, 28]) * 6).max() < 3
     only = TVBench(tvbench, tasks=["Moving Direction"])
     assert [s.task for s in only] == ["Moving Direction"]
     assert len(open_dataset(tvbench, tasks=["moving_direction"])) == 1

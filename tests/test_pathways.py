@@ -64,10 +64,23 @@ def test_from_sweep_rule():
                                                ("vql-to-ql", "question->last", set())):  # fmt: skip
             for value in (-30.0, -20.0) if layer in drop_layers else (-1.0, 2.0):
                 rows.append({"target": target, "condition": condition, "layer": layer, "window_end": min(layer + 2, 7), "rel_change": value})
-    spec = pathways.PathwaySpec.from_sweep(pd.DataFrame(rows), threshold=10)
+    df = pd.DataFrame(rows)
+    df.attrs["n_layers"] = 8  # as flow.sweep records it
+    spec = pathways.PathwaySpec.from_sweep(df, threshold=10)
     assert spec == pathways.PathwaySpec(inter=(2, 4), v2q=(3, 3), q2l=None, n_layers=8)
+    assert pathways.PathwaySpec.from_sweep(pd.DataFrame(rows), threshold=10).n_layers is None
     with pytest.raises(ValueError, match="no vql-to-ql"):
         pathways.PathwaySpec.from_sweep(pd.DataFrame(rows[:1]))
+
+
+def test_ranges_are_validated():
+    with pytest.raises(ValueError, match="first <= last"):
+        pathways.PathwaySpec(inter=(14, 5), v2q=None, q2l=None)
+    with pytest.raises(ValueError, match="n_layers - 1"):
+        pathways.PathwaySpec(inter=(0, 40), v2q=None, q2l=None, n_layers=32)
+    closed = pathways.PathwaySpec(None, None, None, n_layers=32)  # every family closed everywhere
+    edges = closed.layer_edges(paper_7b_layout(), 32)
+    assert all(torch.equal(edges[0].mask, e.mask) for e in edges.values())
 
 
 def test_presets_and_depth_check():
@@ -132,6 +145,13 @@ def test_evaluate_report_and_resume(deep_paths, tmp_path):
     assert report.retention.loc["full", "retention"] == 1.0
     assert 0 < report.retention.loc["pathways", "retention"] < 1
     assert report.retention.loc["random", "retention"] == pytest.approx(report.retention.loc["pathways", "retention"], abs=1e-3)
+    # the paper's rule: one r for the whole run, 1 - retained / baseline of the pathway pass
+    r = 1 - rows.pathways_retained.sum() / rows.pathways_baseline.sum()
+    assert (rows.random_fraction == r).all()
+    fixed = pathways.evaluate(model, make_samples(2), spec, random_fraction=0.1, num_frames=None, progress=False)
+    n = fixed.rows.n_positions.iloc[0]
+    blocked_per_layer = (fixed.rows.random_baseline - fixed.rows.random_retained) / model.cfg.n_layers
+    assert (blocked_per_layer == int(0.1 * n * (n + 1) / 2)).all()
     again = pathways.evaluate(model, make_samples(4), spec, seed=3, num_frames=None, out=tmp_path, progress=False)
     pd.testing.assert_frame_equal(again.rows, rows)
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 4

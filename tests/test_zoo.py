@@ -42,6 +42,11 @@ def test_toy_image_solves_single_frames_but_not_time(held_out):
     assert excess < 0.15, acc  # near chance on average over the temporal tasks
 
 
-def test_unknown_zoo_name_is_a_path():
-    with pytest.raises(OSError):
-        HookedVideoLLM.from_pretrained("toy-nonexistent")
+def test_zoo_names_resolve_and_missing_weights_are_explained(tmp_path, monkeypatch):
+    from hooked_video import zoo
+
+    assert zoo.resolve("toy-image") == MODELS_DIR / "toy-image"
+    assert zoo.resolve("some/other-model") == "some/other-model"
+    monkeypatch.setattr(zoo, "MODELS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="bundled weights of 'toy-image' are missing"):
+        HookedVideoLLM.from_pretrained("toy-image")

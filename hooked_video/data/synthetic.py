@@ -269,6 +269,8 @@ def generate(root: str | Path, tasks: Sequence[str] | None = None, per_task: int
     stamp_file = root / "synthetic.json"
     if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
         return root
+    for stale in (root / "json").glob("*.json"):  # another run's tasks must not linger
+        stale.unlink()
     for task in tqdm(tasks, desc="synthetic benchmark", disable=not progress):
         entries = []
         for index in range(per_task):

@@ -57,7 +57,7 @@ def token_groups(tm: TokenMap, str_tokens: Sequence[str], aggregate: str | None)
 def aggregate_pattern(pattern: Float[torch.Tensor, "head q k"], group: torch.Tensor) -> Float[torch.Tensor, "head gq gk"]:
     """Sum attention over key groups, average it over query groups."""
     n_groups = int(group.max()) + 1
-    onehot = torch.nn.functional.one_hot(group, n_groups).to(pattern.dtype)  # (N, G)
+    onehot = torch.nn.functional.one_hot(group.to(pattern.device), n_groups).to(pattern.dtype)  # (N, G)
     keys = pattern @ onehot  # (H, N, G)
     mean = onehot / onehot.sum(0, keepdim=True)
     return torch.einsum("ng,hnk->hgk", mean, keys)

@@ -13,18 +13,19 @@ _JS_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u202
 
 
 def _plain(value):
-    """Tensors and arrays to nested lists (rounded floats keep the HTML small)."""
+    """JSON fallback for tensors, arrays and numpy scalars, at any depth (floats rounded to 4
+    decimals to keep the HTML small)."""
     if hasattr(value, "detach"):
-        value = value.detach().float().cpu().numpy()
-    if isinstance(value, np.ndarray):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, (np.ndarray, np.generic)):
         return np.round(value.astype(float), 4).tolist() if value.dtype.kind == "f" else value.tolist()
-    return value
+    raise TypeError(f"cannot put a {type(value).__name__} into the figure's JSON")
 
 
 def script_json(props: dict) -> str:
     """JSON safe to inline in a <script>: <, >, & and line separators are \\u-escaped, so a token
     such as ``</script>`` is shown as text and can never end the script or inject markup."""
-    text = json.dumps({k: _plain(v) for k, v in props.items()}, separators=(",", ":"))
+    text = json.dumps(props, separators=(",", ":"), default=_plain)
     for raw, escaped in _JS_ESCAPES.items():
         text = text.replace(raw, escaped)
     return text
