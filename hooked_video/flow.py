@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hooked_video import knockout as ko
+from hooked_video.data.mcqa import identify, to_prompt
 from hooked_video.prompt import VideoPrompt
 from hooked_video.results import JsonlRows, check_config
 from hooked_video.tokens import TokenMap
@@ -80,21 +81,6 @@ def last_position_probs(logits: torch.Tensor) -> torch.Tensor:
 
 def _rel(new: float, base: float) -> float:
     return (new - base) / base * 100.0 if base > 0 else float("nan")
-
-
-def _as_sample(item, index: int):
-    """(sample_id, task, item) for a VideoPrompt, a data Sample or a dict entry."""
-    if isinstance(item, VideoPrompt):
-        return str(index), "", item
-    if isinstance(item, Mapping):
-        from hooked_video.data.mcqa import sample_from_entry
-
-        item = sample_from_entry(dict(item), index, "<samples>", None)
-    return str(item.id), item.task, item
-
-
-def _prompt_of(model, item, num_frames: int | None) -> VideoPrompt:
-    return item if isinstance(item, VideoPrompt) else item.prepare(model, num_frames=num_frames)
 
 
 def baseline_record(model, sample_id: str, task: str, prompt: VideoPrompt, probs: torch.Tensor) -> dict:
@@ -188,7 +174,7 @@ def sweep(
     samples = list(samples) if not isinstance(samples, Sequence) else samples
     bar = tqdm(total=len(samples) * len(passes), desc="knockout passes", disable=not progress)
     for index, item in enumerate(samples):
-        sample_id, task, item = _as_sample(item, index)
+        sample_id, task, item = identify(item, index)
         if sample_id in seen:
             raise ValueError(f"sample id {sample_id!r} appears twice; ids must be unique")
         seen.add(sample_id)
@@ -198,7 +184,7 @@ def sweep(
             baselines.append(base)
             bar.update(len(passes))
             continue
-        prompt = _prompt_of(model, item, num_frames)
+        prompt = to_prompt(model, item, num_frames)
         if prompt.answer is None:
             raise ValueError(f"sample {sample_id!r} has no answer; sweeps need multiple-choice prompts with answer=...")
         embedded = model.embed(prompt)

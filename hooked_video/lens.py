@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
+from hooked_video.capture import capture
 from hooked_video.prompt import LETTERS
 from hooked_video.tokens import TokenMap
 
@@ -39,27 +40,12 @@ def _embedding_matrix(model) -> Float[torch.Tensor, "vocab d_model"]:
     return model.bridge.embed.original_component.weight
 
 
-def _capture(model, prompt, names: list[str], positions: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Activations at ``positions`` of batch item 0, for the given hook names (one forward)."""
-    store: dict[str, torch.Tensor] = {}
-
-    def keeper(name: str):  # keyed by the requested name: TransformerLens may resolve aliases
-        def keep(act, hook):
-            store[name] = act[0, positions.to(act.device)].detach()
-
-        return keep
-
-    with torch.no_grad():
-        model.run_with_hooks(prompt, fwd_hooks=[(name, keeper(name)) for name in names])
-    return store
-
-
 def lens_residuals(model, prompt, positions: torch.Tensor) -> list[torch.Tensor]:
     """METHOD.md's lens inputs at ``positions``: resid_pre of blocks 0..L-2, then the
     final-norm output; a list of L tensors (n_positions, d_model)."""
     n_layers = model.cfg.n_layers
     names = [f"blocks.{i}.hook_resid_pre" for i in range(n_layers - 1)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
-    acts = _capture(model, prompt, names, positions)
+    acts = capture(model, prompt, names, lambda act: act[positions.to(act.device)])
     with torch.no_grad():
         norm = _final_norm(model)
         final = norm(acts[names[-1]].to(norm.weight.device))
@@ -281,7 +267,8 @@ def answer_probability_by_layer(model, prompt, final_norm: bool = True) -> pd.Da
     """
     n_layers = model.cfg.n_layers
     names = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
-    acts = _capture(model, prompt, names, prompt.token_map.last)
+    last = prompt.token_map.last
+    acts = capture(model, prompt, names, lambda act: act[last.to(act.device)])
     letters = prompt.option_token_ids
     if not letters:
         raise ValueError("answer_probability_by_layer needs a multiple-choice prompt (options=[...])")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from hooked_video import knockout as ko
 from hooked_video.accuracy import option_prediction
+from hooked_video.data.mcqa import identify, to_prompt
 from hooked_video.results import JsonlRows, check_config
 from hooked_video.tokens import TokenMap
 
@@ -245,8 +246,6 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
     language-model forward per setting. With ``out``, rows go to ``out/rows.jsonl`` (and
     ``random.jsonl``) as they are computed and a rerun resumes.
     """
-    from hooked_video.flow import _as_sample
-
     files = {}
     if out is not None:
         config = {"spec": asdict(spec), "random_baseline": random_baseline, "random_fraction": random_fraction, "seed": seed,
@@ -254,7 +253,7 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
                   "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
         check_config(out, config, resume)
         files = {"main": JsonlRows(Path(out) / "rows.jsonl"), "random": JsonlRows(Path(out) / "random.jsonl")}
-    items = [_as_sample(item, i) for i, item in enumerate(samples)]
+    items = [identify(item, i) for i, item in enumerate(samples)]
     per_sample = random_fraction == "sample"
     rows = _run_phase(model, items, files.get("main"), "pathway evaluation", progress, lambda prompt, sid: {
         "answer": prompt.answer, "n_positions": prompt.n_positions,
@@ -288,13 +287,11 @@ def random_prompt(model, prompt, fraction: float, seed: int, sample_id: str) -> 
 
 def _run_phase(model, items, rows_file, desc: str, progress: bool, compute, num_frames) -> list[dict]:
     """One row per sample from ``compute(prompt, sample_id)``, resuming from ``rows_file``."""
-    from hooked_video.flow import _prompt_of
-
     done = {r["sample_id"]: r for r in rows_file.rows} if rows_file else {}
     rows = []
     for sample_id, task, item in tqdm(items, desc=desc, disable=not progress):
         if sample_id not in done:
-            row = {"sample_id": sample_id, "task": task, **compute(_prompt_of(model, item, num_frames), sample_id)}
+            row = {"sample_id": sample_id, "task": task, **compute(to_prompt(model, item, num_frames), sample_id)}
             if rows_file is not None:
                 rows_file.append([row])
             done[sample_id] = row

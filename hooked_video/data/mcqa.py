@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from hooked_video.prompt import resolve_answer
 from hooked_video.video import load_video
@@ -79,6 +79,22 @@ def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | N
         options=list(options), answer=answer, task=entry.get("task", task),
         start=entry.get("start"), end=entry.get("end"),
     )  # fmt: skip
+
+
+def identify(item, index: int) -> tuple[str, str, object]:
+    """(sample id, task, item) for a VideoPrompt (id = its index), a Sample, or a dict entry."""
+    from hooked_video.prompt import VideoPrompt
+
+    if isinstance(item, VideoPrompt):
+        return str(index), "", item
+    if isinstance(item, Mapping):
+        item = sample_from_entry(dict(item), index, "<samples>", None)
+    return str(item.id), item.task, item
+
+
+def to_prompt(model, item, num_frames: int | None):
+    """A VideoPrompt as is, or a Sample prepared for ``model``."""
+    return item if hasattr(item, "token_map") else item.prepare(model, num_frames=num_frames)
 
 
 class SampleList(Sequence[Sample]):

@@ -15,6 +15,7 @@ from jaxtyping import Float
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from hooked_video.capture import capture
 from hooked_video.tokens import TokenMap
 from hooked_video.viz.html import InteractiveFigure, StaticFigure
 
@@ -66,19 +67,9 @@ def aggregate_pattern(pattern: Float[torch.Tensor, "head q k"], group: torch.Ten
 def capture_patterns(model, prompt, layers: Sequence[int], reduce=None, fwd_hooks=()) -> dict[int, torch.Tensor]:
     """Attention patterns of ``layers`` for batch item 0, each passed through ``reduce`` (e.g. a
     row selection or an aggregation) inside the hook, so nothing of size L x H x N x N is kept."""
-    store: dict[int, torch.Tensor] = {}
-
-    def keeper(layer: int):
-        def keep(pattern, hook):
-            p = pattern[0].detach().float()
-            store[layer] = (reduce(p) if reduce else p).cpu()
-
-        return keep
-
-    hooks = [(f"blocks.{l}.attn.hook_pattern", keeper(l)) for l in layers]
-    with torch.no_grad():
-        model.run_with_hooks(prompt, fwd_hooks=list(fwd_hooks) + hooks)
-    return store
+    names = {l: f"blocks.{l}.attn.hook_pattern" for l in layers}
+    kept = capture(model, prompt, list(names.values()), lambda p: (reduce(p.float()) if reduce else p.float()).cpu(), fwd_hooks)
+    return {l: kept[name] for l, name in names.items()}
 
 
 def attention_heads(model, prompt, layer: int, aggregate: str | None = "auto", fwd_hooks=()) -> InteractiveFigure:
