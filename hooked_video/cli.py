@@ -25,8 +25,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-PATHWAY_PRESETS = ("llava-next-7b-video-ft", "llava-next-13b-video-ft", "mini-internvl-4b-video-ft", "videollama3-7b")
-
 
 def _build_tiny(args) -> None:
     from hooked_video.zoo.tiny import build_tiny
@@ -233,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlapping-bins", action="store_true", help="the released code's off-by-one bins")
 
     p = _analysis_parser(sub, "prune", _prune, "accuracy with only the effective pathways (and random pruning)")
-    p.add_argument("--preset", default=None, help="paper ranges: " + ", ".join(sorted(PATHWAY_PRESETS)))
+    p.add_argument("--preset", default=None, help="the paper's ranges for one of its models, e.g. llava-next-7b-video-ft (see pathways.PRESETS)")
     p.add_argument("--from-sweep", default=None, help="a flow results folder to derive the ranges from")
     p.add_argument("--threshold", type=float, default=10.0, help="with --from-sweep: percent drop that marks a layer")
     p.add_argument("--seed", type=int, default=0)

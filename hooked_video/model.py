@@ -170,11 +170,7 @@ class HookedVideoLLM:
 
     def move_inputs(self, inputs: dict) -> dict:
         """Tensors to the model's device; pixel values to its dtype (processors give float32)."""
-        device, dtype = self.device, next(self.hf_model.parameters()).dtype
-        return {
-            k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if isinstance(v, torch.Tensor) else v
-            for k, v in inputs.items()
-        }
+        return inputs_for(self.hf_model, inputs)
 
     def __call__(self, prompt, **kwargs):
         ids, inputs = self._inputs(prompt)
@@ -346,6 +342,15 @@ class HookedVideoLLM:
             f"HookedVideoLLM({type(self.hf_model).__name__}, n_layers={c.n_layers}, "
             f"d_model={c.d_model}, n_heads={c.n_heads}, d_vocab={c.d_vocab})"
         )
+
+
+def inputs_for(module: torch.nn.Module, inputs: dict) -> dict:
+    """Processor outputs moved to ``module``'s device, floating tensors cast to its dtype."""
+    param = next(module.parameters())
+    return {
+        k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device)) if isinstance(v, torch.Tensor) else v
+        for k, v in inputs.items()
+    }
 
 
 def batch_inputs(prompts: Sequence[VideoPrompt]) -> dict:

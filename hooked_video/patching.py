@@ -108,9 +108,9 @@ def patch_positions(
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     names = {layer: hook_name(component, layer) for layer in layers}
     clean_embedded, corrupted_embedded = model.embed(clean), model.embed(corrupted)
-    _, cache = model.run_with_cache(clean_embedded, names_filter=lambda n: n in names.values())
     keep = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
-    clean_metric = float(metric(model(clean_embedded, **keep), clean)[0])
+    clean_logits, cache = model.run_with_cache(clean_embedded, names_filter=lambda n: n in names.values(), **keep)
+    clean_metric = float(metric(clean_logits, clean)[0])
     corrupted_metric = float(metric(model(corrupted_embedded, **keep), clean)[0])
 
     sets = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in position_sets]

@@ -230,7 +230,7 @@ def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = Tr
                full_baseline=counts.baseline)  # fmt: skip
     if random_baseline:
         fraction = 1 - counts.retention if random_fraction is None else random_fraction
-        row.update(random_prompt(model, prompt, fraction, seed, sample_id))
+        row.update(random_prompt(model, prompt, fraction, seed, sample_id, embedded))
     return row
 
 
@@ -275,12 +275,14 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
 
 
 @torch.no_grad()
-def random_prompt(model, prompt, fraction: float, seed: int, sample_id: str) -> dict:
-    """Prediction and edge counts of one prompt with random pruning of ``fraction`` per layer."""
+def random_prompt(model, prompt, fraction: float, seed: int, sample_id: str, embedded=None) -> dict:
+    """Prediction and edge counts of one prompt with random pruning of ``fraction`` per layer
+    (``embedded``: the prompt's ``model.embed`` result, if already computed)."""
     tm, n_layers = prompt.token_map, model.cfg.n_layers
     edges = random_layer_edges(tm, n_layers, fraction, sample_seed(seed, sample_id))
     counts = count_edges(edges, tm.n_positions)
-    logits = model.run_with_hooks(model.embed(prompt), fwd_hooks=ko.hooks(edges), logits_to_keep=1)
+    embedded = model.embed(prompt) if embedded is None else embedded
+    logits = model.run_with_hooks(embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1)
     return {"random_pred": option_prediction(logits, prompt), "random_retained": counts.retained,
             "random_baseline": counts.baseline, "random_fraction": fraction}  # fmt: skip
 

@@ -91,12 +91,6 @@ def test_flow_command_reports_bad_data(tmp_path):
     assert out.returncode == 2 and "entry 0" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_cli_presets_match_the_library():
-    from hooked_video import cli, pathways
-
-    assert set(cli.PATHWAY_PRESETS) == set(pathways.PRESETS)
-
-
 def test_reduced_demo_end_to_end(tmp_path):
     out = run("demo", "--samples", "2", "--data", str(tmp_path / "syn"), "--out", str(tmp_path / "report"))
     assert out.returncode == 0, out.stderr[-3000:]

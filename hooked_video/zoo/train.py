@@ -151,7 +151,7 @@ def held_out_accuracy(hooked, per_task: int = 64, tasks=None, seed: int = HELD_O
     """Option-letter accuracy per task on held-out clips (in memory, the clips that
     ``synthetic.generate(seed=0)`` writes), prompts from ``hooked.prepare``; the forward runs on
     ``model`` (default: the hooked model's own)."""
-    from hooked_video.model import batch_inputs
+    from hooked_video.model import batch_inputs, inputs_for
 
     model = model or hooked.hf_model
     model.eval()
@@ -168,10 +168,7 @@ def held_out_accuracy(hooked, per_task: int = 64, tasks=None, seed: int = HELD_O
         for group in by_length.values():
             for start in range(0, len(group), batch):
                 chunk = group[start : start + batch]
-                param = next(model.parameters())
-                inputs = {k: v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device)
-                          for k, v in batch_inputs(chunk).items()}  # fmt: skip
-                logits = model(**inputs, logits_to_keep=1).logits[:, -1]
+                logits = model(**inputs_for(model, batch_inputs(chunk)), logits_to_keep=1).logits[:, -1]
                 for p, row in zip(chunk, logits):
                     correct += int(row[p.option_token_ids].argmax()) == p.answer
         results[task] = correct / per_task
