@@ -207,7 +207,6 @@ def _read_finding4(report, spec) -> str:
 
 def _write_html(out: Path, acc: pd.DataFrame, readings: dict, summary: dict) -> None:
     sections = [
-        ("Accuracy per task", None, acc.round(3).to_html()),  # pandas escapes cell text
         ("The four knockout targets (video-FT model)", "knockout", readings["knockout"]),
         ("Finding 1: cross-frame interactions (image vs video-FT)", "finding1", readings["finding1"]),
         ("Flow blueprint", "blueprint", "Critical layer ranges per pathway, drawn from the sweep."),
@@ -216,10 +215,9 @@ def _write_html(out: Path, acc: pd.DataFrame, readings: dict, summary: dict) -> 
         ("Finding 3: answer probability by layer", "finding3", readings["finding3"]),
         ("Finding 4: effective pathways", None, readings["finding4"]),
     ]
-    body = []
+    body = ["<h2>Accuracy per task</h2>", acc.round(3).to_html()]  # pandas escapes cell text
     for title, figure, text in sections:
-        body.append(f"<h2>{html.escape(title)}</h2>")
-        body.append(text if title == "Accuracy per task" else f"<p>{html.escape(text)}</p>")
+        body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(text)}</p>"]
         if figure and (out / f"{figure}.png").exists():
             body.append(f'<img src="{figure}.png" style="max-width:100%">')
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>hooked_video demo</title></head><body>"
