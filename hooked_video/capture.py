@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 
-def capture(model, prompt, names: Sequence[str], reduce: Callable = lambda act: act, fwd_hooks=()) -> dict[str, torch.Tensor]:
+def capture(model, prompt, names: Sequence[str], reduce: Callable | Mapping[str, Callable] = lambda act: act,
+            fwd_hooks=(), logits_to_keep: int = 1) -> tuple[dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
     """One forward of ``prompt``; for each hook name, ``reduce(act[0])`` (batch item 0, detached).
 
-    Results are keyed by the requested name (TransformerLens may resolve an alias to another
-    hook's name). ``reduce`` runs inside the hook, so only what it returns is kept.
+    Returns (activations keyed by the requested name, logits of the last ``logits_to_keep``
+    positions). TransformerLens may resolve an alias to another hook's name, hence the keys.
+    ``reduce`` (one function, or one per name) runs inside the hook, so only what it returns
+    is kept.
     """
     store: dict[str, torch.Tensor] = {}
 
     def keeper(name: str):
+        fn = reduce[name] if isinstance(reduce, Mapping) else reduce
+
         def keep(act, hook):
-            store[name] = reduce(act[0].detach())
+            store[name] = fn(act[0].detach())
 
         return keep
 
     with torch.no_grad():
-        model.run_with_hooks(prompt, fwd_hooks=list(fwd_hooks) + [(name, keeper(name)) for name in names])
-    return store
+        hooks = list(fwd_hooks) + [(name, keeper(name)) for name in names]
+        logits = model.run_with_hooks(prompt, fwd_hooks=hooks, logits_to_keep=logits_to_keep)
+    return store, logits

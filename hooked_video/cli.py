@@ -63,10 +63,18 @@ def _tokens(args) -> None:
         print(f"{i:6d}  {role:15s}{where:9s} {token!r}")
 
 
+def _layer_range(value: str) -> tuple[int, int]:
+    try:
+        start, stop = (int(x) for x in value.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START-STOP (e.g. 5-20), got {value!r}") from None
+    return start, stop
+
+
 def _dataset(args):
     from hooked_video.data import open_dataset
 
-    data = open_dataset(args.data, tasks=args.task or None, skip_invalid=args.skip_invalid)
+    data = open_dataset(args.data, tasks=args.task or None, skip_invalid=args.skip_invalid, short_windows=args.short_windows)
     return data.samples[: args.samples] if args.samples else data.samples
 
 
@@ -74,68 +82,71 @@ def _flow(args) -> None:
     from hooked_video import flow
 
     samples, model = _dataset(args), _load(args)  # data errors first, before the slow load
-    df = flow.sweep(model, samples, targets=args.target or list(flow.TARGETS), window=args.window,
+    swept = range(*args.sweep_range) if args.sweep_range else None
+    df = flow.sweep(model, samples, targets=args.target or list(flow.TARGETS), window=args.window, layers=swept,
                     select=args.select, out=args.out, resume=not args.fresh, batch_size=args.batch_size,
-                    num_frames=args.frames)  # fmt: skip
+                    num_frames=args.frames, window_style=args.window_style, even_window=args.even_window,
+                    rule=args.rule)  # fmt: skip
     baseline = df.attrs["baseline"]
+    by_task = {}
+    for b in baseline:
+        by_task.setdefault(b["task"], []).append(bool(b["correct"]))
     summary = {
-        "n_samples": len(baseline),
-        "baseline_accuracy": sum(b["correct"] for b in baseline) / max(len(baseline), 1),
+        "n_samples": len(baseline), "rule": args.rule,
+        "baseline_accuracy": {task: sum(c) / len(c) for task, c in sorted(by_task.items())},
         "knocked_out_samples": int(df.sample_id.nunique()),
-        "rel_change": flow.summarize(df).to_dict("records") if len(df) else [],
-        "accuracy_under_knockout": flow.accuracy_under_knockout(df).to_dict("records") if len(df) else [],
-    }
+        "rel_change": flow.summarize(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else [],
+        "accuracy_under_knockout": flow.accuracy_under_knockout(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else [],
+    }  # fmt: skip
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"{len(baseline)} samples, baseline accuracy {summary['baseline_accuracy']:.3f}, "
+    accuracy = ", ".join(f"{t} {a:.3f}" for t, a in summary["baseline_accuracy"].items())
+    print(f"{len(baseline)} samples; baseline accuracy ({args.rule}): {accuracy}; "
           f"{summary['knocked_out_samples']} knocked out ({args.select})")  # fmt: skip
     if len(df):
-        table = df.groupby(["target", "condition"]).rel_change.agg(["mean", "min"]).round(2)
-        print(table.to_string())
-    print(f"rows: {Path(args.out, 'rows.jsonl')}  summary: {Path(args.out, 'summary.json')}")
+        keys = ["target", "condition"] if args.pool_tasks else ["task", "target", "condition"]
+        print(df.groupby(keys).rel_change.agg(["mean", "min"]).round(2).to_string())
+    print(f"results: {args.out}  summary: {Path(args.out, 'summary.json')}")
 
 
 def _lens(args) -> None:
     from hooked_video import lens
-    from hooked_video.results import JsonlRows, check_config
 
     samples, model = _dataset(args), _load(args)  # data errors first, before the slow load
-    check_config(args.out, {"variant": args.variant, "top_k": args.top_k, "frames": args.frames,
-                            "data": str(args.data), "model": str(args.model)}, resume=not args.fresh)  # fmt: skip
-    rows = JsonlRows(Path(args.out, "lens.jsonl"))
-    probs = JsonlRows(Path(args.out, "answer_probability.jsonl"))
-    done = {r["sample_id"] for r in probs.rows}
-    from tqdm.auto import tqdm
-
-    for sample in tqdm(samples, desc="logit lens"):
-        if sample.id in done:
-            continue
-        prompt = sample.prepare(model, num_frames=args.frames)
-        result = lens.logit_lens(model, prompt, variant=args.variant, top_k=args.top_k)
-        rows.append({"sample_id": sample.id, "task": sample.task, "layer": layer, "positions": result.positions.tolist(),
-                     "top1": result.tokens(layer), "top1_prob": result.top_probs[layer, :, 0].tolist()}
-                    for layer in range(result.n_layers))  # fmt: skip
-        tables = [lens.answer_probability_by_layer(model, prompt, final_norm=n) for n in (True, False)]
-        probs.append({"sample_id": sample.id, "task": sample.task, **r} for t in tables for r in t.to_dict("records"))
-    import pandas as pd
-
-    answer = pd.DataFrame(probs.rows)
-    summary = {"answer_probability": answer.groupby(["final_norm", "layer", "is_true"]).prob.mean().reset_index().to_dict("records")}
-    if args.keywords:
-        counts = [Counter() for _ in range(model.cfg.n_layers)]
-        for r in rows.rows:
-            counts[r["layer"]].update(r["top1"])
+    run = lens.run(model, samples, variant=args.variant, norm=args.norm, select=args.select, rule=args.rule,
+                   out=args.out, resume=not args.fresh, num_frames=args.frames)  # fmt: skip
+    answer = run.answer_probability
+    summary = {"variant": args.variant, "norm": args.norm, "select": args.select, "rule": args.rule,
+               "n_samples": len(run.baseline), "n_selected": int(answer.sample_id.nunique()) if len(answer) else 0}  # fmt: skip
+    if len(answer):
+        summary["answer_probability"] = answer.groupby(["task", "layer", "is_true"]).prob.mean().reset_index().to_dict("records")
+    print(f"{len(run.baseline)} samples, {summary['n_selected']} selected ({args.select}, rule {args.rule})")
+    if args.keywords and len(run.top1):
         keywords = json.loads(Path(args.keywords).read_text())
-        tables = lens.keyword_table(counts, keywords, model.tokenizer, min_count=args.min_count,
-                                    overlapping_bins=args.overlapping_bins)  # fmt: skip
+        tables = run.keyword_frequencies(keywords, model.tokenizer, min_count=args.min_count,
+                                         overlapping_bins=args.overlapping_bins)  # fmt: skip
         tables = tables if isinstance(tables, dict) else {"keywords": tables}
         summary["keywords"] = {g: {"raw": t.raw.to_dict("index"), "average": t.average.to_dict(), "dropped": t.dropped}
                                for g, t in tables.items()}  # fmt: skip
         for group, table in tables.items():
-            print(f"{group}: normalised keyword frequency per layer bin\n{table.average.round(3).to_string()}")
+            if table.average.empty or table.average.isna().all():
+                print(f"{group}: no keyword reached --min-count {args.min_count} hits (dropped: {', '.join(table.dropped)})")
+            else:
+                print(f"{group}: normalised keyword frequency per layer bin\n{table.average.round(3).to_string()}")
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
-    last = answer[(answer.final_norm) & (answer.layer == answer.layer.max())]
-    print(f"{answer.sample_id.nunique()} samples; final-layer P(true letter) {last[last.is_true].prob.mean():.3f}")
+    if len(answer):
+        last = answer[answer.layer == answer.layer.max()]
+        print(f"last-layer P(true letter) (norm {args.norm}): {last[last.is_true].prob.mean():.3f}")
     print(f"results: {args.out}")
+
+
+def _random_fraction(value: str):
+    """--random-fraction: a number, "run", "sample" or "preset"."""
+    if value in ("run", "sample", "preset"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), 'run', 'sample' or 'preset', got {value!r}") from None
 
 
 def _prune(args) -> None:
@@ -148,15 +159,20 @@ def _prune(args) -> None:
         spec = pathways.PathwaySpec.preset(args.preset)
     else:
         spec = pathways.PathwaySpec.from_sweep(flow.load(args.from_sweep), threshold=args.threshold)
+    fraction = args.random_fraction
+    if fraction == "preset":
+        if spec.random_fraction is None:
+            raise ValueError("--random-fraction preset needs --preset (a sweep-derived spec has no fixed fraction)")
+        fraction = None
     model = _load(args)
     report = pathways.evaluate(model, samples, spec, random_baseline=not args.no_random, seed=args.seed,
-                               random_fraction=args.random_fraction, num_frames=args.frames, out=args.out,
-                               resume=not args.fresh)  # fmt: skip
-    summary = {"spec": spec.__dict__, "accuracy": report.accuracy.to_dict("index"),
+                               random_fraction=fraction, num_frames=args.frames, out=args.out,
+                               resume=not args.fresh, rule=args.rule)  # fmt: skip
+    summary = {"spec": spec.__dict__, "rule": args.rule, "accuracy": report.accuracy.to_dict("index"),
                "retention": report.retention.to_dict("index"), "n_samples": len(report.rows)}  # fmt: skip
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"pathways: INTER {spec.inter}, V2Q {spec.v2q}, Q2L {spec.q2l}")
-    print(report.accuracy.round(3).to_string())
+    print(f"pathways: INTER {spec.inter}, V2Q {spec.v2q}, Q2L {spec.q2l} (0-based)")
+    print(f"accuracy ({args.rule}):\n{report.accuracy.round(3).to_string()}")
     print(report.retention.round(3).to_string())
     print(f"results: {args.out}")
 
@@ -186,6 +202,13 @@ def _analysis_parser(sub, name: str, run, text: str):
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.add_argument("--skip-invalid", action="store_true", help="skip malformed entries instead of failing")
+    p.add_argument("--short-windows", choices=["error", "repeat"], default="error",
+                   help="clips of --frames frames or fewer: fail, or repeat frames as the released code does")
+    p.add_argument("--rule", choices=["vocab-argmax", "option-argmax"], default="vocab-argmax",
+                   help="accuracy rule: full-vocabulary argmax is the true letter (the paper's), or best option letter")
+    if name != "prune":
+        p.add_argument("--select", choices=["correct", "wrong", "all"], default="correct",
+                       help="samples analysed: answered correctly (the paper's default), wrongly, or all")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.set_defaults(run=run)
@@ -220,12 +243,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = _analysis_parser(sub, "flow", _flow, "attention-knockout sweep over the paper's targets")
     p.add_argument("--target", action="append", help="a target name (repeat); default: all four")
-    p.add_argument("--window", type=int, default=9)
-    p.add_argument("--select", choices=["correct", "wrong", "all"], default="correct")
+    p.add_argument("--window", type=int, default=9, help="k, layers blocked per swept layer (default 9)")
+    p.add_argument("--window-style", choices=["center", "inverse", "top_down", "bottom_up"], default="center")
+    p.add_argument("--even-window", choices=["above", "below"], default="above",
+                   help="even k: extra layer above the centre (default) or below it (the released code)")
+    p.add_argument("--sweep-range", type=_layer_range, default=None, help="swept layers START-STOP (STOP excluded), e.g. 5-20")
+    p.add_argument("--pool-tasks", action="store_true", help="summarise all tasks together (default: per task)")
     p.add_argument("--batch-size", type=int, default=8)
     p = _analysis_parser(sub, "lens", _lens, "logit lens over video tokens and answer probability by layer")
-    p.add_argument("--variant", choices=["unembed", "unembed-raw", "embed"], required=True)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--variant", choices=["unembed", "unembed-raw", "embed"], required=True,
+                   help="lens projection: final norm + W_U, W_U alone, or W_E (the released code)")
+    p.add_argument("--norm", choices=["released", "final", "none"], required=True,
+                   help="answer probability: norm only at the last layer (released code), at every layer, or none")
     p.add_argument("--keywords", default=None, help='JSON: a word list or {"spatial": [...], "temporal": [...]}')
     p.add_argument("--min-count", type=int, default=100)
     p.add_argument("--overlapping-bins", action="store_true", help="the released code's off-by-one bins")
@@ -235,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-sweep", default=None, help="a flow results folder to derive the ranges from")
     p.add_argument("--threshold", type=float, default=10.0, help="with --from-sweep: percent drop that marks a layer")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--random-fraction", type=float, default=None, help="default: each sample's pathway pruned share")
+    p.add_argument("--random-fraction", type=_random_fraction, default=None,
+                   help="share of each layer's edges the random baseline blocks: a number, 'run' (1 - retention of the "
+                        "pathway run), 'sample' (each sample's own share) or 'preset'. Default: the preset's value "
+                        "(0.58 for llava-next-7b-video-ft, as the released scripts) with --preset, else 'run'")
     p.add_argument("--no-random", action="store_true", help="skip the random baseline")
 
     p = sub.add_parser("demo", help="the whole analysis on the bundled toy models, offline")

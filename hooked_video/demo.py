@@ -72,17 +72,24 @@ def run(out: str | Path = "hooked_video_demo", data: str | Path | None = None, s
         figures["knockout"] = viz.knockout_curves(sweep)
         figures["blueprint"] = viz.flow_blueprint(sweep)
 
-    # logit lens keywords (Finding 2) and answer probability (Finding 3)
-    prompts = [s.prepare(video_model) for s in temporal]
-    results = [lens.logit_lens(video_model, p, variant="unembed", top_k=1) for p in prompts]
+    # logit lens keywords (Finding 2) and answer probability (Finding 3), correctly answered samples
+    keywords = {"spatial": SPATIAL_WORDS, "temporal": TEMPORAL_WORDS}
+    lens_run = lens.run(video_model, temporal, variant="unembed", norm="released", select="correct",
+                        out=out / "results" / "lens", progress=progress)  # fmt: skip
     bin_size = max(1, round(5 * n_layers / 32))
-    freq = lens.keyword_frequencies(results, {"spatial": SPATIAL_WORDS, "temporal": TEMPORAL_WORDS}, video_model.tokenizer,
-                                    bin_size=bin_size, min_count=max(5, len(results)))  # fmt: skip
-    figures["finding2"] = viz.keyword_bars(freq, title=f"lens (final norm + W_U) top-1 keywords, {bin_size}-layer bins")
-    figures["finding2_frames"] = viz.keywords_on_frames(results[0], prompts[0].frames, {"spatial": SPATIAL_WORDS, "temporal": TEMPORAL_WORDS},
-                                                        video_model.tokenizer, layer=n_layers // 2)  # fmt: skip
-    readings["finding2"], summary["finding2"] = _read_finding2(freq)
-    probs = pd.concat([lens.answer_probability_by_layer(video_model, p).assign(sample_id=i) for i, p in enumerate(prompts)])
+    selected = [s for s in temporal if s.id in set(lens_run.baseline[lens_run.baseline.correct.astype(bool)].sample_id)]
+    if selected:
+        freq = lens_run.keyword_frequencies(keywords, video_model.tokenizer, bin_size=bin_size, min_count=max(5, len(selected)))
+        figures["finding2"] = viz.keyword_bars(freq, title=f"lens (final norm + W_U) top-1 keywords, {bin_size}-layer bins")
+        example_prompt = selected[0].prepare(video_model)
+        example_lens = lens.logit_lens(video_model, example_prompt, variant="unembed", top_k=1)
+        figures["finding2_frames"] = viz.keywords_on_frames(example_lens, example_prompt.frames, keywords,
+                                                            video_model.tokenizer, layer=n_layers // 2)  # fmt: skip
+        readings["finding2"], summary["finding2"] = _read_finding2(freq)
+    else:
+        readings["finding2"] = "No temporal sample was answered correctly: no lens result to count; Finding 2 cannot be assessed."
+        summary["finding2"] = {"reproduces": None, "spatial_mean_bin": None, "temporal_mean_bin": None}
+    probs = lens_run.answer_probability
     probs.to_csv(out / "results" / "answer_probability.csv", index=False)
     figures["finding3"] = viz.answer_probability_plot(probs)
     readings["finding3"], summary["finding3"] = _read_finding3(probs, sweep)
@@ -177,8 +184,10 @@ def _read_finding2(freq: dict) -> tuple[str, dict]:
 
 
 def _read_finding3(probs: pd.DataFrame, sweep: pd.DataFrame) -> tuple[str, dict]:
-    true = probs[probs.is_true & probs.final_norm].groupby("layer").prob.mean()
-    false = probs[~probs.is_true & probs.final_norm].groupby("layer").prob.mean()
+    if probs.empty:
+        return "No sample was selected for the answer probability; Finding 3 cannot be assessed.", {"reproduces": None}
+    true = probs[probs.is_true].groupby("layer").prob.mean()
+    false = probs[~probs.is_true].groupby("layer").prob.mean()
     rise = next((int(l) + 1 for l, p in true.items() if p > 0.5), None)
     v2q = _drop_curve(sweep, "video->question") if not sweep.empty else pd.Series(dtype=float)
     v2q = v2q.dropna()

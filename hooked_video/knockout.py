@@ -200,18 +200,41 @@ def cross_frame(tm: TokenMap) -> EdgeSet:
 
 
 # ----- layers ---------------------------------------------------------------------------------
-def window(center: int, k: int, n_layers: int) -> list[int]:
-    """The k layers centred on ``center``, clipped to [0, n_layers - 1].
+#: Window styles: which layers are blocked when layer c is swept.
+WINDOW_STYLES = {
+    "center": "the k layers centred on c (clipped at the ends)",
+    "inverse": "every layer except the k layers centred on c",
+    "top_down": "c and every layer above it",
+    "bottom_up": "layer 0 up to and including c",
+}
 
-    For odd k this is ``max(0, c - (k-1)/2) .. min(L-1, c + (k-1)/2)`` (k = 9: c-4 .. c+4);
-    an even k puts the extra layer above the centre.
+
+def window(center: int, k: int, n_layers: int, style: str = "center", even: str = "above") -> list[int]:
+    """The layers blocked when layer ``center`` is swept (0-based, ascending).
+
+    ``style="center"`` (the paper's): ``max(0, c - (k-1)/2) .. min(L-1, c + (k-1)/2)`` for odd
+    k (k = 9: c-4 .. c+4). For even k, ``even="above"`` puts the extra layer above the centre,
+    ``even="below"`` below it (the released code's ``range(c - k//2, c - (-k//2))``). Other
+    styles: see ``WINDOW_STYLES`` (``inverse`` uses the centred window's rule; ``top_down`` and
+    ``bottom_up`` ignore k).
     """
     if not 0 <= center < n_layers:
         raise ValueError(f"window centre {center} is outside layers 0..{n_layers - 1}")
-    if k < 1:
-        raise ValueError(f"window size k must be >= 1, got {k}")
-    lo, hi = center - (k - 1) // 2, center + k // 2
-    return list(range(max(0, lo), min(n_layers - 1, hi) + 1))
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"window size k must be an integer >= 1, got {k!r}")
+    if style not in WINDOW_STYLES:
+        raise ValueError(f"window style must be one of {sorted(WINDOW_STYLES)}, got {style!r}")
+    if even not in ("above", "below"):
+        raise ValueError(f"even must be 'above' or 'below', got {even!r}")
+    if style == "top_down":
+        return list(range(center, n_layers))
+    if style == "bottom_up":
+        return list(range(0, center + 1))
+    below = k // 2 if even == "below" else (k - 1) // 2
+    centred = list(range(max(0, center - below), min(n_layers - 1, center - below + k - 1) + 1))
+    if style == "inverse":
+        return [l for l in range(n_layers) if l not in centred]
+    return centred
 
 
 def attn_scores_hook_name(layer: int) -> str:

@@ -18,6 +18,7 @@ import torch
 from transformer_lens.hook_points import HookPoint
 
 from hooked_video.adapters import ADAPTERS
+from hooked_video.attention import install_fast_attention
 from hooked_video.embedded import EmbeddedPrompt
 from hooked_video.families import FAMILIES, VideoFamily
 from hooked_video.prompt import (
@@ -129,6 +130,7 @@ class HookedVideoLLM:
         if arch not in FAMILIES:
             raise _unsupported(arch)
         bridge = boot_bridge(hf_model.eval(), processor.tokenizer, model_name)
+        install_fast_attention(bridge, hf_model.model.language_model.config)
         bridge.processor = processor
         return cls(bridge, processor, FAMILIES[arch](hf_model.config))
 

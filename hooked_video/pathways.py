@@ -1,4 +1,4 @@
-"""Effective pathways (METHOD.md section 4): keep only the critical attention edges.
+"""Effective pathways: keep only the critical attention edges.
 
 A ``PathwaySpec`` names the layers where three flows stay open: cross-frame interaction
 (INTER), video -> question (V2Q) and question -> last (Q2L). Everything else of those families
@@ -12,6 +12,7 @@ question -> question above Q2L, all in one forward with per-layer masks::
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,20 +22,30 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from hooked_video import attention
 from hooked_video import knockout as ko
-from hooked_video.accuracy import option_prediction
+from hooked_video.accuracy import PAPER_RULE, check_rule, option_prediction
+from hooked_video.engine import Engine
+from hooked_video.flow.sweep import choose_engine
 from hooked_video.data.mcqa import identify, to_prompt
 from hooked_video.results import JsonlRows, check_config
 from hooked_video.tokens import TokenMap
 
 Range = tuple[int, int] | None  # inclusive, 0-based; None: closed in every layer
 
+#: The paper's ranges, each with the checkpoint it was measured on, that model's depth and
+#: family, and the random-pruning fraction r its released script fixes (1 - the paper's retention).
 PRESETS: dict[str, dict] = {
-    "llava-next-7b-video-ft": dict(inter=(5, 14), v2q=(5, 19), q2l=(15, 24), n_layers=32),
-    "llava-next-13b-video-ft": dict(inter=(5, 14), v2q=(5, 19), q2l=(15, 29), n_layers=40),
-    "mini-internvl-4b-video-ft": dict(inter=(5, 14), v2q=(5, 19), q2l=(10, 29), n_layers=32),
-    "videollama3-7b": dict(inter=(0, 14), v2q=(5, 19), q2l=(20, 27), n_layers=28),
+    "llava-next-7b-video-ft": dict(inter=(5, 14), v2q=(5, 19), q2l=(15, 24), n_layers=32, random_fraction=0.58,
+                                   checkpoint="byminji/LLaVA-NeXT-7B-Video-FT", family="pllava"),
+    "llava-next-13b-video-ft": dict(inter=(5, 14), v2q=(5, 19), q2l=(15, 29), n_layers=40, random_fraction=0.63,
+                                    checkpoint="byminji/LLaVA-NeXT-13B-Video-FT", family="pllava"),
+    "mini-internvl-4b-video-ft": dict(inter=(5, 14), v2q=(5, 19), q2l=(10, 29), n_layers=32, random_fraction=0.6,
+                                      checkpoint="byminji/Mini-InternVL-4B-Video-FT", family="internvl"),
+    "videollama3-7b": dict(inter=(0, 14), v2q=(5, 19), q2l=(20, 27), n_layers=28, random_fraction=0.42,
+                           checkpoint="DAMO-NLP-SG/VideoLLaMA3-7B", family="videollama3"),
 }
+RANDOM_FRACTIONS = ("run", "sample")
 
 #: Sweep conditions that define each family in ``PathwaySpec.from_sweep``.
 SWEEP_CONDITIONS = {
@@ -57,14 +68,23 @@ class PathwaySpec:
         v2q: video -> question (the question block with its options).
         q2l: question -> last position.
         n_layers: the model depth the ranges were chosen for (checked when applied), or None.
+        random_fraction: the random baseline's pruned share r for this model (presets: the
+            released scripts' value), or None (1 - the pathway run's retention).
+        checkpoint, family: the model a preset was measured on (applying it to a model of
+            another depth or family warns).
     """
 
     inter: Range
     v2q: Range
     q2l: Range
     n_layers: int | None = None
+    random_fraction: float | None = None
+    checkpoint: str | None = None
+    family: str | None = None
 
     def __post_init__(self) -> None:
+        if self.random_fraction is not None:
+            check_random_fraction(self.random_fraction)
         for family in ("inter", "v2q", "q2l"):
             r = getattr(self, family)
             if r is None:
@@ -77,10 +97,23 @@ class PathwaySpec:
 
     @classmethod
     def preset(cls, name: str) -> "PathwaySpec":
-        """The paper's ranges for one of its models (see ``PRESETS``)."""
+        """The paper's ranges for one of its models (see ``PRESETS``: each names the checkpoint
+        it was measured on)."""
         if name not in PRESETS:
             raise KeyError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
         return cls(**PRESETS[name])
+
+    def check_model(self, model) -> None:
+        """Warn when the spec was measured on a model of another depth or family than ``model``."""
+        n_layers, family = model.cfg.n_layers, getattr(model.family, "name", None)
+        source = self.checkpoint or "the model it was made for"
+        if self.n_layers is not None and self.n_layers != n_layers:
+            warnings.warn(f"these pathway ranges were measured on {source} ({self.n_layers} layers) but the model has "
+                          f"{n_layers} layers; ranges do not transfer across depths: derive them from a sweep "
+                          "of this model (PathwaySpec.from_sweep)", stacklevel=3)  # fmt: skip
+        elif self.family is not None and family is not None and self.family != family:
+            warnings.warn(f"these pathway ranges were measured on {source} (family {self.family!r}) but the model is "
+                          f"of family {family!r}; derive ranges for it with PathwaySpec.from_sweep", stacklevel=3)  # fmt: skip
 
     @classmethod
     def from_sweep(cls, flow_df: pd.DataFrame, threshold: float = 10.0, value: str = "rel_change") -> "PathwaySpec":
@@ -105,9 +138,7 @@ class PathwaySpec:
         return cls(**ranges, n_layers=flow_df.attrs.get("n_layers"))
 
     def layer_edges(self, tm: TokenMap, n_layers: int) -> dict[int, ko.EdgeSet]:
-        """Blocked edges of every layer: the union rule of METHOD.md section 4."""
-        if self.n_layers is not None and self.n_layers != n_layers:
-            raise ValueError(f"this spec was made for {self.n_layers} layers but the model has {n_layers}")
+        """Blocked edges of every layer: the union rule of the effective pathways."""
         cross = ko.cross_frame(tm)
         v2q, q2l = ko.between(tm.video, tm.question, tm), ko.between(tm.question, tm.last, tm)
         always = ko.self_edges(tm.last, tm) | ko.between(tm.video, tm.last, tm)
@@ -180,6 +211,18 @@ def sample_seed(seed: int, sample_id: str) -> int:
 
 
 # ----- evaluation ----------------------------------------------------------------------------------
+def check_random_fraction(value) -> float | str:
+    """A random-pruning fraction: a number in [0, 1), "run" or "sample"."""
+    if isinstance(value, str):
+        if value not in RANDOM_FRACTIONS:
+            raise ValueError(f"random_fraction must be a number in [0, 1), 'run' or 'sample', got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"random_fraction must be a number in [0, 1) (the share of each layer's edges to block), "
+                         f"'run' or 'sample', got {value!r}")  # fmt: skip
+    return float(value)
+
+
 @dataclass
 class PathwayReport:
     """Multiple-choice accuracy with full attention, the pathways, and the random baseline.
@@ -188,10 +231,12 @@ class PathwayReport:
         rows: one row per sample (predictions and edge counts per setting).
         accuracy: rows = tasks plus "overall", columns = settings (full, pathways, random).
         retention: per setting: mean retained and baseline edges per sample, and their ratio.
+        rule: the accuracy rule (``accuracy.RULES``).
     """
 
     rows: pd.DataFrame
     spec: PathwaySpec
+    rule: str = PAPER_RULE
     accuracy: pd.DataFrame = field(init=False)
     retention: pd.DataFrame = field(init=False)
 
@@ -200,6 +245,7 @@ class PathwayReport:
         by_task = self.rows.groupby("task")[[f"{s}_correct" for s in settings]].mean()
         by_task.loc["overall"] = self.rows[[f"{s}_correct" for s in settings]].mean()
         by_task.columns = settings
+        by_task.attrs["rule"] = self.rule
         self.accuracy = by_task
         records = []
         for s in settings:
@@ -209,81 +255,131 @@ class PathwayReport:
         self.retention = pd.DataFrame(records).set_index("setting")
 
     def __repr__(self) -> str:
-        return f"PathwayReport({len(self.rows)} samples)\n{self.accuracy.round(3)}\n{self.retention.round(3)}"
+        return (f"PathwayReport({len(self.rows)} samples, accuracy rule {self.rule!r})\n{self.accuracy.round(3)}\n"
+                f"{self.retention.round(3)}")  # fmt: skip
+
+
+def _prediction(model, prompt, logits: torch.Tensor, setting: str, rule: str) -> dict:
+    return {f"{setting}_pred": option_prediction(logits, prompt, model.tokenizer, rule),
+            f"{setting}_token": int(logits[0, -1].argmax())}  # fmt: skip
+
+
+class _Runner:
+    """Last-position logits of one embedded prompt under per-layer edge sets: the sweep engine
+    (recomputes only the affected rows and layers) or, with ``fast=False``, knockout hooks."""
+
+    def __init__(self, model, embedded, fast: bool) -> None:
+        self.model, self.embedded = model, embedded
+        self.engine = Engine(model) if fast else None
+        self.trace = self.engine.trace(embedded) if fast else None
+
+    def full(self) -> torch.Tensor:
+        if self.trace is not None:
+            return self.trace.logits[None, None]
+        with attention.reference_attention():
+            return self.model(self.embedded, logits_to_keep=1)
+
+    def knocked_out(self, edges: dict[int, ko.EdgeSet]) -> torch.Tensor:
+        if self.engine is None:
+            return self.model.run_with_hooks(self.embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1)
+        device = self.trace.resid[0].device
+        intervention = {l: e.mask.to(device) for l, e in edges.items()}
+        (_, logits), = self.engine.run(self.trace, [intervention], max_rows=self.trace.n_positions)
+        return logits[:, None]
 
 
 @torch.no_grad()
 def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = True, random_fraction: float | None = None,
-                    seed: int = 0, sample_id: str = "0") -> dict:  # fmt: skip
+                    seed: int = 0, sample_id: str = "0", rule: str = PAPER_RULE, engine: str = "auto") -> dict:  # fmt: skip
     """Predictions and edge counts of one prompt under full attention, the pathways and random pruning.
 
     ``random_fraction`` is the share of each layer's causal edges the random baseline blocks
-    (None: this sample's own pathway pruned share).
+    (None: this sample's own pathway pruned share). Predictions follow ``rule``; ``engine`` as
+    in ``flow.sweep``.
     """
     tm, n_layers = prompt.token_map, model.cfg.n_layers
-    embedded = model.embed(prompt)
-    row = {"full_pred": option_prediction(model(embedded, logits_to_keep=1), prompt)}
+    runner = _Runner(model, model.embed(prompt), choose_engine(model, engine, ()))
+    row = _prediction(model, prompt, runner.full(), "full", rule)
     edges = spec.layer_edges(tm, n_layers)
     counts = count_edges(edges, tm.n_positions)
-    row["pathways_pred"] = option_prediction(model.run_with_hooks(embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1), prompt)
+    row.update(_prediction(model, prompt, runner.knocked_out(edges), "pathways", rule))
     row.update(pathways_retained=counts.retained, pathways_baseline=counts.baseline, full_retained=counts.baseline,
                full_baseline=counts.baseline)  # fmt: skip
     if random_baseline:
         fraction = 1 - counts.retention if random_fraction is None else random_fraction
-        row.update(random_prompt(model, prompt, fraction, seed, sample_id, embedded))
+        row.update(random_prompt(model, prompt, fraction, seed, sample_id, rule, runner))
     return row
 
 
 def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool = True, random_fraction: float | str | None = None,
              seed: int = 0, num_frames: int | None = 8, out: str | Path | None = None, resume: bool = True,
-             progress: bool = True) -> PathwayReport:  # fmt: skip
+             rule: str = PAPER_RULE, engine: str = "auto", progress: bool = True) -> PathwayReport:  # fmt: skip
     """Accuracy of full attention vs the effective pathways (vs random pruning) over a dataset.
 
-    The random baseline blocks, per layer, ``int(r * N(N+1)/2)`` edges with r = 1 - retention of
-    the whole pathway run (METHOD.md section 4), so it runs after the pathway pass of every
-    sample; ``random_fraction`` a number fixes r instead (e.g. the paper's 0.58), "sample" uses
-    each sample's own pruned share. Each sample costs one vision pass per phase and one
-    language-model forward per setting. With ``out``, rows go to ``out/rows.jsonl`` (and
-    ``random.jsonl``) as they are computed and a rerun resumes.
+    The random baseline blocks, per layer, ``int(r * N(N+1)/2)`` edges. ``random_fraction``
+    sets r: a number (e.g. the paper's 0.58 for the 7B); "run": 1 - retention of the whole
+    pathway run (it then runs after the pathway pass of every sample); "sample": each sample's
+    own pruned share; None (default): the spec's ``random_fraction`` (presets carry the value
+    the released scripts fix per model), else "run".
+
+    Accuracy follows ``rule``: "vocab-argmax" (the paper's: the argmax over the full
+    vocabulary must be the true letter) or "option-argmax". Each sample costs one vision pass
+    per phase and one language-model forward per setting (``engine`` as in ``flow.sweep``).
+    With ``out``, rows are stored as they are computed and a rerun resumes.
     """
+    check_rule(rule)
+    spec.check_model(model)
+    if random_fraction is None:
+        random_fraction = spec.random_fraction if spec.random_fraction is not None else "run"
+    random_fraction = check_random_fraction(random_fraction)
     files = {}
     if out is not None:
         config = {"spec": asdict(spec), "random_baseline": random_baseline, "random_fraction": random_fraction, "seed": seed,
-                  "num_frames": num_frames, "model": str(getattr(model.cfg, "model_name", "")),
+                  "num_frames": num_frames, "rule": rule, "model": str(getattr(model.cfg, "model_name", "")),
                   "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
         check_config(out, config, resume)
         files = {"main": JsonlRows(Path(out) / "rows.jsonl"), "random": JsonlRows(Path(out) / "random.jsonl")}
     items = [identify(item, i) for i, item in enumerate(samples)]
+    _check_unique_ids(items)
     per_sample = random_fraction == "sample"
     rows = _run_phase(model, items, files.get("main"), "pathway evaluation", progress, lambda prompt, sid: {
         "answer": prompt.answer, "n_positions": prompt.n_positions,
-        **evaluate_prompt(model, prompt, spec, random_baseline and per_sample, None, seed, sid)}, num_frames)  # fmt: skip
+        **evaluate_prompt(model, prompt, spec, random_baseline and per_sample, None, seed, sid, rule, engine)}, num_frames)  # fmt: skip
     if random_baseline and not per_sample and rows:
-        if isinstance(random_fraction, (int, float)):
-            fraction = float(random_fraction)
-        else:
+        if random_fraction == "run":
             fraction = 1 - sum(r["pathways_retained"] for r in rows) / sum(r["pathways_baseline"] for r in rows)
+        else:
+            fraction = random_fraction
         random_rows = _run_phase(model, items, files.get("random"), "random baseline", progress,
-                                 lambda prompt, sid: random_prompt(model, prompt, fraction, seed, sid), num_frames)  # fmt: skip
+                                 lambda prompt, sid: random_prompt(model, prompt, fraction, seed, sid, rule, engine=engine),
+                                 num_frames)  # fmt: skip
         by_id = {r["sample_id"]: r for r in random_rows}
         rows = [{**r, **{k: v for k, v in by_id[r["sample_id"]].items() if k.startswith("random")}} for r in rows]
     for row in rows:
         for setting in ("full", "pathways", "random"):
             if f"{setting}_pred" in row:
                 row[f"{setting}_correct"] = row[f"{setting}_pred"] == row["answer"]
-    return PathwayReport(pd.DataFrame(rows), spec)
+    return PathwayReport(pd.DataFrame(rows), spec, rule)
+
+
+def _check_unique_ids(items) -> None:
+    seen = set()
+    for sample_id, _, _ in items:
+        if sample_id in seen:
+            raise ValueError(f"sample id {sample_id!r} appears twice; ids must be unique")
+        seen.add(sample_id)
 
 
 @torch.no_grad()
-def random_prompt(model, prompt, fraction: float, seed: int, sample_id: str, embedded=None) -> dict:
+def random_prompt(model, prompt, fraction: float, seed: int, sample_id: str, rule: str = PAPER_RULE, runner=None,
+                  engine: str = "auto") -> dict:  # fmt: skip
     """Prediction and edge counts of one prompt with random pruning of ``fraction`` per layer
-    (``embedded``: the prompt's ``model.embed`` result, if already computed)."""
+    (``runner``: the prompt's runner, if already built)."""
     tm, n_layers = prompt.token_map, model.cfg.n_layers
     edges = random_layer_edges(tm, n_layers, fraction, sample_seed(seed, sample_id))
     counts = count_edges(edges, tm.n_positions)
-    embedded = model.embed(prompt) if embedded is None else embedded
-    logits = model.run_with_hooks(embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1)
-    return {"random_pred": option_prediction(logits, prompt), "random_retained": counts.retained,
+    runner = runner or _Runner(model, model.embed(prompt), choose_engine(model, engine, ()))
+    return {**_prediction(model, prompt, runner.knocked_out(edges), "random", rule), "random_retained": counts.retained,
             "random_baseline": counts.baseline, "random_fraction": fraction}  # fmt: skip
 
 

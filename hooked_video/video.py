@@ -1,4 +1,4 @@
-"""Video input: read a clip and sample frames at segment midpoints (METHOD.md section 8).
+"""Video input: read a clip and sample frames at segment midpoints (the TVBench rule).
 
 `load_video` accepts a path (decord, with PyAV as fallback), a (T, H, W, 3) uint8 array or
 tensor, or a list of PIL images, and always returns a (num_frames, H, W, 3) uint8 numpy array.
@@ -22,23 +22,33 @@ class VideoError(ValueError):
     """A video could not be used: missing, undecodable, too short, or badly shaped."""
 
 
+SHORT_WINDOWS = ("error", "repeat")
+
+
 def segment_midpoints(
     n_total: int,
     num_frames: int,
     fps: float | None = None,
     start: float | None = None,
     end: float | None = None,
+    short: str = "error",
 ) -> np.ndarray:
     """Indices of the midpoints of `num_frames` equal segments of a clip of `n_total` frames.
 
     The window is [start, end] in seconds (needs `fps`), else the whole clip. With
     first = round(start * fps) (>= 0) and last = round(end * fps) (<= n_total - 1),
     seg = (last - first) / num_frames and index_i = int(first + seg / 2 + round(seg * i)),
-    the rule of the TVBench evaluation code. When the window holds exactly ``num_frames`` frames,
-    every frame is taken once (the rule itself would repeat one frame and drop the last).
+    the rule of the TVBench evaluation code.
+
+    Windows of ``num_frames`` frames or fewer: with ``short="error"`` (default) a window of
+    exactly ``num_frames`` frames gives every frame once and a shorter one raises VideoError;
+    with ``short="repeat"`` the rule above applies as the released code applies it, repeating
+    frames (8 frames for 8 give [0, 1, 2, 3, 4, 4, 5, 6]).
     """
-    if num_frames < 1:
-        raise VideoError(f"num_frames must be at least 1, got {num_frames}.")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise VideoError(f"num_frames must be an integer >= 1, got {num_frames!r}.")
+    if short not in SHORT_WINDOWS:
+        raise VideoError(f"short must be one of {SHORT_WINDOWS}, got {short!r}.")
     if n_total < 1:
         raise VideoError("the video has no frames.")
     if (start is not None or end is not None) and not fps:
@@ -46,27 +56,28 @@ def segment_midpoints(
     first = 0 if start is None else max(0, round(start * fps))
     last = n_total - 1 if end is None else min(round(end * fps), n_total - 1)
     available = last - first + 1
-    if available < num_frames:
-        window = "" if start is None and end is None else f" between {start}s and {end}s"
+    window = "" if start is None and end is None else f" between {start}s and {end}s"
+    if available < 1 or (available < num_frames and short == "error"):
         raise VideoError(
             f"the video has {max(available, 0)} frames{window}, fewer than the {num_frames} "
-            f"asked for; ask for fewer frames (num_frames=...) or widen the window."
+            f"asked for; ask for fewer frames (num_frames=...), widen the window, or pass "
+            f"short='repeat' to repeat frames as the paper's released code does."
         )
-    if available == num_frames:
+    if available == num_frames and short == "error":
         return np.arange(first, last + 1)
     seg = (last - first) / num_frames
     return np.array([int(first + seg / 2 + np.round(seg * i)) for i in range(num_frames)])
 
 
-def _read_decord(path: str, num_frames: int, start, end) -> Frames:
+def _read_decord(path: str, num_frames: int, start, end, short: str) -> Frames:
     import decord
 
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    indices = segment_midpoints(len(reader), num_frames, float(reader.get_avg_fps()), start, end)
+    indices = segment_midpoints(len(reader), num_frames, float(reader.get_avg_fps()), start, end, short)
     return reader.get_batch(indices.tolist()).asnumpy()
 
 
-def _read_pyav(path: str, num_frames: int, start, end) -> Frames:
+def _read_pyav(path: str, num_frames: int, start, end, short: str) -> Frames:
     import av
 
     with av.open(path) as container:
@@ -75,7 +86,7 @@ def _read_pyav(path: str, num_frames: int, start, end) -> Frames:
         fps = float(stream.average_rate) if stream.average_rate else None
     if not frames:
         raise VideoError(f"no video frames could be decoded from {path}.")
-    indices = segment_midpoints(len(frames), num_frames, fps, start, end)
+    indices = segment_midpoints(len(frames), num_frames, fps, start, end, short)
     return np.stack([frames[i] for i in indices])
 
 
@@ -94,13 +105,13 @@ def _decoders(backend: str):
         return [_read_pyav]
 
 
-def _read_file(path: Path, num_frames: int, start, end, backend: str) -> Frames:
+def _read_file(path: Path, num_frames: int, start, end, backend: str, short: str) -> Frames:
     if not path.is_file():
         raise VideoError(f"video file not found: {path}")
     errors = []
     for read in _decoders(backend):
         try:
-            return read(str(path), num_frames, start, end)
+            return read(str(path), num_frames, start, end, short)
         except VideoError:
             raise
         except Exception as exc:  # decoders raise their own, unrelated error types
@@ -135,6 +146,7 @@ def load_video(
     end: float | None = None,
     fps: float | None = None,
     backend: str = "auto",
+    short: str = "error",
 ) -> Frames:
     """Read a video and sample `num_frames` frames at the midpoints of equal segments.
 
@@ -144,6 +156,8 @@ def load_video(
         start, end: optional window in seconds (for arrays, give `fps`).
         fps: frame rate of an in-memory clip (files carry their own).
         backend: "auto" (decord, then PyAV), "decord" or "pyav".
+        short: windows of ``num_frames`` frames or fewer: "error" or "repeat" (the released
+            code's rule; see ``segment_midpoints``).
 
     Returns:
         (num_frames, H, W, 3) uint8 array.
@@ -151,11 +165,11 @@ def load_video(
     if isinstance(source, (str, os.PathLike)):
         if num_frames is None:
             raise VideoError("num_frames=None is only for in-memory frames; give a number.")
-        return _read_file(Path(source), num_frames, start, end, backend)
+        return _read_file(Path(source), num_frames, start, end, backend, short)
     frames = _as_array(source)
-    if num_frames is None or (len(frames) == num_frames and start is None and end is None):
+    if num_frames is None or (len(frames) == num_frames and start is None and end is None and short == "error"):
         return frames
-    return frames[segment_midpoints(len(frames), num_frames, fps, start, end)]
+    return frames[segment_midpoints(len(frames), num_frames, fps, start, end, short)]
 
 
 def save_video(frames: Frames, path: str | os.PathLike, fps: int = 8, codec: str = "libx264", crf: int = 10) -> Path:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from hooked_video import load_video, save_video
+from hooked_video import VideoError, load_video, save_video
 from hooked_video.data import TOMATO, AnnotationError, MCQADataset, TVBench, open_dataset
 
 FPS, N_FRAMES = 8, 32
@@ -66,6 +66,58 @@ def test_tvbench_reads_tasks_answers_and_windows(tvbench):
     only = TVBench(tvbench, tasks=["Moving Direction"])
     assert [s.task for s in only] == ["Moving Direction"]
     assert len(open_dataset(tvbench, tasks=["moving_direction"])) == 1
+
+
+def released_indices(n_total, fps, num_segments, bound=None):
+    """The released TVBench loader's frame indices, written out independently: bound (start,
+    end) in seconds or None for the whole clip; every window size, repeats included."""
+    start, end = bound if bound else (-100000, 100000)
+    start_idx = max(0, round(start * fps))
+    end_idx = min(round(end * fps), n_total - 1)
+    seg = float(end_idx - start_idx) / num_segments
+    return [int(start_idx + seg / 2 + np.round(seg * i)) for i in range(num_segments)]
+
+
+def decoded_indices(frames):
+    return (frames.reshape(len(frames), -1).mean(1) / 6).round().astype(int).tolist()
+
+
+def test_time_windows_apply_to_bound_tasks_only(tvbench):
+    """Moving Direction has a start/end in its annotation too, but the released loader only
+    uses windows for Action Sequence and Action Localization."""
+    path = tvbench / "json" / "moving_direction.json"
+    entries = json.loads(path.read_text())
+    path.write_text(json.dumps([{**entries[0], "start": 1.0, "end": 3.0}]))
+    paper = TVBench(tvbench)
+    moving = next(s for s in paper if s.task == "Moving Direction")
+    assert (moving.start, moving.end) == (None, None)
+    assert decoded_indices(moving.load_frames(8)) == released_indices(N_FRAMES, FPS, 8)
+    sequence = paper[0]
+    assert decoded_indices(sequence.load_frames(8)) == released_indices(N_FRAMES, FPS, 8, (1.0, 3.0))
+    every = TVBench(tvbench, time_windows="all")
+    moving = next(s for s in every if s.task == "Moving Direction")
+    assert decoded_indices(moving.load_frames(8)) == released_indices(N_FRAMES, FPS, 8, (1.0, 3.0))
+    assert all(s.start is None for s in TVBench(tvbench, time_windows="none"))
+    with pytest.raises(ValueError, match="time_windows must be one of"):
+        TVBench(tvbench, time_windows="some")
+
+
+@pytest.mark.parametrize("window", [(1.0, 1.875), (1.0, 1.5)])  # 8 frames (8..15), then 5 frames (8..12)
+def test_short_windows_repeat_frames_as_released(tvbench, window):
+    path = tvbench / "json" / "action_sequence.json"
+    entries = json.loads(path.read_text())
+    path.write_text(json.dumps([{**entries[0], "start": window[0], "end": window[1]}]))
+    expected = released_indices(N_FRAMES, FPS, 8, window)
+    assert len(set(expected)) < 8  # the released rule repeats a frame
+    repeat = TVBench(tvbench, short_windows="repeat")[0]
+    assert decoded_indices(repeat.load_frames(8)) == expected
+    strict = TVBench(tvbench)[0]
+    first, last = round(window[0] * FPS), round(window[1] * FPS)
+    if last - first + 1 == 8:  # exactly 8 frames: each frame once by default
+        assert decoded_indices(strict.load_frames(8)) == list(range(first, last + 1))
+    else:
+        with pytest.raises(VideoError, match="short='repeat'"):
+            strict.load_frames(8)
 
 
 def test_tomato_reads_dict_entries_and_video_paths(tomato):

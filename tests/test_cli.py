@@ -69,19 +69,31 @@ def test_flow_and_lens_commands(tmp_path):
     assert summary["spec"]["inter"] == [0, 1] and summary["n_samples"] == 2  # every layer "hurts" at -1000%
     assert set(summary["accuracy"]["overall"]) == {"full", "pathways", "random"}
     mismatch = run("prune", "--model", str(model), "--data", str(data), "--preset", "llava-next-7b-video-ft",
-                   "--frames", "4", "--out", str(tmp_path / "prune7b"))  # fmt: skip
-    assert mismatch.returncode == 2 and "made for 32 layers" in mismatch.stderr
+                   "--frames", "64", "--short-windows", "repeat", "--out", str(tmp_path / "prune7b"))  # fmt: skip
+    assert mismatch.returncode == 0, mismatch.stderr
+    assert "measured on byminji/LLaVA-NeXT-7B-Video-FT (32 layers)" in mismatch.stderr
+    rows = [json.loads(line) for line in (tmp_path / "prune7b" / "random.jsonl").read_text().splitlines()]
+    assert {r["random_fraction"] for r in rows} == {0.58}  # the preset's r, as the released 7B script
+    own = run("prune", "--model", str(model), "--data", str(data), "--from-sweep", str(tmp_path / "flow"),
+              "--threshold", "-1000", "--frames", "4", "--random-fraction", "sample", "--out", str(tmp_path / "own"))  # fmt: skip
+    assert own.returncode == 0, own.stderr
+    rows = [json.loads(line) for line in (tmp_path / "own" / "rows.jsonl").read_text().splitlines()]
+    for r in rows:  # each sample's own pruned share
+        assert r["random_fraction"] == 1 - r["pathways_retained"] / r["pathways_baseline"]
+    help_text = run("prune", "--help").stdout
+    assert "0.58" in help_text and "'sample'" in help_text
 
     keywords = tmp_path / "keywords.json"
     keywords.write_text(json.dumps({"spatial": ["ball", "red"], "temporal": ["before", "after"]}))
-    out = run("lens", "--model", str(model), "--data", str(data), "--variant", "embed", "--frames", "4",
-              "--keywords", str(keywords), "--min-count", "0", "--out", str(tmp_path / "lens"))  # fmt: skip
+    out = run("lens", "--model", str(model), "--data", str(data), "--variant", "embed", "--norm", "released", "--frames", "4",
+              "--select", "all", "--keywords", str(keywords), "--min-count", "0", "--out", str(tmp_path / "lens"))  # fmt: skip
     assert out.returncode == 0, out.stderr
     lens_rows = (tmp_path / "lens" / "lens.jsonl").read_text().splitlines()
     assert len(lens_rows) == 2 * 2  # samples x lens entries
     summary = json.loads((tmp_path / "lens" / "summary.json").read_text())
     assert set(summary["keywords"]) == {"spatial", "temporal"}
-    assert len(summary["answer_probability"]) == 2 * 2 * 2  # norm x layers x true/false
+    assert len(summary["answer_probability"]) == 2 * 2  # layers x true/false (one task)
+    assert summary["norm"] == "released" and summary["n_selected"] == 2
 
 
 def test_flow_command_reports_bad_data(tmp_path):

@@ -55,16 +55,21 @@ class Counter:
             h.remove()
 
 
-def test_pass_counts_and_vision_runs_once_per_sample(llava):
+@pytest.mark.parametrize("engine", ["hooks", "fast"])
+def test_pass_counts_and_vision_runs_once_per_sample(llava, engine):
     samples, targets = make_samples(3), ["cross-frame", "vql-to-ql"]
     counter = Counter(llava)
     try:
-        df = flow.sweep(llava, samples, targets=targets, window=3, select="all", num_frames=None, progress=False)
+        df = flow.sweep(llava, samples, targets=targets, window=3, select="all", num_frames=None, engine=engine,
+                        progress=False)  # fmt: skip
     finally:
         counter.remove()
     n_layers, n_conditions = llava.cfg.n_layers, 1 + 4
     assert counter.vision == len(samples)  # not once per pass
-    assert counter.lm_items == len(samples) * (1 + n_conditions * n_layers)
+    # the hook path runs one language-model pass per knockout; the engine one traced baseline
+    # per sample and then only the decoder layers it needs
+    per_sample = 1 + n_conditions * n_layers if engine == "hooks" else 1
+    assert counter.lm_items == len(samples) * per_sample
     assert len(df) == len(samples) * n_conditions * n_layers
     assert not df.duplicated(list(flow.ROW_KEY)).any()
 
@@ -121,7 +126,7 @@ def test_accuracy_counts_a_wrong_baseline_as_wrong_even_if_knockout_fixes_it():
 def test_summary_mean_and_bootstrap_ci():
     df = pd.DataFrame({"target": "t", "condition": "c", "layer": [0] * 50 + [1] * 50,
                        "rel_change": np.r_[np.full(50, -10.0), np.linspace(-20, 0, 50)]})  # fmt: skip
-    summary = flow.summarize(df)
+    summary = flow.summarize(df)  # no task column: pooled
     first, second = summary.iloc[0], summary.iloc[1]
     assert first["mean"] == -10 and first.ci_low == -10 and first.ci_high == -10 and first.n == 50
     assert second.ci_low < second["mean"] < second.ci_high
@@ -171,8 +176,8 @@ KILLED_RUN = textwrap.dedent(
         calls += 1
         if calls == {kill_at}:
             os.kill(os.getpid(), signal.SIGKILL)
-    if {kill_at}:
-        model.hf_model.model.language_model.register_forward_hook(kill_after_some_passes)
+    if {kill_at}:  # the last decoder layer runs once per chunk of engine passes
+        model.hf_model.model.language_model.layers[-1].original_component.register_forward_hook(kill_after_some_passes)
     flow.sweep(model, make_samples(3), targets=["cross-frame", "vql-to-ql"], window=3, select="all",
                out={out!r}, batch_size=1, num_frames=None, progress=False)
     """
@@ -188,7 +193,7 @@ def test_killed_sweep_resumes_to_exactly_the_uninterrupted_rows(llava, deep_path
     reference = flow.sweep(llava, make_samples(3), targets=["cross-frame", "vql-to-ql"], window=3,
                            select="all", batch_size=1, num_frames=None, progress=False)  # fmt: skip
     out = tmp_path / "run"
-    killed = run_sweep_process(deep_paths["llava_next_video"], out, kill_at=30)
+    killed = run_sweep_process(deep_paths["llava_next_video"], out, kill_at=12)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     partial = JsonlRows(out / "rows.jsonl").rows
     assert 0 < len(partial) < len(reference)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from hf_reference import last_probs, load_hf
 
-from hooked_video import flow, knockout
+from hooked_video import attention, flow, knockout
 from hooked_video.tokens import TextSpans, build_token_map
 
 
@@ -88,7 +88,10 @@ def test_hooks_need_layers(small_map):
 def test_no_knockout_reproduces_the_baseline_exactly(deep, deep_prompt):
     empty = knockout.EdgeSet.empty(deep_prompt.n_positions)
     hooks = knockout.hooks(empty, layers=range(deep.cfg.n_layers))
-    torch.testing.assert_close(deep.run_with_hooks(deep_prompt, fwd_hooks=hooks), deep(deep_prompt), atol=0, rtol=0)
+    with attention.reference_attention():  # the hook path is TransformerLens' attention everywhere
+        reference = deep(deep_prompt)
+    torch.testing.assert_close(deep.run_with_hooks(deep_prompt, fwd_hooks=hooks), reference, atol=0, rtol=0)
+    torch.testing.assert_close(deep(deep_prompt), reference, atol=1e-5, rtol=0)  # the SDPA path
 
 
 def _paper_conditions(tm):

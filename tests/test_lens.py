@@ -72,25 +72,48 @@ def test_lens_result_layouts(deep, deep_prompt):
     assert row.token == result.tokens(2)[column]
 
 
-def test_answer_probability_by_layer(arch, deep, deep_prompt, deep_paths, hf_hidden):
+@pytest.mark.parametrize("norm", lens.NORMS)
+def test_answer_probability_by_layer(arch, deep, deep_prompt, deep_paths, hf_hidden, norm):
+    """Each norm mode against HF hidden states projected by hand: "released" normalises only the
+    last layer's residual, "final" every layer's, "none" no layer's."""
     hf, out = hf_states(arch, deep, deep_prompt, deep_paths, hf_hidden)
     letters, n_layers = deep_prompt.option_token_ids, deep.cfg.n_layers
-    with_norm = lens.answer_probability_by_layer(deep, deep_prompt, final_norm=True)
-    raw = lens.answer_probability_by_layer(deep, deep_prompt, final_norm=False)
-    assert len(with_norm) == n_layers * len(letters)
-    assert with_norm.groupby("layer").is_true.sum().eq(1).all()
-    final = out.logits[0, -1].float().softmax(-1)[letters]  # last layer with norm = the model's answer
-    got = with_norm[with_norm.layer == n_layers - 1].sort_values("option").prob.to_numpy()
-    torch.testing.assert_close(torch.tensor(got, dtype=torch.float32), final, atol=1e-6, rtol=0)
-    norm = hf.model.language_model.norm
-    for layer in range(n_layers - 1):  # hidden_states[l + 1] is the residual after block l
-        x = out.hidden_states[layer + 1][0, -1]
+    table = lens.answer_probability_by_layer(deep, deep_prompt, norm=norm)
+    assert len(table) == n_layers * len(letters) and (table.norm == norm).all()
+    assert table.groupby("layer").is_true.sum().eq(1).all()
+    norm_module = hf.model.language_model.norm
+    for layer in range(n_layers):
+        # hidden_states[l + 1] is the residual after block l, except the last entry, which HF
+        # stores already normalised: the raw residual after the last block is taken by a hook
+        x = out.hidden_states[layer + 1][0, -1] if layer < n_layers - 1 else last_raw_residual(hf, deep_prompt)
+        normed = norm in ("final",) or (norm == "released" and layer == n_layers - 1)
         with torch.no_grad():
-            expected_norm = hf.lm_head(norm(x)).float().softmax(-1)[letters]
-            expected_raw = hf.lm_head(x).float().softmax(-1)[letters]
-        for table, expected in ((with_norm, expected_norm), (raw, expected_raw)):
-            got = table[table.layer == layer].sort_values("option").prob.to_numpy()
-            torch.testing.assert_close(torch.tensor(got, dtype=torch.float32), expected, atol=1e-6, rtol=0)
+            expected = hf.lm_head(norm_module(x) if normed else x).float().softmax(-1)[letters]
+        got = table[table.layer == layer].sort_values("option").prob.to_numpy()
+        torch.testing.assert_close(torch.tensor(got, dtype=torch.float32), expected, atol=1e-6, rtol=0)
+    if norm != "none":  # the last layer with the norm is the model's own answer
+        final = out.logits[0, -1].float().softmax(-1)[letters]
+        got = table[table.layer == n_layers - 1].sort_values("option").prob.to_numpy()
+        torch.testing.assert_close(torch.tensor(got, dtype=torch.float32), final, atol=1e-6, rtol=0)
+
+
+def last_raw_residual(hf, prompt):
+    """The residual after the last decoder layer, before the final norm (a plain PyTorch hook)."""
+    seen = {}
+    handle = hf.model.language_model.norm.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    try:
+        with torch.no_grad():
+            hf(**prompt.inputs)
+    finally:
+        handle.remove()
+    return seen["x"][0, -1]
+
+
+def test_answer_probability_norm_is_explicit(deep, deep_prompt):
+    with pytest.raises(TypeError):
+        lens.answer_probability_by_layer(deep, deep_prompt)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        lens.answer_probability_by_layer(deep, deep_prompt, norm="yes")
 
 
 # ----- keyword frequencies on a constructed case ------------------------------------------------
@@ -114,7 +137,7 @@ def constructed_results():
         top[0:5, 0] = 0  # "gro" in layers 0-4 at one position
         top[5, :] = 1  # "cat" at all 4 positions of layer 5 (the overlap layer of the quirk)
         top[11, 0:2] = 2  # "red" twice in layer 11
-        results.append(lens.LensResult(top, torch.ones(12, 4, 1), torch.arange(4), tm, "embed", vocab))
+        results.append(lens.LensResult(top, torch.ones(12, 4, 1), torch.arange(4), tm, "embed", vocab, correct=True))
     return results
 
 

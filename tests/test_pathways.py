@@ -83,11 +83,15 @@ def test_ranges_are_validated():
     assert all(torch.equal(edges[0].mask, e.mask) for e in edges.values())
 
 
-def test_presets_and_depth_check():
+def test_presets_name_their_checkpoint_and_warn_on_other_models(deep):
     spec = pathways.PathwaySpec.preset("videollama3-7b")
     assert (spec.inter, spec.v2q, spec.q2l, spec.n_layers) == ((0, 14), (5, 19), (20, 27), 28)
-    with pytest.raises(ValueError, match="made for 28 layers"):
-        spec.layer_edges(paper_7b_layout(), 32)
+    assert spec.checkpoint == "DAMO-NLP-SG/VideoLLaMA3-7B" and spec.random_fraction == 0.42
+    with pytest.warns(UserWarning, match="measured on DAMO-NLP-SG/VideoLLaMA3-7B \\(28 layers\\)"):
+        spec.check_model(deep)  # a 4-layer model
+    same_depth = pathways.PathwaySpec((0, 1), (1, 2), (2, 3), n_layers=deep.cfg.n_layers, family="videollama3")
+    with pytest.warns(UserWarning, match="family 'videollama3'"):
+        same_depth.check_model(deep)
     with pytest.raises(KeyError, match="unknown preset"):
         pathways.PathwaySpec.preset("gpt-5")
 
@@ -119,7 +123,7 @@ def test_pruned_forward_equals_hf_with_explicit_per_layer_masks(arch, deep, deep
     expected = last_probs(hf, deep_prompt.inputs, {l: e.additive_mask() for l, e in edges.items()})
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert not torch.allclose(got, last_probs(hf, deep_prompt.inputs), atol=1e-4)  # the pruning matters
-    row = pathways.evaluate_prompt(deep, deep_prompt, spec, random_baseline=True, seed=0)
+    row = pathways.evaluate_prompt(deep, deep_prompt, spec, random_baseline=True, seed=0, rule="option-argmax")
     letters = deep_prompt.option_token_ids
     assert row["pathways_pred"] == int(expected[0, letters].argmax())
     assert row["random_retained"] == pytest.approx(row["pathways_retained"], rel=1e-3)  # same pruned share
@@ -137,7 +141,8 @@ def test_evaluate_report_and_resume(deep_paths, tmp_path):
 
     model = HookedVideoLLM.from_pretrained(deep_paths["qwen2_vl"])
     spec = pathways.PathwaySpec(inter=(0, 1), v2q=(0, 2), q2l=(1, 3))
-    report = pathways.evaluate(model, make_samples(4), spec, seed=3, num_frames=None, out=tmp_path, progress=False)
+    report = pathways.evaluate(model, make_samples(4), spec, seed=3, num_frames=None, out=tmp_path, rule="option-argmax",
+                               progress=False)  # fmt: skip
     assert list(report.accuracy.columns) == ["full", "pathways", "random"]
     assert list(report.accuracy.index) == ["count", "direction", "overall"]
     rows = report.rows
@@ -149,9 +154,11 @@ def test_evaluate_report_and_resume(deep_paths, tmp_path):
     r = 1 - rows.pathways_retained.sum() / rows.pathways_baseline.sum()
     assert (rows.random_fraction == r).all()
     fixed = pathways.evaluate(model, make_samples(2), spec, random_fraction=0.1, num_frames=None, progress=False)
+    assert fixed.rule == "vocab-argmax" and "vocab-argmax" in repr(fixed)
     n = fixed.rows.n_positions.iloc[0]
     blocked_per_layer = (fixed.rows.random_baseline - fixed.rows.random_retained) / model.cfg.n_layers
     assert (blocked_per_layer == int(0.1 * n * (n + 1) / 2)).all()
-    again = pathways.evaluate(model, make_samples(4), spec, seed=3, num_frames=None, out=tmp_path, progress=False)
+    again = pathways.evaluate(model, make_samples(4), spec, seed=3, num_frames=None, out=tmp_path, rule="option-argmax",
+                              progress=False)  # fmt: skip
     pd.testing.assert_frame_equal(again.rows, rows)
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 4

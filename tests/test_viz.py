@@ -82,11 +82,11 @@ def test_static_figures_have_content(model, prompt, sweep, frames, tmp_path):
     result = lens.logit_lens(model, prompt, variant="unembed", top_k=1)
     top = [t.strip("▁") for t in result.tokens(1)]
     keywords = {"spatial": top[:2], "temporal": top[2:4]}  # words the lens really produced
-    freq = lens.keyword_frequencies(result, keywords, model.tokenizer, min_count=0)
+    freq = lens.keyword_frequencies(result, keywords, model.tokenizer, min_count=0, select="all")
     check_png(viz.keyword_bars(freq), tmp_path / "bars.png")
     check_png(viz.keywords_on_frames(result, frames, keywords, model.tokenizer, layer=1), tmp_path / "frames.png", min_coloured=0.3)
 
-    probs = pd.concat([lens.answer_probability_by_layer(model, prompt, final_norm=n) for n in (True, False)])
+    probs = pd.concat([lens.answer_probability_by_layer(model, prompt, norm=n) for n in ("released", "final")])
     check_png(viz.answer_probability_plot(probs), tmp_path / "answer.png")
 
     result = patching.frame_patching(model, prompt, patching.reverse_frames(model, prompt), progress=False)

@@ -2,7 +2,9 @@
 
 TVBench: ``{root}/json/{task}.json``, each a list of ``{video, question, candidates, answer
 (text), optional start, end (seconds)}``; videos under ``{root}/video/{task}/``. Tasks are named
-as in the paper ("Action Antonym") or by file stem ("action_antonym").
+as in the paper ("Action Antonym") or by file stem ("action_antonym"). As in the released
+evaluation code, start/end windows are used only for the tasks flagged as bound (Action
+Sequence, Action Localization); other tasks use the whole clip (``time_windows`` changes this).
 
 TOMATO: ``{root}/jsons/{task}.json``, each a dict of ``{id: {question, options, answer (index),
 demonstration_type, key}}``; the video is ``{root}/videos/{demonstration_type}/{key}.mp4``.
@@ -23,6 +25,9 @@ TVBENCH_TASKS = (
 #: The five TVBench tasks of the paper's analyses.
 PAPER_TVBENCH_TASKS = ("Action Antonym", "Action Sequence", "Moving Direction", "Object Count", "Scene Transition")
 TOMATO_TASKS = ("count", "direction", "rotation", "shape&trend", "velocity&frequency", "visual_cues")
+#: TVBench tasks whose start/end window the released evaluation code applies.
+BOUND_TASKS = ("Action Sequence", "Action Localization")
+TIME_WINDOWS = ("bound-tasks", "all", "none")
 
 
 def _stem(task: str) -> str:
@@ -34,8 +39,10 @@ class _Benchmark(SampleList):
 
     annotation_dir = ""
 
-    def __init__(self, root: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False) -> None:
+    def __init__(self, root: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False,
+                 short_windows: str = "error") -> None:  # fmt: skip
         self.root = Path(root)
+        self.short_windows = short_windows
         folder = self.root / self.annotation_dir
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} does not exist: is {self.root} a {type(self).__name__} folder?")
@@ -86,9 +93,23 @@ def _require(entry, fields: Sequence[str], where: str) -> None:
 
 
 class TVBench(_Benchmark):
-    """TVBench multiple-choice questions; ``tasks`` by paper name or file stem (default: all)."""
+    """TVBench multiple-choice questions; ``tasks`` by paper name or file stem (default: all).
+
+    Args:
+        time_windows: "bound-tasks" (default, the released code: start/end only for
+            ``BOUND_TASKS``), "all" (every entry's start/end) or "none" (whole clips).
+        short_windows: windows of ``num_frames`` frames or fewer: "error" (default) or
+            "repeat" (repeat frames as the released code does).
+    """
 
     annotation_dir = "json"
+
+    def __init__(self, root: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False,
+                 short_windows: str = "error", time_windows: str = "bound-tasks") -> None:  # fmt: skip
+        if time_windows not in TIME_WINDOWS:
+            raise ValueError(f"time_windows must be one of {TIME_WINDOWS}, got {time_windows!r}")
+        self.time_windows = time_windows
+        super().__init__(root, tasks, skip_invalid, short_windows)
 
     def _entries(self, path, entries):
         if not isinstance(entries, list):
@@ -99,7 +120,9 @@ class TVBench(_Benchmark):
         _require(entry, ("video", "question", "candidates", "answer"), f"{path}, entry {index}")
         task = next((t for t in TVBENCH_TASKS if _stem(t) == stem), stem)
         entry = {**entry, "id": f"{stem}/{index}", "task": task}
-        return sample_from_entry(entry, index, str(path), self.root / "video" / stem)
+        if self.time_windows == "none" or (self.time_windows == "bound-tasks" and task not in BOUND_TASKS):
+            entry = {k: v for k, v in entry.items() if k not in ("start", "end")}
+        return sample_from_entry(entry, index, str(path), self.root / "video" / stem, short=self.short_windows)
 
 
 class TOMATO(_Benchmark):
@@ -120,10 +143,11 @@ class TOMATO(_Benchmark):
                  "answer": entry["answer"], "id": f"{stem}/{key}", "task": stem}  # fmt: skip
         if isinstance(entry["answer"], str) and entry["answer"].isdigit():
             entry["answer"] = int(entry["answer"])
-        return sample_from_entry(entry, key, str(path), None)
+        return sample_from_entry(entry, key, str(path), None, short=self.short_windows)
 
 
-def open_dataset(path: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False):
+def open_dataset(path: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False,
+                 short_windows: str = "error"):  # fmt: skip
     """A TVBench folder, a TOMATO folder, or a JSON file of entries (``MCQADataset``)."""
     from hooked_video.data.mcqa import MCQADataset
 
@@ -131,10 +155,10 @@ def open_dataset(path: str | Path, tasks: Sequence[str] | None = None, skip_inva
     kinds: list[tuple[str, Callable]] = [("json", TVBench), ("jsons", TOMATO)]
     for folder, cls in kinds:
         if (path / folder).is_dir():
-            return cls(path, tasks=tasks, skip_invalid=skip_invalid)
+            return cls(path, tasks=tasks, skip_invalid=skip_invalid, short_windows=short_windows)
     if path.is_dir():
         raise FileNotFoundError(f"{path} is neither a TVBench (json/) nor a TOMATO (jsons/) folder")
-    data = MCQADataset(path, skip_invalid=skip_invalid)
+    data = MCQADataset(path, skip_invalid=skip_invalid, short_windows=short_windows)
     if tasks:
         data.samples = [s for s in data.samples if s.task in set(tasks)]
     return data

@@ -31,6 +31,8 @@ class Sample:
         answer: index of the true option.
         task: task name (for per-task summaries).
         start, end: optional window of the clip in seconds.
+        short: windows of ``num_frames`` frames or fewer: "error" or "repeat" (the released
+            code's rule; see ``video.segment_midpoints``).
     """
 
     id: str
@@ -41,11 +43,12 @@ class Sample:
     task: str = ""
     start: float | None = None
     end: float | None = None
+    short: str = "error"
     extra: dict = field(default_factory=dict)
 
     def load_frames(self, num_frames: int | None = 8):
         """The sampled frames, (T, H, W, 3) uint8 (segment midpoints over [start, end])."""
-        return load_video(self.video, num_frames=num_frames, start=self.start, end=self.end)
+        return load_video(self.video, num_frames=num_frames, start=self.start, end=self.end, short=self.short)
 
     def prepare(self, model, num_frames: int | None = 8, **prepare_kwargs):
         """This sample as a VideoPrompt for ``model``."""
@@ -55,7 +58,8 @@ class Sample:
         )  # fmt: skip
 
 
-def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | None, task: str = "") -> Sample:
+def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | None, task: str = "",
+                      short: str = "error") -> Sample:  # fmt: skip
     """Validate one annotation entry and build its Sample (errors name ``source`` and the entry)."""
     where = f"{source}, entry {index!r}" if not isinstance(index, int) else f"{source}, entry {index}"
     if not isinstance(entry, dict):
@@ -77,7 +81,7 @@ def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | N
     return Sample(
         id=str(entry.get("id", index)), video=video, question=entry["question"],
         options=list(options), answer=answer, task=entry.get("task", task),
-        start=entry.get("start"), end=entry.get("end"),
+        start=entry.get("start"), end=entry.get("end"), short=short,
     )  # fmt: skip
 
 
@@ -125,10 +129,11 @@ class MCQADataset(SampleList):
         video_root: folder that relative video paths are resolved against (default: the JSON
             file's folder, or the current folder for a list).
         skip_invalid: report and skip malformed entries instead of raising AnnotationError.
+        short_windows: "error" or "repeat" for clips of ``num_frames`` frames or fewer.
     """
 
     def __init__(self, entries: str | Path | list[dict], video_root: str | Path | None = None,
-                 skip_invalid: bool = False) -> None:  # fmt: skip
+                 skip_invalid: bool = False, short_windows: str = "error") -> None:  # fmt: skip
         source = "<list>"
         if isinstance(entries, (str, Path)):
             source = str(entries)
@@ -147,7 +152,7 @@ class MCQADataset(SampleList):
         self.skipped: list[str] = []
         for i, entry in enumerate(entries):
             try:
-                self.samples.append(sample_from_entry(entry, i, source, root))
+                self.samples.append(sample_from_entry(entry, i, source, root, short=short_windows))
             except AnnotationError as err:
                 if not skip_invalid:
                     raise

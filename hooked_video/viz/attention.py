@@ -68,7 +68,7 @@ def capture_patterns(model, prompt, layers: Sequence[int], reduce=None, fwd_hook
     """Attention patterns of ``layers`` for batch item 0, each passed through ``reduce`` (e.g. a
     row selection or an aggregation) inside the hook, so nothing of size L x H x N x N is kept."""
     names = {l: f"blocks.{l}.attn.hook_pattern" for l in layers}
-    kept = capture(model, prompt, list(names.values()), lambda p: (reduce(p.float()) if reduce else p.float()).cpu(), fwd_hooks)
+    kept, _ = capture(model, prompt, list(names.values()), lambda p: (reduce(p.float()) if reduce else p.float()).cpu(), fwd_hooks)
     return {l: kept[name] for l, name in names.items()}
 
 

@@ -25,30 +25,39 @@ def _as_models(data) -> dict[str, pd.DataFrame]:
 
 
 def knockout_curves(data: pd.DataFrame | Mapping[str, pd.DataFrame], value: str = "rel_change", targets: Sequence[str] | None = None,
-                    n_boot: int = 1000, seed: int = 0) -> Figure:  # fmt: skip
-    """Mean relative change per layer with bootstrap 95% bands: one panel per target, one
-    colour per condition, one line style per model (``{"image": df1, "video-FT": df2}``).
-    Layers are drawn at x = layer + 1 as in the paper."""
+                    tasks: Sequence[str] | None = None, pool_tasks: bool = False, n_boot: int = 1000, seed: int = 0) -> Figure:  # fmt: skip
+    """Mean relative change per layer with bootstrap 95% bands: one row of panels per task (the
+    paper never pools tasks; ``pool_tasks=True`` does), one panel per target, one colour per
+    condition, one line style per model (``{"image": df1, "video-FT": df2}``; the sweeps may
+    cover different targets). Layers are drawn at x = layer + 1 as in the paper."""
     models = _as_models(data)
-    all_targets = list(dict.fromkeys(t for df in models.values() for t in df.target))
+    frames = [df for df in models.values() if len(df)]
+    all_targets = list(dict.fromkeys(t for df in frames for t in df.target))
     targets = list(targets) if targets else all_targets
-    fig = StaticFigure(figsize=(4.2 * len(targets), 3.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(targets), squeeze=False)[0])
-    for ax, target in zip(axes, targets):
-        colours: dict[str, str] = {}
-        for style, (model_name, df) in zip(LINESTYLES * 4, models.items()):
-            summary = summarize(df[df.target == target], value=value, n_boot=n_boot, seed=seed)
-            for condition, rows in summary.groupby("condition", sort=False):
-                x = rows.layer.to_numpy() + 1
-                colour = colours.setdefault(condition, f"C{len(colours)}")
-                label = f"{condition} ({model_name})" if model_name else condition
-                ax.plot(x, rows["mean"], style, color=colour, label=label, linewidth=1.6)
-                ax.fill_between(x, rows.ci_low, rows.ci_high, color=colour, alpha=0.15, linewidth=0)
-        ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_title(target)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("relative change of P(answer) (%)" if value == "rel_change" else value)
-        ax.legend(fontsize=7)
+    all_tasks = ["all tasks"] if pool_tasks else sorted({t for df in frames for t in df.task}) or ["all tasks"]
+    tasks = list(tasks) if tasks else all_tasks
+    fig = StaticFigure(figsize=(4.2 * max(len(targets), 1), 3.4 * len(tasks)), layout="constrained")
+    axes = fig.subplots(len(tasks), max(len(targets), 1), squeeze=False)
+    for row, task in zip(axes, tasks):
+        for ax, target in zip(row, targets):
+            colours: dict[str, str] = {}
+            for style, (model_name, df) in zip(LINESTYLES * 4, models.items()):
+                rows = df[df.target == target] if pool_tasks else df[(df.target == target) & (df.task == task)]
+                summary = summarize(rows, value=value, pool_tasks=True, n_boot=n_boot, seed=seed)
+                for condition, curve in summary.groupby("condition", sort=False):
+                    x = curve.layer.to_numpy() + 1
+                    colour = colours.setdefault(condition, f"C{len(colours)}")
+                    label = f"{condition} ({model_name})" if model_name else condition
+                    ax.plot(x, curve["mean"], style, color=colour, label=label, linewidth=1.6)
+                    ax.fill_between(x, curve.ci_low, curve.ci_high, color=colour, alpha=0.15, linewidth=0)
+            ax.axhline(0, color="grey", linewidth=0.8)
+            ax.set_title(target if len(tasks) == 1 and pool_tasks else f"{task}: {target}", fontsize=10)
+            ax.set_xlabel("layer (1-based)")
+            ax.set_ylabel("relative change of P(answer) (%)" if value == "rel_change" else value)
+            if colours:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", color="grey")
     return fig
 
 
@@ -101,20 +110,23 @@ def keywords_on_frames(result: LensResult, frames: np.ndarray, keywords: Sequenc
 
 def answer_probability_plot(df: pd.DataFrame, title: str = "") -> Figure:
     """P(true letter) and P(each false letter) per layer (mean over samples, with min-max band
-    when several samples are given), from ``lens.answer_probability_by_layer`` rows."""
+    when several samples are given), from ``lens.answer_probability_by_layer`` rows; one line
+    style per norm mode present."""
     fig = StaticFigure(figsize=(5.5, 3.4), layout="constrained")
     ax = fig.subplots()
-    for (is_true, norm), rows in df.groupby(["is_true", "final_norm"]):
+    norms = list(dict.fromkeys(df["norm"])) if "norm" in df else ["released"]
+    for (is_true, norm), rows in df.groupby(["is_true", "norm"] if "norm" in df else ["is_true", lambda _: "released"]):
         stats = rows.groupby("layer").prob.agg(["mean", "min", "max"])
         x = stats.index.to_numpy() + 1
         colour = "C2" if is_true else "C3"
-        style = "-" if norm else ":"
-        ax.plot(x, stats["mean"], style, color=colour, label=f"{'true' if is_true else 'false'} option" + ("" if norm else " (no final norm)"))
-        if rows.get("sample_id") is not None and rows.sample_id.nunique() > 1:
+        style = LINESTYLES[norms.index(norm) % len(LINESTYLES)]
+        suffix = f" (norm: {norm})" if len(norms) > 1 else ""
+        ax.plot(x, stats["mean"], style, color=colour, label=f"{'true' if is_true else 'false'} option{suffix}")
+        if "sample_id" in rows and rows.sample_id.nunique() > 1:
             ax.fill_between(x, stats["min"], stats["max"], color=colour, alpha=0.12, linewidth=0)
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer (1-based)")
     ax.set_ylabel("probability of the option letter")
-    ax.set_title(title or "answer probability by layer")
+    ax.set_title(title or f"answer probability by layer (norm: {', '.join(map(str, norms))})")
     ax.legend(fontsize=8)
     return fig
 

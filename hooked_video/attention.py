@@ -1,0 +1,168 @@
+"""Attention through ``torch.nn.functional.scaled_dot_product_attention`` when no hook needs the
+scores, with edge masks applied as boolean attention masks.
+
+TransformerLens reimplements attention step by step so that ``hook_attn_scores`` (pre-softmax)
+and ``hook_pattern`` fire; that path materialises (batch, heads, N, N) scores in every layer and
+is the reference. When no hook is registered on the scores, the pattern or the rotary tables of
+a layer, that layer instead runs the Hugging Face attention module itself (its q/k/v/o
+projections are the bridge's ``LinearBridge``s, so ``hook_q``, ``hook_k``, ``hook_v`` and
+``hook_z`` still fire) with this package's attention function, which:
+
+- fires ``hook_rot_q`` / ``hook_rot_k`` on the rotated queries and keys,
+- applies the blocked edges of ``edge_masks(...)`` as a boolean mask (no N x N scores),
+- records keys and values for ``record(...)`` (the sweep engine's baseline),
+- and calls SDPA (flash or memory-efficient kernels: memory linear in N).
+
+The two paths compute the same function; they differ only by floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+import torch
+from jaxtyping import Bool
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformer_lens.model_bridge.generalized_components import PositionEmbeddingsAttentionBridge
+
+ATTENTION_NAME = "hooked_video_sdpa"
+#: Hook points whose hooks need the reference (TransformerLens) attention path.
+REFERENCE_HOOKS = ("hook_attn_scores", "hook_pattern", "hook_cos", "hook_sin")
+#: TransformerLens config flags that reroute attention inputs or outputs per head.
+REFERENCE_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in")
+
+
+@dataclass
+class _State:
+    """What the attention function applies or records in the current forward."""
+
+    allowed: Mapping[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B|1, 1, N, N) bool
+    recorder: dict | None = None  # layer -> (key, value)
+    reference: bool = False  # force the TransformerLens path everywhere
+
+
+_STATE = _State()
+
+
+@contextlib.contextmanager
+def _use(**changes) -> Iterator[None]:
+    global _STATE
+    previous = _STATE
+    _STATE = _State(**{**previous.__dict__, **changes})
+    try:
+        yield
+    finally:
+        _STATE = previous
+
+
+def edge_masks(blocked: Mapping[int, Bool[torch.Tensor, "*batch N N"]]) -> contextlib.AbstractContextManager:
+    """Within the context, layer l's queries may not read the keys ``blocked[l][..., q, k]`` marks
+    (True = blocked; (N, N) or (batch, N, N)), on the fast path. Same result as knockout hooks
+    on ``hook_attn_scores`` without materialising the scores."""
+    allowed = {}
+    for layer, mask in blocked.items():
+        n = mask.shape[-1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+        allowed[int(layer)] = (causal & ~mask.bool()).reshape(-1, 1, n, n)
+    return _use(allowed={**_STATE.allowed, **allowed})
+
+
+def record(store: dict) -> contextlib.AbstractContextManager:
+    """Within the context, every fast-path attention call stores ``store[layer] = (key, value)``
+    (rotated keys, before the GQA expansion)."""
+    return _use(recorder=store)
+
+
+def reference_attention() -> contextlib.AbstractContextManager:
+    """Within the context, every layer runs TransformerLens' reference attention."""
+    return _use(reference=True)
+
+
+def _combine(mask: torch.Tensor | None, allowed: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
+    """An HF attention mask (None, bool, or additive float) intersected with ``allowed`` rows."""
+    allowed = allowed[..., k_len - q_len : k_len, :k_len]
+    if mask is None:
+        return allowed
+    if mask.dtype == torch.bool:
+        return mask & allowed
+    return mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)
+
+
+def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """The attention function of the fast path (registered as ``ATTENTION_NAME``)."""
+    ref = getattr(module, "_hooked_video_bridge", None)
+    bridge = ref() if ref is not None else None
+    if bridge is not None:
+        query, key = bridge.hook_rot_q(query), bridge.hook_rot_k(key)
+    layer = getattr(module, "layer_idx", None)
+    if _STATE.recorder is not None:
+        _STATE.recorder[layer] = (key, value)
+    allowed = _STATE.allowed.get(layer)
+    if allowed is not None:
+        attention_mask = _combine(attention_mask, allowed.to(query.device), query.shape[-2], key.shape[-2])
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+AttentionInterface.register(ATTENTION_NAME, attention_forward)
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def _has_hooks(hook_point) -> bool:
+    return hook_point is not None and bool(hook_point._forward_hooks or hook_point._backward_hooks)
+
+
+class FastAttentionMixin:
+    """Runs the HF attention module with ``attention_forward`` unless a hook, a TransformerLens
+    flag or training needs the reference path. (``output_attentions``, which TransformerLens'
+    ``run_with_cache`` always sets, is ignored: patterns are reachable only through hooks.)"""
+
+    def needs_reference(self, kwargs: dict) -> bool:
+        if _STATE.reference or self.training:
+            return True
+        if any(getattr(self.config, flag, False) for flag in REFERENCE_FLAGS):
+            return True
+        return any(_has_hooks(getattr(self, name, None)) for name in REFERENCE_HOOKS)
+
+    def forward(self, *args, **kwargs):
+        if self.needs_reference(kwargs):
+            if self._layer_idx in _STATE.allowed:
+                raise RuntimeError("edge_masks() cannot be combined with hooks that need the reference attention path")
+            return super().forward(*args, **kwargs)
+        hidden = kwargs.pop("hidden_states") if "hidden_states" in kwargs else args[0]
+        kwargs.pop("output_attentions", None)
+        output, weights = self.original_component(hidden_states=self.hook_in(hidden), **kwargs)
+        return self.hook_out(output), weights
+
+
+_FAST_CLASSES: dict[type, type] = {}
+
+
+def _fast_class(cls: type) -> type:
+    if cls not in _FAST_CLASSES:
+        _FAST_CLASSES[cls] = type(f"Fast{cls.__name__}", (FastAttentionMixin, cls), {})
+    return _FAST_CLASSES[cls]
+
+
+def install_fast_attention(bridge, text_config) -> int:
+    """Give every rotary attention bridge of ``bridge`` the fast path and switch the language
+    model's config to ``ATTENTION_NAME``; returns the number of layers switched."""
+    switched = 0
+    for module in bridge.modules():
+        if not isinstance(module, PositionEmbeddingsAttentionBridge) or isinstance(module, FastAttentionMixin):
+            continue
+        hf_attention = module.original_component
+        if hf_attention is None or getattr(hf_attention, "config", None) is not text_config:
+            continue  # vision attention stays as it is
+        module.__class__ = _fast_class(type(module))
+        object.__setattr__(hf_attention, "_hooked_video_bridge", weakref.ref(module))
+        if getattr(module, "_layer_idx", None) is None:
+            module._layer_idx = getattr(hf_attention, "layer_idx", None)
+        switched += 1
+    if switched:
+        text_config._attn_implementation = ATTENTION_NAME
+    return switched

@@ -1,0 +1,78 @@
+"""Summaries of sweep rows: mean relative change per layer with bootstrap CIs, and accuracy under
+knockout. Both are per task by default, as the paper never pools its tasks."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+PER_TASK = ("task", "target", "condition", "layer")
+POOLED = ("target", "condition", "layer")
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
+    alpha = (1 - ci) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def _grouping(df: pd.DataFrame, by: Sequence[str] | None, pool_tasks: bool) -> list[str]:
+    if by is not None:
+        return list(by)
+    return list(POOLED if pool_tasks or "task" not in df else PER_TASK)
+
+
+def summarize(df: pd.DataFrame, value: str = "rel_change", by: Sequence[str] | None = None, pool_tasks: bool = False,
+              n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """Mean of ``value`` per group with a bootstrap CI (columns mean, ci_low, ci_high, n).
+
+    Groups are (task, target, condition, layer): one curve per task, as in the paper.
+    ``pool_tasks=True`` pools the tasks (so does a table without a task column); ``by`` sets
+    the grouping columns explicitly.
+    """
+    by = _grouping(df, by, pool_tasks)
+    records = []
+    for key, group in df.groupby(by, sort=False):
+        low, high = bootstrap_ci(group[value].to_numpy(), n_boot, ci, seed)
+        key = key if isinstance(key, tuple) else (key,)
+        records.append({**dict(zip(by, key)), "mean": group[value].mean(), "ci_low": low, "ci_high": high, "n": len(group)})
+    return pd.DataFrame(records, columns=[*by, "mean", "ci_low", "ci_high", "n"])
+
+
+def accuracy_under_knockout(df: pd.DataFrame, baseline: Sequence[dict] | pd.DataFrame | None = None,
+                            by: Sequence[str] = ("target", "condition", "layer"), pool_tasks: bool = False) -> pd.DataFrame:  # fmt: skip
+    """Accuracy over ALL samples, per task (or pooled), condition and layer.
+
+    A sample counts as correct only if its baseline was correct and its knocked-out answer is
+    still the ground truth, so accuracy under knockout never exceeds the baseline accuracy.
+    Samples without a knockout row (not selected) count with their baseline correctness.
+    """
+    base = pd.DataFrame(df.attrs.get("baseline", []) if baseline is None else baseline)
+    if base.empty:
+        raise ValueError("no baseline records: pass baseline=... or a DataFrame from sweep()/load()")
+    base = base.set_index("sample_id")
+    base_correct = base["correct"].astype(bool)
+    records = []
+    for key, group in df.groupby(list(by), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        knocked = group.set_index("sample_id")["correct"].astype(bool)
+        missing = base.index[base_correct].difference(knocked.index)
+        if len(missing) and len(knocked):
+            warnings.warn(f"{dict(zip(by, key))}: {len(missing)} correct samples have no knockout row "
+                          "(an unfinished sweep?); they count with their baseline answer.", stacklevel=2)  # fmt: skip
+        correct = base_correct.copy()
+        correct.loc[knocked.index] = knocked & base_correct.loc[knocked.index]
+        groups = [("all", correct)] if pool_tasks else correct.groupby(base["task"])
+        for task, task_correct in groups:
+            records.append({**dict(zip(by, key)), "task": task, "accuracy": float(task_correct.mean()),
+                            "baseline_accuracy": float(base_correct.loc[task_correct.index].mean()),
+                            "n_samples": len(task_correct)})  # fmt: skip
+    return pd.DataFrame(records)

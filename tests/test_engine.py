@@ -1,0 +1,99 @@
+"""The sweep engine (recompute only what a knockout changes) against the TransformerLens hook
+path, and the SDPA fast path against the reference attention."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hooked_video import HookedVideoLLM, attention, flow, knockout
+from hooked_video.engine import Engine
+from hooked_video.zoo.tiny import TinySizes, build_tiny
+
+ROW = ["sample_id", "target", "condition", "layer"]
+
+
+@pytest.fixture(scope="module", params=["llava_next_video", "qwen2_vl"])  # plain RoPE and M-RoPE
+def ten_layers(request, tmp_path_factory):
+    path = build_tiny(request.param, tmp_path_factory.mktemp("ten") / request.param, TinySizes(n_layers=10), seed=2)
+    return HookedVideoLLM.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def ten_prompt(ten_layers, frames):
+    return ten_layers.prepare(frames, "what happens first ?", ["the ball falls", "the cup moves", "nothing"], answer=1,
+                              num_frames=None)  # fmt: skip
+
+
+@pytest.mark.parametrize("window", [1, 5, 9])
+def test_engine_rows_equal_the_hook_path(ten_layers, ten_prompt, window):
+    """Every row of a four-target sweep over every layer (both ends included)."""
+    kwargs = dict(window=window, select="all", batch_size=3, progress=False)
+    fast = flow.sweep(ten_layers, [ten_prompt], engine="fast", **kwargs).sort_values(ROW).reset_index(drop=True)
+    hooks = flow.sweep(ten_layers, [ten_prompt], engine="hooks", **kwargs).sort_values(ROW).reset_index(drop=True)
+    assert len(fast) == len(hooks) == 10 * 11 and set(fast.layer) == set(range(10))
+    for column in ("p_base", "p_knockout", "p_gt_base", "p_gt_knockout"):
+        np.testing.assert_allclose(fast[column], hooks[column], atol=1e-5, rtol=0)
+    # relative changes are percentages of probabilities ~1e-2: compare them as fractions
+    np.testing.assert_allclose(fast.rel_change / 100, hooks.rel_change / 100, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(fast.rel_change_gt / 100, hooks.rel_change_gt / 100, atol=1e-5, rtol=0)
+    pd.testing.assert_series_equal(fast.new_answer_token, hooks.new_answer_token)
+    assert (fast.p_knockout != fast.p_base).any()  # the knockouts do something
+
+
+def test_mixed_with_a_user_hook_the_sweep_takes_the_hook_path(ten_layers, ten_prompt):
+    def scale_video(video, hook):
+        return video * 0.5
+
+    user = [("hook_video_embeds", scale_video)]
+    kwargs = dict(targets=["cross-frame", "vql-to-ql"], window=3, select="all", progress=False)
+    mixed = flow.sweep(ten_layers, [ten_prompt], fwd_hooks=user, **kwargs)
+    reference = flow.sweep(ten_layers, [ten_prompt], fwd_hooks=user, engine="hooks", **kwargs)
+    pd.testing.assert_frame_equal(mixed, reference, check_exact=True)
+    plain = flow.sweep(ten_layers, [ten_prompt], **kwargs)
+    assert not np.allclose(mixed.p_knockout, plain.p_knockout)  # the user hook mattered
+    with pytest.raises(ValueError, match="engine='fast' needs"):
+        flow.sweep(ten_layers, [ten_prompt], fwd_hooks=user, engine="fast", **kwargs)
+
+
+def test_engine_is_not_used_while_hooks_are_registered(ten_layers, ten_prompt):
+    assert Engine.usable(ten_layers)
+    with ten_layers.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x)]):
+        assert not Engine.usable(ten_layers)
+    assert Engine.usable(ten_layers)
+
+
+def test_engine_prefix_and_start_layer_are_exact(ten_layers, ten_prompt):
+    """A single "-> last" pass recomputes one row from its first blocked layer; its logits are
+    those of a full reference forward with the same knockout."""
+    embedded = ten_layers.embed(ten_prompt)
+    tm = ten_prompt.token_map
+    edges = knockout.between(tm.question, tm.last, tm)
+    engine = Engine(ten_layers)
+    trace = engine.trace(embedded)
+    (indices, logits), = list(engine.run(trace, [{l: edges.mask for l in (6, 7, 8)}], max_rows=100))
+    with attention.reference_attention():
+        expected = ten_layers.run_with_hooks(embedded, fwd_hooks=knockout.hooks(edges, [6, 7, 8]), logits_to_keep=1)
+    torch.testing.assert_close(logits[0].float().softmax(-1), expected[0, -1].float().softmax(-1), atol=1e-6, rtol=0)
+
+
+def test_fast_forward_equals_the_reference_and_keeps_hooks(ten_layers, ten_prompt):
+    with torch.no_grad():
+        fast = ten_layers(ten_prompt)
+        with attention.reference_attention():
+            reference = ten_layers(ten_prompt)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        _, cache = ten_layers.run_with_cache(ten_prompt, names_filter=lambda n: n.endswith(("hook_q", "hook_rot_k", "hook_resid_post")))
+    assert cache["blocks.3.attn.hook_rot_k"].shape[:2] == (1, ten_prompt.n_positions)  # fired on the fast path
+    assert "blocks.3.attn.hook_pattern" not in cache.keys()
+
+
+def test_edge_masks_context_equals_knockout_hooks(ten_layers, ten_prompt):
+    tm = ten_prompt.token_map
+    edges = knockout.cross_frame(tm) | knockout.between(tm.video, tm.last, tm)
+    with torch.no_grad():
+        with attention.edge_masks({l: edges.mask for l in (2, 3, 4)}):
+            fast = ten_layers(ten_prompt)
+        hooked = ten_layers.run_with_hooks(ten_prompt, fwd_hooks=knockout.hooks(edges, [2, 3, 4]))
+    torch.testing.assert_close(fast, hooked, atol=1e-5, rtol=0)

@@ -1,0 +1,171 @@
+"""The paper's analysis modes on constructed cases whose expected numbers are computed here:
+the accuracy rule, sample selection for the lens, per-task summaries, window styles, presets'
+random fractions."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hf_reference import last_probs, load_hf
+
+from hooked_video import HookedVideoLLM, flow, knockout, lens, pathways, viz
+from hooked_video.accuracy import accuracy
+from hooked_video.data import Sample
+
+
+@pytest.fixture(scope="module")
+def steered(deep_paths):
+    """A tiny model whose last-position logits are set by the test: ``steered.logits`` maps a
+    token string to its logit; every other token gets -10."""
+    model = HookedVideoLLM.from_pretrained(deep_paths["llava_next_video"])
+    vocab = model.tokenizer.get_vocab()
+    model.logits = {}
+
+    def steer(module, args, output):
+        if model.logits:
+            output[:, -1] = -10.0
+            for token, value in model.logits.items():
+                output[:, -1, vocab[token]] = value
+        return output
+
+    model.hf_model.lm_head.register_forward_hook(steer)
+    return model
+
+
+def samples(n=1, answers=None, tasks=None):
+    rng = np.random.default_rng(0)
+    answers = answers or [0] * n
+    return [Sample(id=f"s{i}", video=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), question="what happens first ?",
+                   options=["the ball falls", "the cup moves"], answer=answers[i], task=(tasks or ["t"] * n)[i])
+            for i in range(n)]  # fmt: skip
+
+
+# ----- 1. the accuracy rule ---------------------------------------------------------------------
+# (logits, answer) -> correct under the released rule (decoded argmax, lower-cased, equals the
+# letter) and under the option-letter rule, decided by hand
+CASES = [
+    ({"the": 5.0, "A": 3.0, "B": 1.0}, 0, False, True),  # a word on top: wrong for the paper
+    ({"A": 5.0, "B": 1.0}, 0, True, True),
+    ({"B": 5.0, "A": 1.0}, 0, False, False),
+    ({"a": 5.0, "B": 3.0, "A": 1.0}, 0, True, False),  # "a" decodes to the letter, case ignored
+]
+
+
+@pytest.mark.parametrize(("logits", "answer", "paper", "options"), CASES)
+def test_accuracy_rules(steered, logits, answer, paper, options):
+    steered.logits = logits
+    data = samples(answers=[answer])
+    try:
+        for rule, expected in (("vocab-argmax", paper), ("option-argmax", options)):
+            table = accuracy(steered, data, num_frames=None, rule=rule, progress=False)
+            assert table.loc["overall", "accuracy"] == float(expected) and table.attrs["rule"] == rule
+            report = pathways.evaluate(steered, data, pathways.PathwaySpec(None, None, None), random_baseline=False,
+                                       num_frames=None, rule=rule, progress=False)  # fmt: skip
+            assert report.accuracy.loc["overall", "full"] == float(expected)
+            base = flow.sweep(steered, data, targets=["cross-frame"], layers=[0], window=1, select="all",
+                              num_frames=None, rule=rule, progress=False).attrs["baseline"][0]  # fmt: skip
+            assert base["correct"] == expected
+        assert accuracy(steered, data, num_frames=None, progress=False).attrs["rule"] == "vocab-argmax"  # the default
+    finally:
+        steered.logits = {}
+
+
+# ----- 3. sample selection for the lens and answer probability ------------------------------------
+def test_lens_run_selects_correct_samples_by_default(steered, tmp_path):
+    steered.logits = {"A": 5.0, "B": 1.0}  # answers A: samples with answer 0 are right
+    data = samples(4, answers=[0, 1, 0, 1])
+    try:
+        run = lens.run(steered, data, variant="unembed", norm="released", num_frames=None, out=tmp_path, progress=False)
+        assert run.baseline.correct.tolist() == [True, False, True, False]
+        assert set(run.top1.sample_id) == {"s0", "s2"} == set(run.answer_probability.sample_id)
+        wrong = lens.run(steered, data, variant="unembed", norm="released", select="wrong", num_frames=None, progress=False)
+        assert set(wrong.top1.sample_id) == {"s1", "s3"}
+        # keyword counts of the run equal counts over per-prompt lens results of the selected samples
+        prompts = [s.prepare(steered, num_frames=None) for s in data]
+        results = [lens.logit_lens(steered, p, variant="unembed", top_k=1) for p in prompts]
+        assert [r.correct for r in results] == [True, False, True, False]
+        words = sorted({t.replace("▁", "") for r in results for l in range(r.n_layers) for t in r.tokens(l)})[:6]
+        by_run = run.keyword_frequencies(words, steered.tokenizer, bin_size=1, min_count=0)
+        by_results = lens.keyword_frequencies(results, words, steered.tokenizer, bin_size=1, min_count=0)
+        pd.testing.assert_frame_equal(by_run.raw, by_results.raw)
+        by_hand = {w: sum(t == w for i in (0, 2) for l in range(results[i].n_layers) for t in results[i].tokens(l)) for w in words}
+        assert by_run.raw.drop("ALL").sum(axis=1).to_dict() == {w: c for w, c in by_hand.items() if w in by_run.raw.index}
+        every = lens.keyword_frequencies(results, words, steered.tokenizer, bin_size=1, min_count=0, select="all")
+        assert every.raw.loc["ALL"].sum() >= by_run.raw.loc["ALL"].sum()
+        resumed = lens.run(steered, data, variant="unembed", norm="released", num_frames=None, out=tmp_path, progress=False)
+        pd.testing.assert_frame_equal(resumed.answer_probability, run.answer_probability)
+    finally:
+        steered.logits = {}
+
+
+# ----- 4. per-task results ------------------------------------------------------------------------
+def test_summaries_are_per_task_unless_pooled():
+    df = pd.DataFrame({"task": ["a", "a", "b", "b"], "target": "t", "condition": "c", "layer": 0,
+                       "rel_change": [-10.0, -20.0, 0.0, 4.0]})  # fmt: skip
+    per_task = flow.summarize(df).set_index("task")["mean"].to_dict()
+    assert per_task == {"a": -15.0, "b": 2.0}
+    assert flow.summarize(df, pool_tasks=True)["mean"].tolist() == [-6.5]
+    fig = viz.knockout_curves(df.assign(target="cross-frame"))
+    assert len(fig.axes) == 2  # one panel per task
+    assert len(viz.knockout_curves(df.assign(target="cross-frame"), pool_tasks=True).axes) == 1
+
+
+def test_curves_of_models_with_different_targets():
+    image = pd.DataFrame({"task": "a", "target": "cross-frame", "condition": "cross-frame", "layer": [0, 1], "rel_change": [-1.0, 0.0]})
+    video = pd.DataFrame({"task": "a", "target": "vql-to-ql", "condition": "video->last", "layer": [0, 1], "rel_change": [-9.0, -3.0]})
+    fig = viz.knockout_curves({"image": image, "video-FT": video})
+    assert len(fig.axes) == 2
+
+
+# ----- 6. window styles -----------------------------------------------------------------------------
+def released_window(layer, k, n_layers, style):
+    """The released code's layer lists, written out independently."""
+    centre = list(range(max(0, layer - k // 2), min(n_layers, layer - (-k // 2))))
+    return {"center": centre, "inverse": [l for l in range(n_layers) if l not in centre],
+            "top_down": list(range(layer, n_layers)), "bottom_up": list(range(0, layer + 1))}[style]
+
+
+@pytest.mark.parametrize("style", sorted(knockout.WINDOW_STYLES))
+@pytest.mark.parametrize("k", [1, 3, 4, 9])
+def test_window_styles_match_the_released_rule(style, k):
+    for layer in range(6):
+        assert knockout.window(layer, k, 6, style=style, even="below") == released_window(layer, k, 6, style)
+        if k % 2:  # odd windows do not depend on the even rule
+            assert knockout.window(layer, k, 6, style=style) == released_window(layer, k, 6, style)
+    assert knockout.window(2, 4, 6) == [1, 2, 3, 4]  # default: the extra layer above the centre
+
+
+def test_inverse_window_sweep_equals_explicit_masks(deep, deep_prompt, deep_paths, arch):
+    hf = load_hf(deep_paths[arch], deep)
+    df = flow.sweep(deep, [deep_prompt], targets=["cross-frame"], window=1, window_style="inverse", layers=[1, 2],
+                    select="all", progress=False)  # fmt: skip
+    mask = knockout.cross_frame(deep_prompt.token_map).additive_mask()
+    answer = int(df.answer_token.iloc[0])
+    for row in df.itertuples():
+        blocked = [l for l in range(deep.cfg.n_layers) if l != row.layer]
+        assert (row.window_start, row.window_end, row.n_blocked_layers) == (min(blocked), max(blocked), len(blocked))
+        expected = last_probs(hf, deep_prompt.inputs, {l: mask for l in blocked})[0, answer]
+        assert row.p_knockout == pytest.approx(float(expected), abs=1e-6)
+
+
+# ----- 10. the random fraction of each preset ------------------------------------------------------
+def test_presets_carry_the_released_random_fractions():
+    paper_retention = {"llava-next-7b-video-ft": 0.42, "llava-next-13b-video-ft": 0.37,
+                       "mini-internvl-4b-video-ft": 0.40, "videollama3-7b": 0.58}  # fmt: skip
+    for name, retention in paper_retention.items():
+        assert pathways.PathwaySpec.preset(name).random_fraction == pytest.approx(1 - retention)
+    with pytest.raises(ValueError, match="random_fraction must be a number in"):
+        pathways.PathwaySpec((0, 1), None, None, random_fraction=-0.2)
+
+
+def test_evaluate_uses_the_presets_fraction(deep, frames):
+    # 96 frames: the video is long enough beside the system prompt for 58% of all edges
+    prompt = deep.prepare(np.repeat(frames, 24, axis=0), "what happens first ?", ["the ball falls", "the cup moves"],
+                          answer=0, num_frames=None)  # fmt: skip
+    spec = pathways.PathwaySpec.preset("llava-next-7b-video-ft")
+    with pytest.warns(UserWarning, match="32 layers"):
+        report = pathways.evaluate(deep, [prompt], spec, progress=False)
+    row = report.rows.iloc[0]
+    n = prompt.n_positions
+    assert row.random_fraction == 0.58
+    assert (row.random_baseline - row.random_retained) / deep.cfg.n_layers == int(0.58 * n * (n + 1) / 2)
