@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
 import torch
-from jaxtyping import Bool
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -37,11 +36,16 @@ REFERENCE_HOOKS = ("hook_attn_scores", "hook_pattern", "hook_cos", "hook_sin")
 REFERENCE_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in")
 
 
+#: Query rows x keys per SDPA call when edge masks are applied: a band of rows at a time, so
+#: no N x N mask or score tensor exists for long prompts.
+MASK_BAND_ELEMENTS = 1 << 22
+
+
 @dataclass
 class _State:
     """What the attention function applies or records in the current forward."""
 
-    allowed: Mapping[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B|1, 1, N, N) bool
+    blocked: Mapping[int, object] = field(default_factory=dict)  # layer -> EdgeSet (or .rows provider)
     recorder: dict | None = None  # layer -> (key, value)
     reference: bool = False  # force the TransformerLens path everywhere
 
@@ -60,16 +64,15 @@ def _use(**changes) -> Iterator[None]:
         _STATE = previous
 
 
-def edge_masks(blocked: Mapping[int, Bool[torch.Tensor, "*batch N N"]]) -> contextlib.AbstractContextManager:
-    """Within the context, layer l's queries may not read the keys ``blocked[l][..., q, k]`` marks
-    (True = blocked; (N, N) or (batch, N, N)), on the fast path. Same result as knockout hooks
-    on ``hook_attn_scores`` without materialising the scores."""
-    allowed = {}
-    for layer, mask in blocked.items():
-        n = mask.shape[-1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
-        allowed[int(layer)] = (causal & ~mask.bool()).reshape(-1, 1, n, n)
-    return _use(allowed={**_STATE.allowed, **allowed})
+def edge_masks(blocked: Mapping[int, object]) -> contextlib.AbstractContextManager:
+    """Within the context, layer l's queries may not read the keys that ``blocked[l]`` marks (an
+    ``EdgeSet``, or a boolean (N, N) / (batch, N, N) mask, True = blocked), on the fast path.
+    Same result as knockout hooks on ``hook_attn_scores``; masks are built a band of query rows
+    at a time, so long prompts never hold an N x N tensor (with lazy edge sets)."""
+    from hooked_video.knockout import EdgeSet
+
+    wrapped = {int(l): m if hasattr(m, "rows") else EdgeSet(m.bool()) for l, m in blocked.items()}
+    return _use(blocked={**_STATE.blocked, **wrapped})
 
 
 def record(store: dict) -> contextlib.AbstractContextManager:
@@ -83,11 +86,16 @@ def reference_attention() -> contextlib.AbstractContextManager:
     return _use(reference=True)
 
 
-def _combine(mask: torch.Tensor | None, allowed: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
-    """An HF attention mask (None, bool, or additive float) intersected with ``allowed`` rows."""
-    allowed = allowed[..., k_len - q_len : k_len, :k_len]
+def _band(mask: torch.Tensor | None, edges, start: int, stop: int, offset: int, k_len: int, device) -> torch.Tensor:
+    """The attention mask of query rows ``start .. stop - 1`` (keys ``offset + row`` are the
+    rows' own positions): HF's mask (None, bool or additive) intersected with the allowed edges."""
+    blocked = edges.rows(k_len, offset + start, offset + stop).to(device)
+    allowed = (torch.arange(k_len, device=device)[None, :] <= torch.arange(offset + start, offset + stop, device=device)[:, None]) & ~blocked
+    allowed = allowed if allowed.ndim == 3 else allowed[None]
+    allowed = allowed[:, None]  # (batch, 1, rows, keys)
     if mask is None:
         return allowed
+    mask = mask[..., start:stop, :k_len]
     if mask.dtype == torch.bool:
         return mask & allowed
     return mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)
@@ -102,10 +110,19 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     layer = getattr(module, "layer_idx", None)
     if _STATE.recorder is not None:
         _STATE.recorder[layer] = (key, value)
-    allowed = _STATE.allowed.get(layer)
-    if allowed is not None:
-        attention_mask = _combine(attention_mask, allowed.to(query.device), query.shape[-2], key.shape[-2])
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    edges = _STATE.blocked.get(layer)
+    if edges is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    band = max(1, MASK_BAND_ELEMENTS // k_len)
+    outputs = []
+    for start in range(0, q_len, band):
+        stop = min(q_len, start + band)
+        mask = _band(attention_mask, edges, start, stop, k_len - q_len, k_len, query.device)
+        out, _ = sdpa_attention_forward(module, query[..., start:stop, :], key, value, mask, dropout=dropout,
+                                        scaling=scaling, **kwargs)  # fmt: skip
+        outputs.append(out)
+    return torch.cat(outputs, dim=1), None
 
 
 AttentionInterface.register(ATTENTION_NAME, attention_forward)
@@ -130,7 +147,7 @@ class FastAttentionMixin:
 
     def forward(self, *args, **kwargs):
         if self.needs_reference(kwargs):
-            if self._layer_idx in _STATE.allowed:
+            if self._layer_idx in _STATE.blocked:
                 raise RuntimeError("edge_masks() cannot be combined with hooks that need the reference attention path")
             return super().forward(*args, **kwargs)
         hidden = kwargs.pop("hidden_states") if "hidden_states" in kwargs else args[0]

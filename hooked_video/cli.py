@@ -78,9 +78,34 @@ def _dataset(args):
     return data.samples[: args.samples] if args.samples else data.samples
 
 
+def _open_ended(args) -> None:
+    from hooked_video import flow
+    from hooked_video.data.mcqa import open_questions
+
+    questions = open_questions(args.data)
+    questions = [q for q in questions if not args.task or q["task"] in args.task][: args.samples]
+    model = _load(args)
+    words = args.anchor_words.split(",") if args.anchor_words else None
+    df = flow.sweep_open_ended(model, questions, anchor=args.anchor, anchors=words, targets=args.target or ["vqrl-to-qrl"],
+                               window=args.window, layers=range(*args.sweep_range) if args.sweep_range else None,
+                               max_new_tokens=args.max_new_tokens, num_open_tokens=args.num_open_tokens, out=args.out,
+                               resume=not args.fresh, batch_size=args.batch_size, num_frames=args.frames,
+                               window_style=args.window_style, even_window=args.even_window)  # fmt: skip
+    kept = [b for b in df.attrs["baseline"] if "skipped" not in b]
+    summary = {"n_samples": len(df.attrs["baseline"]), "n_traced": len(kept), "anchor": args.anchor,
+               "rel_change": flow.summarize(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else []}  # fmt: skip
+    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"{len(df.attrs['baseline'])} questions, {len(kept)} with an anchor {args.anchor} traced")
+    if len(df):
+        print(df.groupby(["target", "condition"]).rel_change.agg(["mean", "min"]).round(2).to_string())
+    print(f"results: {args.out}")
+
+
 def _flow(args) -> None:
     from hooked_video import flow
 
+    if args.open_ended:
+        return _open_ended(args)
     samples, model = _dataset(args), _load(args)  # data errors first, before the slow load
     swept = range(*args.sweep_range) if args.sweep_range else None
     df = flow.sweep(model, samples, targets=args.target or list(flow.TARGETS), window=args.window, layers=swept,
@@ -250,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-range", type=_layer_range, default=None, help="swept layers START-STOP (STOP excluded), e.g. 5-20")
     p.add_argument("--pool-tasks", action="store_true", help="summarise all tasks together (default: per task)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--open-ended", action="store_true",
+                   help="free-form answers: --data is a JSON list of {video, question}; trace the --anchor-th anchor token")
+    p.add_argument("--anchor", type=int, default=1, help="with --open-ended: which anchor token, 1-based")
+    p.add_argument("--anchor-words", default=None, help="with --open-ended: comma-separated words that count as anchors")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--num-open-tokens", type=int, default=1, help="response tokens before the last left open")
     p = _analysis_parser(sub, "lens", _lens, "logit lens over video tokens and answer probability by layer")
     p.add_argument("--variant", choices=["unembed", "unembed-raw", "embed"], required=True,
                    help="lens projection: final norm + W_U, W_U alone, or W_E (the released code)")

@@ -70,6 +70,23 @@ class EmbeddedPrompt:
             feature_mask=self.feature_mask.expand(n, -1),
         )
 
+    def append(self, embeds: Float[torch.Tensor, "batch new d_model"]) -> "EmbeddedPrompt":
+        """This prompt followed by text token embeddings (greedy decoding without a cache):
+        their positions continue from the last one (all three M-RoPE sections alike)."""
+        n_new = embeds.shape[1]
+        position_ids = self.position_ids
+        if position_ids is not None:
+            step = torch.arange(1, n_new + 1, device=position_ids.device)
+            position_ids = torch.cat([position_ids, position_ids[..., -1:] + step], dim=-1)
+        attention_mask = self.attention_mask
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], n_new)], dim=-1)
+        return replace(
+            self, inputs_embeds=torch.cat([self.inputs_embeds, embeds.to(self.inputs_embeds)], dim=1),
+            position_ids=position_ids, attention_mask=attention_mask,
+            feature_mask=torch.cat([self.feature_mask, self.feature_mask.new_zeros(self.feature_mask.shape[0], n_new)], dim=-1),
+        )  # fmt: skip
+
     def lm_kwargs(self, device) -> dict:
         """Keyword arguments (besides the embeddings) for the bridge forward."""
         kwargs = {"position_ids": self.position_ids, "attention_mask": self.attention_mask}

@@ -30,6 +30,9 @@ class KnockoutError(ValueError):
     """A knockout that cannot be applied (e.g. it would leave a query with nothing to read)."""
 
 
+RowsBuilder = Callable[[int, int, int], torch.Tensor]  # (N, start, stop) -> (*batch, stop - start, N)
+
+
 class EdgeSet:
     """Blocked attention edges: ``mask[..., target, source]`` is True where target may not
     attend to source. Shape (N, N), or (batch, N, N) for one edge set per batch item; only
@@ -37,44 +40,65 @@ class EdgeSet:
 
     Combine with ``|`` (union), ``-`` (difference) and ``&`` (intersection). A set built from
     positions alone (``between(tm.video, tm.last)``) learns the prompt length N from the set it
-    is combined with, or from the attention scores when its hook runs.
+    is combined with, or from the attention scores when its hook runs. Sets built from token
+    maps are lazy: ``rows(N, start, stop)`` computes a band of query rows without the full
+    N x N mask (long videos); ``mask`` builds and caches the full mask.
+
+    Args:
+        mask_or_rows: a boolean (N, N) or (batch, N, N) mask, or a function
+            ``(N, start, stop) -> (*batch, stop - start, N)`` giving blocked query rows.
+        n_positions: N, when known.
     """
 
-    def __init__(self, mask_or_builder, n_positions: int | None = None) -> None:
-        if isinstance(mask_or_builder, torch.Tensor):
-            mask = mask_or_builder
+    def __init__(self, mask_or_rows: torch.Tensor | RowsBuilder, n_positions: int | None = None) -> None:
+        if isinstance(mask_or_rows, torch.Tensor):
+            mask = mask_or_rows
             if mask.ndim not in (2, 3) or mask.shape[-2] != mask.shape[-1]:
                 raise ValueError(f"an EdgeSet mask must be (N, N) or (batch, N, N), got {tuple(mask.shape)}")
             n_positions = mask.shape[-1]
-            self._build = lambda n: mask
+            self._rows: RowsBuilder = lambda n, start, stop: mask[..., start:stop, :]
         else:
-            self._build = mask_or_builder
+            self._rows = mask_or_rows
         self._n = n_positions
         self._masks: dict[int, torch.Tensor] = {}
 
     # ----- construction ------------------------------------------------------------------
     @classmethod
     def empty(cls, n_positions: int | None = None) -> "EdgeSet":
-        return cls(lambda n: torch.zeros(n, n, dtype=torch.bool), n_positions)
+        return cls(lambda n, start, stop: torch.zeros(stop - start, n, dtype=torch.bool), n_positions)
 
     @classmethod
     def stack(cls, edge_sets: Sequence["EdgeSet"]) -> "EdgeSet":
         """One edge set per batch item, from unbatched edge sets."""
         n = next((e._n for e in edge_sets if e._n is not None), None)
-        return cls(lambda m: torch.stack([e.mask_for(m) for e in edge_sets]), n)
+        return cls(lambda m, start, stop: torch.stack([e.rows(m, start, stop) for e in edge_sets]), n)
 
     # ----- masks -------------------------------------------------------------------------
-    def mask_for(self, n_positions: int) -> Bool[torch.Tensor, "*batch N N"]:
-        """The boolean mask for a prompt of ``n_positions`` tokens (cached)."""
+    def _check_length(self, n_positions: int) -> None:
         if self._n is not None and n_positions != self._n:
             raise KnockoutError(
                 f"this edge set was built for {self._n} positions but the prompt has {n_positions}; "
                 "build edges from the token map of the prompt you run."
             )
+
+    def rows(self, n_positions: int, start: int, stop: int) -> Bool[torch.Tensor, "*batch rows N"]:
+        """Blocked keys of the query rows ``start .. stop - 1`` (causal pairs only)."""
+        self._check_length(n_positions)
+        if n_positions in self._masks:
+            return self._masks[n_positions][..., start:stop, :]
+        band = self._rows(n_positions, start, stop).bool()
+        causal = torch.arange(n_positions, device=band.device)[None, :] <= torch.arange(start, stop, device=band.device)[:, None]
+        return band & causal
+
+    def rows_at(self, n_positions: int, queries: Sequence[int]) -> Bool[torch.Tensor, "*batch q N"]:
+        """Blocked keys of the given query positions (any order)."""
+        return torch.cat([self.rows(n_positions, int(q), int(q) + 1) for q in queries], dim=-2)
+
+    def mask_for(self, n_positions: int) -> Bool[torch.Tensor, "*batch N N"]:
+        """The boolean mask for a prompt of ``n_positions`` tokens (cached)."""
+        self._check_length(n_positions)
         if n_positions not in self._masks:
-            causal = torch.ones(n_positions, n_positions, dtype=torch.bool).tril()
-            mask = self._build(n_positions)
-            self._masks[n_positions] = mask.bool() & causal.to(mask.device)
+            self._masks[n_positions] = self.rows(n_positions, 0, n_positions)
         return self._masks[n_positions]
 
     @property
@@ -93,7 +117,7 @@ class EdgeSet:
     def _combine(self, other: "EdgeSet", op: Callable) -> "EdgeSet":
         if self._n is not None and other._n is not None and self._n != other._n:
             raise KnockoutError(f"cannot combine edge sets for {self._n} and {other._n} positions")
-        return EdgeSet(lambda n: op(self.mask_for(n), other.mask_for(n)), self._n or other._n)
+        return EdgeSet(lambda n, start, stop: op(self.rows(n, start, stop), other.rows(n, start, stop)), self._n or other._n)
 
     def __or__(self, other: "EdgeSet") -> "EdgeSet":
         return self._combine(other, torch.logical_or)
@@ -174,7 +198,11 @@ def _flags(positions: torch.Tensor, n: int) -> torch.Tensor:
 def between(source: Positions, target: Positions, tm: TokenMap | int | None = None) -> EdgeSet:
     """``source -/-> target``: every query in ``target`` is blocked from every key in ``source``."""
     source, target = _as_positions(source), _as_positions(target)
-    return EdgeSet(lambda n: _flags(target, n)[:, None] & _flags(source, n)[None, :], _n_of(tm))
+
+    def rows(n: int, start: int, stop: int) -> torch.Tensor:
+        return _flags(target, n)[start:stop, None] & _flags(source, n)[None, :]
+
+    return EdgeSet(rows, _n_of(tm))
 
 
 def within(group: Positions, tm: TokenMap | int | None = None) -> EdgeSet:
@@ -185,7 +213,12 @@ def within(group: Positions, tm: TokenMap | int | None = None) -> EdgeSet:
 def self_edges(group: Positions, tm: TokenMap | int | None = None) -> EdgeSet:
     """Each position's edge to itself, for the positions of ``group`` (e.g. ``last -/-> last``)."""
     group = _as_positions(group)
-    return EdgeSet(lambda n: torch.diag(_flags(group, n)), _n_of(tm))
+
+    def rows(n: int, start: int, stop: int) -> torch.Tensor:
+        queries = torch.arange(start, stop)
+        return (queries[:, None] == torch.arange(n)[None, :]) & _flags(group, n)[start:stop, None]
+
+    return EdgeSet(rows, _n_of(tm))
 
 
 def cross_frame(tm: TokenMap) -> EdgeSet:
@@ -194,9 +227,12 @@ def cross_frame(tm: TokenMap) -> EdgeSet:
     Intra-frame edges are kept. Frames are the token map's temporal slots.
     """
     frame = tm.frame_of  # -1 outside the video
-    is_video = frame >= 0
-    mask = is_video[:, None] & is_video[None, :] & (frame[None, :] < frame[:, None])
-    return EdgeSet(mask)
+
+    def rows(n: int, start: int, stop: int) -> torch.Tensor:
+        queries = frame[start:stop, None]
+        return (queries >= 0) & (frame[None, :] >= 0) & (frame[None, :] < queries)
+
+    return EdgeSet(rows, tm.n_positions)
 
 
 # ----- layers ---------------------------------------------------------------------------------

@@ -222,6 +222,40 @@ class HookedVideoLLM:
             self._video_state.clear()
         return EmbeddedPrompt.from_captured(captured, self.family.feature_mask(ids), prompt)
 
+    @torch.no_grad()
+    def generate(self, prompt, max_new_tokens: int = 32, fwd_hooks=(), stop_at_eos: bool = True, return_type: str = "str"):
+        """Greedy continuation of a video prompt (the vision pathway runs once).
+
+        Args:
+            prompt: a VideoPrompt (or an EmbeddedPrompt).
+            fwd_hooks: TransformerLens hooks applied in every decoding step.
+            stop_at_eos: stop at the tokenizer's / generation config's end-of-sequence tokens.
+            return_type: "str" (the decoded answer, special tokens skipped) or "tokens" (ids).
+        """
+        if return_type not in ("str", "tokens"):
+            raise ValueError(f"return_type must be 'str' or 'tokens', got {return_type!r}")
+        embedded = prompt if isinstance(prompt, EmbeddedPrompt) else self.embed(prompt)
+        embed = self.hf_model.get_input_embeddings()
+        eos = _eos_ids(self.tokenizer, getattr(self.hf_model, "generation_config", None))
+        tokens: list[int] = []
+        for _ in range(max_new_tokens):
+            logits = self.run_with_hooks(embedded, fwd_hooks=list(fwd_hooks), logits_to_keep=1)
+            token = int(logits[0, -1].argmax())
+            tokens.append(token)
+            if stop_at_eos and token in eos:
+                break
+            embedded = embedded.append(embed(torch.tensor([[token]], device=embed.weight.device)))
+        return tokens if return_type == "tokens" else self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def to_str_tokens(self, prompt) -> list[str]:
+        """The token strings of a VideoPrompt (video placeholders included), or TransformerLens'
+        ``to_str_tokens`` for text and token ids."""
+        if isinstance(prompt, VideoPrompt):
+            return list(prompt.str_tokens)
+        if isinstance(prompt, EmbeddedPrompt):
+            return list(prompt.prompt.str_tokens)
+        return self.bridge.to_str_tokens(prompt)
+
     # ----- video embedding hook ---------------------------------------------------------------
     def _install_video_hook(self) -> None:
         """Register ``hook_video_embeds`` on the bridge and fire it on the LM's input embeddings."""
@@ -344,6 +378,13 @@ class HookedVideoLLM:
             f"HookedVideoLLM({type(self.hf_model).__name__}, n_layers={c.n_layers}, "
             f"d_model={c.d_model}, n_heads={c.n_heads}, d_vocab={c.d_vocab})"
         )
+
+
+def _eos_ids(tokenizer, generation_config) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return {int(i) for i in ids if i is not None}
 
 
 def inputs_for(module: torch.nn.Module, inputs: dict) -> dict:

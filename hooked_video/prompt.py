@@ -109,12 +109,42 @@ class VideoPrompt:
             raise AttributeError("this prompt has no answer: pass answer=... to prepare()")
         return self.option_token_ids[self.answer]
 
+    def extend(self, token_ids, tokenizer, num_open_tokens: int = 0) -> "VideoPrompt":
+        """This prompt followed by ``token_ids`` (e.g. a generated answer, teacher-forced); the
+        token map marks them as "response" and the final one as "last" (``TokenMap.extended``)."""
+        token_ids = [int(t) for t in token_ids]
+        if not token_ids:
+            return self
+        return replace(
+            self, inputs=extend_inputs(self.inputs, token_ids),
+            token_map=self.token_map.extended(len(token_ids), num_open_tokens),
+            str_tokens=self.str_tokens + tokenizer.convert_ids_to_tokens(token_ids),
+            text=self.text + tokenizer.decode(token_ids),
+        )  # fmt: skip
+
     def to(self, device) -> "VideoPrompt":
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
         return replace(self, inputs=moved)
 
     def __repr__(self) -> str:
         return f"VideoPrompt(N={self.n_positions}, options={len(self.options)}, answer={self.answer}, {self.token_map!r})"
+
+
+def extend_inputs(inputs: dict, token_ids: list[int]) -> dict:
+    """Model inputs with ``token_ids`` appended as text: per-token tensors of the prompt's length
+    grow (ids appended, masks with ones, token-type ids with zeros); the rest is unchanged."""
+    ids = inputs["input_ids"]
+    n, new = ids.shape[-1], torch.tensor([token_ids], dtype=ids.dtype, device=ids.device)
+    extended = {}
+    for key, value in inputs.items():
+        if not isinstance(value, torch.Tensor) or value.ndim != 2 or value.shape[-1] != n or value.shape[0] != 1:
+            extended[key] = value
+        elif key == "input_ids":
+            extended[key] = torch.cat([value, new], dim=-1)
+        else:
+            fill = torch.ones_like(new) if "mask" in key else torch.zeros_like(new)
+            extended[key] = torch.cat([value, fill.to(value.dtype)], dim=-1)
+    return extended
 
 
 def resolve_answer(answer, options: list[str]) -> int | None:

@@ -1,4 +1,4 @@
-"""TokenMap: what every position of a video prompt is (METHOD.md section 2).
+"""TokenMap: what every position of a video prompt is.
 
 A TokenMap knows, for one prompt of N positions, the role of each position, the temporal slot
 ("frame") and (t, h, w) grid cell of every video token, and the spans of the question, its
@@ -19,10 +19,11 @@ from jaxtyping import Int
 
 Positions = Int[torch.Tensor, "n"]
 
-#: Roles, in the order they usually appear. "system" and "text" are the untyped groups of
-#: METHOD.md section 2 (never blocked); "video_separator" tokens (newline features, vision
-#: start/end markers) sit in or around the video but belong to no frame.
-ROLES = ("system", "video", "video_separator", "question", "option", "text", "last")
+#: Roles, in the order they usually appear. "system" and "text" are the untyped groups (never
+#: blocked); "video_separator" tokens (newline features, vision start/end markers) sit in or
+#: around the video but belong to no frame; "response" marks teacher-forced generated tokens
+#: before the last position (the open-ended analysis).
+ROLES = ("system", "video", "video_separator", "question", "option", "text", "response", "last")
 
 
 class PromptLayoutError(ValueError):
@@ -148,6 +149,24 @@ class TokenMap:
     @property
     def last(self) -> Positions:
         return torch.tensor([self.n_positions - 1])
+
+    @property
+    def response(self) -> Positions:
+        """Teacher-forced generated tokens before the last position (see ``VideoPrompt.extend``)."""
+        return self.positions("response")
+
+    def extended(self, n_new: int, num_open_tokens: int = 0) -> "TokenMap":
+        """This map with ``n_new`` appended positions: the old last position becomes untyped
+        text, the new ones "response" and the final one "last"; the ``num_open_tokens``
+        response tokens right before the last stay untyped (at least one stays typed)."""
+        if n_new == 0:
+            return self
+        role = list(self.role)
+        role[-1] = "text"
+        n_response = n_new - 1
+        typed = max(min(1, n_response), n_response - num_open_tokens)
+        role += ["response"] * typed + ["text"] * (n_response - typed) + ["last"]
+        return TokenMap(role, self.grid.clone(), self.n_input_frames, self.temporal_patch_size, self.spans, self.answer)
 
     def __repr__(self) -> str:
         counts = {r: self.role.count(r) for r in ROLES if self.role.count(r)}

@@ -114,3 +114,20 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert set(summary["accuracy"]["overall"]) == {"toy-image", "toy-video-ft"}
     assert "does not reproduce" in page or "reproduces" in page  # every finding gets a plain reading
     assert (tmp_path / "report" / "results" / "sweep_video" / "rows.jsonl").exists()
+
+
+def test_open_ended_flow_command(tmp_path):
+    model = tmp_path / "tiny"
+    run("build-tiny", "llava_next_video", str(model))
+    rng = np.random.default_rng(0)
+    save_video(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), tmp_path / "v.mp4")
+    (tmp_path / "open.json").write_text(json.dumps([{"video": "v.mp4", "question": "what happens first ?"}]))
+    out = run("flow", "--model", str(model), "--data", str(tmp_path / "open.json"), "--open-ended", "--anchor", "2",
+              "--max-new-tokens", "6", "--window", "1", "--frames", "4", "--out", str(tmp_path / "oe"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "oe" / "summary.json").read_text())
+    assert summary["anchor"] == 2 and summary["n_samples"] == 1
+    baseline = [json.loads(line) for line in (tmp_path / "oe" / "baseline.jsonl").read_text().splitlines()]
+    rows = (tmp_path / "oe" / "rows.jsonl").read_text().splitlines() if summary["n_traced"] else []
+    assert len(rows) == summary["n_traced"] * 5 * 2  # conditions x layers
+    assert "answer" in baseline[0]

@@ -97,3 +97,24 @@ def test_edge_masks_context_equals_knockout_hooks(ten_layers, ten_prompt):
             fast = ten_layers(ten_prompt)
         hooked = ten_layers.run_with_hooks(ten_prompt, fwd_hooks=knockout.hooks(edges, [2, 3, 4]))
     torch.testing.assert_close(fast, hooked, atol=1e-5, rtol=0)
+
+
+def test_edge_masks_in_bands_of_rows_are_exact(ten_layers, ten_prompt, monkeypatch):
+    """With tiny bands (a few query rows per SDPA call) the masked forward is unchanged."""
+    tm = ten_prompt.token_map
+    edges = knockout.cross_frame(tm) | knockout.between(tm.question, tm.last, tm)
+    with torch.no_grad(), attention.edge_masks({l: edges for l in range(10)}):
+        whole = ten_layers(ten_prompt)
+        monkeypatch.setattr(attention, "MASK_BAND_ELEMENTS", 7 * ten_prompt.n_positions)
+        banded = ten_layers(ten_prompt)
+    torch.testing.assert_close(banded, whole, atol=1e-6, rtol=0)
+
+
+def test_lazy_edge_rows_equal_the_full_mask(ten_prompt):
+    tm = ten_prompt.token_map
+    n = tm.n_positions
+    edges = (knockout.cross_frame(tm) | knockout.between(tm.video, tm.last, tm)) - knockout.self_edges(tm.last, tm)
+    full = edges.mask
+    for start, stop in ((0, 5), (7, 30), (n - 3, n)):
+        assert torch.equal(edges.rows(n, start, stop), full[start:stop])
+    assert torch.equal(edges.rows_at(n, [n - 1, 3]), full[[n - 1, 3]])

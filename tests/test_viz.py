@@ -176,3 +176,31 @@ def test_long_prompt_renders_fast_and_small(long_prompt, tmp_path):
     grid = viz.attention_to_video(model, prompt, tm.question_without_options, layers=[0, 1])
     check_png(viz.frame_grid_heatmap(grid), tmp_path / "long_grid.png", min_coloured=0.05)
     assert time.perf_counter() - start < 10
+
+
+def test_attention_rows_equal_the_hook_pattern_in_linear_memory(deep, deep_prompt):
+    """Rows from rotated q/k on the fast path equal TransformerLens' hook_pattern rows, with and
+    without a cross-frame knockout (hooks on the scores for the reference)."""
+    from hooked_video import knockout
+    from hooked_video.viz.attention import capture_patterns
+
+    tm, layers = deep_prompt.token_map, list(range(deep.cfg.n_layers))
+    queries = torch.cat([tm.question[:2], tm.frame(1)[:2], tm.last])
+    edges = knockout.cross_frame(tm)
+    for blocked, hooks in ((None, ()), ({l: edges.mask for l in layers}, knockout.hooks(edges, layers))):
+        rows = viz.attention_rows(deep, deep_prompt, queries, layers, blocked)
+        reference = capture_patterns(deep, deep_prompt, layers, lambda p: p[:, queries], hooks)
+        for layer in layers:
+            torch.testing.assert_close(rows[layer].cpu(), reference[layer], atol=1e-5, rtol=0)
+    last = tm.n_frames - 1
+    knocked = viz.video_attention_by_layer(deep, deep_prompt, tm.frame(last)[:1], layers, knockout="cross-frame")
+    assert float(knocked[:, :last].sum()) < 1e-6  # the last frame reads nothing of the earlier frames
+
+
+def test_figure_6_in_one_call(deep, deep_prompt, tmp_path):
+    fig = viz.attention_to_video_figure(deep, deep_prompt, keyword="first", layers=range(0, deep.cfg.n_layers))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "baseline" in titles and "cross-frame knockout" in titles
+    check_png(fig, tmp_path / "fig6.png")
+    with pytest.raises(ValueError, match="not among the question's tokens"):
+        viz.keyword_positions(deep_prompt, "elephant")

@@ -85,6 +85,30 @@ def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | N
     )  # fmt: skip
 
 
+def open_questions(path: str | Path) -> list[dict]:
+    """Free-form questions from a JSON list of ``{video, question, optional id, task, answer}``
+    (video paths relative to the file), for the open-ended analysis; errors name the entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(entries, list):
+        raise AnnotationError(f"{path}: expected a list of entries")
+    questions = []
+    for i, entry in enumerate(entries):
+        where = f"{path}, entry {i}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("video"), str) or not isinstance(entry.get("question"), str):
+            raise AnnotationError(f"{where}: needs a 'video' path and a 'question' string")
+        video = Path(entry["video"]) if Path(entry["video"]).is_absolute() else path.parent / entry["video"]
+        if not video.exists():
+            raise AnnotationError(f"{where}: video file {video} does not exist")
+        questions.append({**entry, "video": str(video), "id": str(entry.get("id", i)), "task": str(entry.get("task", ""))})
+    return questions
+
+
 def identify(item, index: int) -> tuple[str, str, object]:
     """(sample id, task, item) for a VideoPrompt (id = its index), a Sample, or a dict entry."""
     from hooked_video.prompt import VideoPrompt

@@ -8,10 +8,14 @@ from hooked_video.viz.attention import (
     aggregate_pattern,
     attention_heads,
     attention_pattern,
+    attention_rows,
     attention_to_video,
+    attention_to_video_figure,
     frame_grid_heatmap,
+    keyword_positions,
     token_groups,
     token_labels,
+    video_attention_by_layer,
 )
 from hooked_video.viz.blueprint import flow_blueprint
 from hooked_video.viz.html import InteractiveFigure
@@ -25,6 +29,7 @@ from hooked_video.viz.plots import (
 
 __all__ = [
     "InteractiveFigure", "aggregate_pattern", "answer_probability_plot", "attention_heads", "attention_pattern",
-    "attention_to_video", "flow_blueprint", "frame_grid_heatmap", "keyword_bars", "keywords_on_frames",
-    "knockout_curves", "patching_heatmap", "token_groups", "token_labels",
+    "attention_rows", "attention_to_video", "attention_to_video_figure", "flow_blueprint", "frame_grid_heatmap",
+    "keyword_bars", "keyword_positions", "keywords_on_frames", "knockout_curves", "patching_heatmap", "token_groups",
+    "token_labels", "video_attention_by_layer",
 ]  # fmt: skip
