@@ -1,14 +1,16 @@
-"""Knockout sweep cost: the released code's approach versus ``flow.sweep``, side by side.
+"""Knockout sweep cost per sample: the sweep engine, the TransformerLens hook path and the released
+code's approach, side by side in one run, per target and for all four; plus the plain forward.
 
-Reference (the paper's released code): one HF eager forward per knockout pass, batch 1, the
-vision encoder recomputed each pass, per-layer explicit 4D additive masks. hooked_video: vision
-once per sample (``model.embed``), passes batched with per-item edge sets and windows, hooks on
-``hook_attn_scores``, ``logits_to_keep=1``.
+- released approach: one HF eager forward per pass (vision encoder included), batch 1, explicit
+  per-layer 4D additive masks; per-sample time = median pass time x passes.
+- hooks: ``flow.sweep(engine="hooks")``: vision once, batched passes, hooks on ``hook_attn_scores``.
+- engine: ``flow.sweep(engine="fast")``: only the rows and layers a knockout changes, SDPA.
+- forward: the hooked model (fast path) vs the same weights in a plain HF model with SDPA; and
+  ``run_with_cache`` with a ``names_filter`` of one hook.
+- exactness: engine vs hooks rows of the full four-target sweep (argmax agreement, largest
+  difference of relative changes in percentage points).
 
-Random weights with real shapes (``--preset 7b``: LLaVA-NeXT-Video-7B, Vicuna-7B LM, CLIP
-ViT-L/14-336, 8 frames of 12x12 pooled tokens; ``--preset tiny`` for a CPU smoke run).
-
-    python benchmarks/knockout_sweep.py --preset 7b --device cuda --out results.json
+    python benchmarks/knockout_sweep.py --preset llava-next-video-7b --device cuda --out results/knockout_sweep_7b.json
 """
 
 from __future__ import annotations
@@ -17,46 +19,19 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hooked_video import HookedVideoLLM, flow, knockout  # noqa: E402
-from hooked_video.zoo.tiny import TinySizes, build_tiny  # noqa: E402
+from shapes import PRESETS, build, build_hf, frames_for  # noqa: E402
 
-PRESETS = {
-    "7b": dict(text=dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                         intermediate_size=11008, vocab_size=32064, max_position_embeddings=4096),
-               vision=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                           image_size=336, patch_size=14), frames=8),
-    "tiny": dict(text=dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                           intermediate_size=128, vocab_size=1000), vision=dict(), frames=4),
-}  # fmt: skip
+from hooked_video import flow, knockout  # noqa: E402
 
-
-def build(preset: str, device: str, dtype: torch.dtype) -> HookedVideoLLM:
-    """A random-weight LLaVA-NeXT-Video of the preset's shape with a real processor."""
-    import transformers
-    from transformers import AutoConfig, AutoProcessor
-
-    spec = PRESETS[preset]
-    image, patch = spec["vision"].get("image_size", 32), spec["vision"].get("patch_size", 8)
-    folder = build_tiny("llava_next_video", Path(tempfile.mkdtemp()) / "proc", TinySizes(image_size=image, patch_size=patch))
-    config = AutoConfig.from_pretrained(folder)
-    for key, value in spec["text"].items():
-        setattr(config.text_config, key, value)
-    for key, value in spec["vision"].items():
-        setattr(config.vision_config, key, value)
-    config.text_config.head_dim = config.text_config.hidden_size // config.text_config.num_attention_heads
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = transformers.LlavaNextVideoForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="eager")
-    return HookedVideoLLM.from_hf(hf.eval(), AutoProcessor.from_pretrained(folder), model_name=f"random-{preset}")
+ROW = ["sample_id", "target", "condition", "layer"]
 
 
 def sync(device: str) -> None:
@@ -64,7 +39,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device: str, repeats: int) -> list[float]:
+def timed(fn, device: str, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls (after the caller's warm-up)."""
     times = []
     for _ in range(repeats):
         sync(device)
@@ -72,80 +48,108 @@ def timed(fn, device: str, repeats: int) -> list[float]:
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return times
+    return statistics.median(times)
+
+
+def peak_gib(device: str, reset: bool = True) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    value = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return value
 
 
 @torch.no_grad()
-def reference_pass(model, prompt, edges_additive, layers) -> torch.Tensor:
-    """One released-code pass: full HF forward (vision included), per-layer 4D masks."""
+def released_pass(model, prompt, additive, layers) -> torch.Tensor:
+    """One released-code pass: the full HF forward (vision included) with per-layer 4D masks."""
     hf = model.hf_model
     inputs = model.move_inputs(prompt.inputs)
-    mask = edges_additive.to(inputs["input_ids"].device, next(hf.parameters()).dtype)
-
-    def replace(module, args, kwargs):
-        return args, {**kwargs, "attention_mask": mask}
-
+    mask = additive.to(inputs["input_ids"].device, next(hf.parameters()).dtype)
     blocks = hf.model.language_model.layers
-    handles = [blocks[l].register_forward_pre_hook(replace, with_kwargs=True) for l in layers]
+    handles = [blocks[l].register_forward_pre_hook(lambda m, a, k: (a, {**k, "attention_mask": mask}), with_kwargs=True)
+               for l in layers]  # fmt: skip
     try:
-        return hf(**inputs).logits[:, -1].float().softmax(-1)
+        from hooked_video import attention
+
+        with attention.reference_attention():
+            return hf(**inputs).logits[:, -1].float().softmax(-1)
     finally:
         for h in handles:
             h.remove()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--batch-sizes", default="1,8,16")
-    parser.add_argument("--reference-passes", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--reference-passes", type=int, default=8)
+    parser.add_argument("--skip-hooks", action="store_true", help="skip the hook-path sweeps (slow at real scale)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-
-    start = time.perf_counter()
-    model = build(args.preset, args.device, dtype)
-    frames = np.random.default_rng(0).integers(0, 256, (PRESETS[args.preset]["frames"], 336, 336, 3), dtype=np.uint8)
-    prompt = model.prepare(frames, "which way does the ball move ?", ["left", "right", "up", "down"], answer=1, num_frames=None)
+    device = args.device
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = build(args.preset, device, dtype)
+    prompt = model.prepare(frames_for(args.preset), "which way does the ball move ?", ["left", "right", "up", "down"],
+                           answer=1, num_frames=None)  # fmt: skip
     tm, n_layers = prompt.token_map, model.cfg.n_layers
-    n_conditions = sum(len(c) for c in flow.TARGETS.values())
-    passes = n_conditions * n_layers
-    result = {"preset": args.preset, "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "dtype": str(dtype), "n_positions": prompt.n_positions, "grid": list(tm.grid_shape), "n_layers": n_layers,
-              "passes_per_sample": passes + 1, "build_s": round(time.perf_counter() - start, 1)}  # fmt: skip
+    result = {"preset": args.preset, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+              "dtype": str(dtype), "n_positions": prompt.n_positions, "n_layers": n_layers, "batch_size": args.batch_size}  # fmt: skip
     print(json.dumps(result), flush=True)
 
-    # reference: median seconds per pass, cycling through the conditions at the middle layer
-    conditions = [fn(tm) for conds in flow.TARGETS.values() for fn in conds.values()]
+    # the released approach: median pass time, at the middle layer, one condition per target
     layers = knockout.window(n_layers // 2, 9, n_layers)
-    additive = [c.additive_mask() for c in conditions]
-    reference_pass(model, prompt, additive[0], layers)  # warm-up
-    ref = timed(lambda: [reference_pass(model, prompt, a, layers) for a in additive[:1]], args.device, args.reference_passes)
-    result["reference_pass_median_s"] = statistics.median(ref)
-    result["reference_sample_s"] = statistics.median(ref) * (passes + 1)
-    print(json.dumps({k: result[k] for k in ("reference_pass_median_s", "reference_sample_s")}), flush=True)
+    additive = knockout.cross_frame(tm).additive_mask()
+    released_pass(model, prompt, additive, layers)
+    pass_s = timed(lambda: released_pass(model, prompt, additive, layers), device, args.reference_passes)
+    result["released_pass_s"] = pass_s
 
-    # hooked_video: whole sweeps of one sample (all four targets, window 9, every layer)
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        def one_sweep():
-            flow.sweep(model, [prompt], window=9, select="all", batch_size=batch, progress=False)
+    def sweep(engine: str, targets):
+        return flow.sweep(model, [prompt], targets=targets, window=9, select="all", batch_size=args.batch_size,
+                          engine=engine, progress=False)  # fmt: skip
 
-        one_sweep()  # warm-up (allocator, kernels)
-        times = timed(one_sweep, args.device, 2)
-        result[f"sweep_b{batch}_sample_s"] = statistics.median(times)
-        result[f"speedup_b{batch}"] = result["reference_sample_s"] / statistics.median(times)
-        if args.device.startswith("cuda"):
-            result[f"sweep_b{batch}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-            torch.cuda.reset_peak_memory_stats()
-        print(json.dumps({k: v for k, v in result.items() if f"b{batch}" in k}), flush=True)
+    per_target = {}
+    for target in [*flow.TARGETS, "all"]:
+        targets = list(flow.TARGETS) if target == "all" else [target]
+        n_passes = n_layers * sum(len(flow.TARGETS[t]) for t in targets)
+        row = {"passes": n_passes, "released_s": pass_s * (n_passes + 1)}
+        engines = ["fast"] if args.skip_hooks else ["fast", "hooks"]
+        for engine in engines:
+            sweep(engine, targets)  # warm-up
+            peak_gib(device)
+            row[f"{engine}_s"] = timed(lambda: sweep(engine, targets), device, 3 if engine == "fast" else 1)
+            row[f"{engine}_peak_gib"] = peak_gib(device)
+            row[f"{engine}_speedup"] = row["released_s"] / row[f"{engine}_s"]
+        per_target[target] = row
+        print(json.dumps({target: row}), flush=True)
+    result["per_target"] = per_target
 
-    # fidelity on this shape: one batched sweep row against a reference pass
-    df = flow.sweep(model, [prompt], targets=["vql-to-ql"], layers=[n_layers // 2], window=9, select="all", batch_size=4, progress=False)
-    row = df[df.condition == "video->last"].iloc[0]
-    probs = reference_pass(model, prompt, knockout.between(tm.video, tm.last, tm).additive_mask(), layers)[0]
-    result["max_abs_diff_p_knockout_vs_reference"] = abs(row.p_knockout - float(probs[int(row.answer_token)]))
+    if not args.skip_hooks:  # exactness at this shape and dtype
+        fast = sweep("fast", list(flow.TARGETS)).sort_values(ROW).reset_index(drop=True)
+        hooks = sweep("hooks", list(flow.TARGETS)).sort_values(ROW).reset_index(drop=True)
+        result["exactness"] = {
+            "argmax_agreement": float((fast.new_answer_token == hooks.new_answer_token).mean()),
+            "max_rel_change_diff_pp": float((fast.rel_change - hooks.rel_change).abs().max()),
+            "median_rel_change_diff_pp": float((fast.rel_change - hooks.rel_change).abs().median()),
+        }  # fmt: skip
+        print(json.dumps(result["exactness"]), flush=True)
+
+    # the plain forward: hooked (fast path) vs plain HF SDPA with the same weights
+    with torch.no_grad():
+        model(prompt)
+        result["hooked_forward_s"] = timed(lambda: model(prompt), device, 10)
+        name = f"blocks.{n_layers // 2}.hook_resid_post"
+        model.run_with_cache(prompt, names_filter=name)
+        result["run_with_cache_one_hook_s"] = timed(lambda: model.run_with_cache(prompt, names_filter=name), device, 10)
+        del model
+        torch.cuda.empty_cache() if device.startswith("cuda") else None
+        hf, _ = build_hf(args.preset, device, dtype, attn="sdpa")
+        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in prompt.inputs.items()}
+        inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+        hf(**inputs)
+        result["hf_sdpa_forward_s"] = timed(lambda: hf(**inputs), device, 10)
+    result["forward_ratio"] = result["hooked_forward_s"] / result["hf_sdpa_forward_s"]
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

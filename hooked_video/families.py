@@ -44,6 +44,8 @@ class VideoFamily:
     """Base: one contiguous run of ``video_token_id`` placeholders per video, all features."""
 
     name = "base"
+    default_template: str | None = None  # a named PromptTemplate used when prepare() gets none
+    video_placeholder: str | None = None  # the prompt text of one video, for conversation templates
     trailing_separators = 0  # placeholders at the end of each run that carry no frame
     takes_video_metadata = False  # whether the processor accepts video_metadata (fps)
 
@@ -57,7 +59,8 @@ class VideoFamily:
     def grid_shape(self, inputs: dict) -> tuple[int, int, int]:
         raise NotImplementedError
 
-    def temporal_patch_size(self) -> int:
+    def temporal_patch_size(self, inputs: dict) -> int:
+        """Input frames per temporal slot of the token grid."""
         return 1
 
     def extra_separator_ids(self) -> tuple[int, ...]:
@@ -96,7 +99,7 @@ class VideoFamily:
         separators = [torch.arange(stop - self.trailing_separators, stop)]
         for token_id in self.extra_separator_ids():
             separators.append((input_ids == token_id).nonzero().flatten())
-        return VideoLayout(features, torch.cat(separators).sort().values, (t, h, w), self.temporal_patch_size())
+        return VideoLayout(features, torch.cat(separators).sort().values, (t, h, w), self.temporal_patch_size(inputs))
 
 
 def _frames_of(inputs: dict) -> int:
@@ -110,6 +113,7 @@ class LlavaNextVideoFamily(VideoFamily):
     """CLIP patches pooled 2x2 (``spatial_pool_stride``) per frame; no separators."""
 
     name = "llava_next_video"
+    video_placeholder = "<video>"
 
     def grid_shape(self, inputs):
         vision = self.config.vision_config
@@ -121,6 +125,7 @@ class LlavaOnevisionFamily(VideoFamily):
     """SigLIP patches bilinearly pooled to ceil(side / 2); one newline feature after all frames."""
 
     name = "llava_onevision"
+    video_placeholder = "<video>"
     trailing_separators = 1
 
     def grid_shape(self, inputs):
@@ -133,6 +138,7 @@ class QwenVLFamily(VideoFamily):
     """``video_grid_thw`` patches merged ``spatial_merge_size``^2; vision start/end markers."""
 
     name = "qwen_vl"
+    video_placeholder = "<|vision_start|><|video_pad|><|vision_end|>"
     takes_video_metadata = True
 
     def grid_shape(self, inputs):
@@ -143,7 +149,7 @@ class QwenVLFamily(VideoFamily):
         t, h, w = (int(x) for x in grid[0])
         return t, h // merge, w // merge
 
-    def temporal_patch_size(self) -> int:
+    def temporal_patch_size(self, inputs: dict) -> int:
         return int(self.config.vision_config.temporal_patch_size)
 
     def extra_separator_ids(self):
@@ -154,9 +160,37 @@ class QwenVLFamily(VideoFamily):
         )
 
 
+class PllavaFamily(VideoFamily):
+    """PLLaVA: the frames' CLIP features pooled to ``pooling_shape`` (T, h, w); one ``<image>``
+    placeholder expanded to T*h*w video tokens; no separators. Each temporal slot averages
+    frames // T input frames."""
+
+    name = "pllava"
+    default_template = "map-the-flow"
+    video_placeholder = "<image>"
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.video_token_id = int(config.image_token_index)
+
+    def grid_shape(self, inputs):
+        t, h, w = (int(x) for x in self.config.pooling_shape)
+        frames = _frames_of(inputs)
+        if frames % t:
+            raise PromptLayoutError(
+                f"this model pools the video to {t} temporal slots, so it takes a multiple of {t} frames; "
+                f"got {frames} (prepare(..., num_frames={t}))."
+            )
+        return t, h, w
+
+    def temporal_patch_size(self, inputs: dict) -> int:
+        return _frames_of(inputs) // int(self.config.pooling_shape[0])
+
+
 FAMILIES = {
     "LlavaNextVideoForConditionalGeneration": LlavaNextVideoFamily,
     "LlavaOnevisionForConditionalGeneration": LlavaOnevisionFamily,
     "Qwen2VLForConditionalGeneration": QwenVLFamily,
     "Qwen2_5_VLForConditionalGeneration": QwenVLFamily,
+    "PllavaForConditionalGeneration": PllavaFamily,
 }

@@ -47,12 +47,6 @@ def _unsupported(arch: str | None) -> UnsupportedArchitectureError:
     )
 
 
-def _dtype(dtype) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-
-
 def boot_bridge(hf_model, tokenizer=None, model_name: str = "hooked_video"):
     """Wrap a loaded HF Video LLM in a TransformerBridge with hooked_video's adapter.
 
@@ -97,30 +91,27 @@ class HookedVideoLLM:
     # ----- construction ------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, device=None, dtype=None, **boot_kwargs: Any
-    ) -> "HookedVideoLLM":
+        cls, name_or_path: str | Path, device=None, dtype=None, video_pooling=None, base_model=None,
+        lora_alpha: float | None = None, **hf_kwargs: Any,
+    ) -> "HookedVideoLLM":  # fmt: skip
         """Load a checkpoint (local folder, hub id, or a bundled zoo name such as "toy-video-ft")
         with its processor, eager attention.
 
-        Extra keyword arguments go to the HF model's ``from_pretrained`` (e.g. ``device_map``).
+        Args:
+            dtype: "float32" (default), "bfloat16" or "float16" (or a torch dtype).
+            video_pooling: (T, h, w): run an image LLaVA checkpoint (e.g. llava-v1.6) on video
+                through the PLLaVA pooled path, as the paper's image baseline.
+            base_model, lora_alpha: for a LoRA adapter folder, the base checkpoint and alpha
+                (defaults: what the adapter records); the adapter is merged on load.
+            hf_kwargs: passed to the HF model's ``from_pretrained`` (e.g. ``device_map``).
+
+        PLLaVA-format checkpoints (the paper's LLaVA-NeXT-Video-FT models) load through
+        ``hooked_video.models.pllava``; see ``hooked_video.loading``.
         """
-        import transformers
-        from transformers import AutoConfig, AutoProcessor
+        from hooked_video.loading import load_checkpoint
 
-        from hooked_video.zoo import resolve
-
-        name_or_path = resolve(name_or_path)
-        config = AutoConfig.from_pretrained(name_or_path)
-        arch = (getattr(config, "architectures", None) or [None])[0]
-        if arch not in ADAPTERS:
-            raise _unsupported(arch)
-        model_cls = getattr(transformers, arch)
-        hf_model = model_cls.from_pretrained(
-            name_or_path, dtype=_dtype(dtype), attn_implementation="eager", **boot_kwargs
-        ).eval()
-        if device is not None and "device_map" not in boot_kwargs:
-            hf_model.to(device)
-        processor = AutoProcessor.from_pretrained(name_or_path)
+        hf_model, processor = load_checkpoint(name_or_path, dtype=dtype, device=device, video_pooling=video_pooling,
+                                              base_model=base_model, lora_alpha=lora_alpha, **hf_kwargs)  # fmt: skip
         return cls.from_hf(hf_model, processor, model_name=str(name_or_path))
 
     @classmethod
@@ -292,7 +283,7 @@ class HookedVideoLLM:
         question: str,
         options: Sequence[str] | None = None,
         answer: int | str | None = None,
-        template: PromptTemplate | None = None,
+        template: PromptTemplate | str | None = None,
         num_frames: int | None = 8,
         fps: float | None = None,
         processor_kwargs: dict | None = None,
@@ -304,8 +295,10 @@ class HookedVideoLLM:
             question: the question text.
             options: answer options; with options the multiple-choice template is used.
             answer: the true option, as an index or as the option's text.
-            template: a PromptTemplate (default: the paper's multiple-choice template, or
-                ``PromptTemplate.free_form()`` when there are no options).
+            template: a PromptTemplate or a template name ("map-the-flow" for the released
+                code's exact prompt; see ``PromptTemplate.named``). Default: the family's (the
+                released conversation for PLLaVA-format models, else the paper's wording in the
+                model's chat template), or ``PromptTemplate.free_form()`` without options.
             num_frames: frames sampled from a file (segment midpoints); None keeps all frames
                 of an in-memory clip.
             fps: frame rate of the frames given to the processor; Qwen2.5-VL scales temporal
@@ -314,8 +307,7 @@ class HookedVideoLLM:
         """
         options = list(options or [])
         answer_index = resolve_answer(answer, options)
-        if template is None:
-            template = PromptTemplate() if options else PromptTemplate.free_form()
+        template = self._template(template, bool(options))
         frames = load_video(frames, num_frames=num_frames)
         user_text, char_spans = template.render_user_text(question, options)
         text = self._render_chat(user_text, template) + template.answer_prefix
@@ -340,7 +332,23 @@ class HookedVideoLLM:
             text=text, frames=frames, template=template, fps=fps, processor_kwargs=processor_kwargs,
         )  # fmt: skip
 
+    def _template(self, template: PromptTemplate | str | None, has_options: bool) -> PromptTemplate:
+        """The template to use: a PromptTemplate, a name (``PromptTemplate.named``), or None for the
+        family's default (the released conversation for the paper's PLLaVA models, else the
+        paper's wording in the model's chat template; free-form without options)."""
+        if isinstance(template, str):
+            return PromptTemplate.named(template)
+        if template is not None:
+            return template
+        if not has_options:
+            return PromptTemplate.free_form()
+        return PromptTemplate.named(self.family.default_template or "default")
+
     def _render_chat(self, user_text: str, template: PromptTemplate) -> str:
+        if template.conversation == "map-the-flow":
+            if not self.family.video_placeholder:
+                raise PromptLayoutError(f"the {self.family.name} family has no video placeholder text for this conversation")
+            return template.render_conversation(user_text, self.family.video_placeholder)
         messages = []
         if template.system_prompt:
             messages.append({"role": "system", "content": [{"type": "text", "text": template.system_prompt}]})

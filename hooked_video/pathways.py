@@ -47,6 +47,13 @@ PRESETS: dict[str, dict] = {
 }
 RANDOM_FRACTIONS = ("run", "sample")
 
+def preset_for(model) -> str | None:
+    """The preset measured on ``model``: the one whose checkpoint name appears in the model's
+    name (its hub id or folder), else None."""
+    name = str(getattr(model.cfg, "model_name", "")).lower()
+    return next((p for p, fields in PRESETS.items() if fields["checkpoint"].split("/")[-1].lower() in name), None)
+
+
 #: Sweep conditions that define each family in ``PathwaySpec.from_sweep``.
 SWEEP_CONDITIONS = {
     "inter": ("cross-frame", "cross-frame"),

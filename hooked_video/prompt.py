@@ -1,5 +1,6 @@
-"""Video prompts: the multiple-choice template of METHOD.md section 1, built with the model's own
-processor and chat template, and aligned token by token with the text it came from.
+"""Video prompts: the paper's multiple-choice template, written with the model's own chat template
+or as the released code's conversation ("map-the-flow"), built with the model's processor, and
+aligned token by token with the text it came from.
 
 The processor expands the single video placeholder into one token per video feature. To know
 which tokens hold the question and each option, the rendered text is tokenized once more with
@@ -25,13 +26,26 @@ PAPER_SYSTEM_PROMPT = (
 LETTERS = string.ascii_uppercase
 
 
+#: System prompt of the released open-ended (VCGBench-style) evaluation.
+OPEN_ENDED_SYSTEM_PROMPT = (
+    "Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement of "
+    "objects, and the action and pose of persons. Based on your observations, answer the question concisely."
+)
+#: Conversations a template can be written in besides the model's chat template.
+CONVERSATIONS = ("chat-template", "map-the-flow")
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """How the user turn and the answer prefix are written.
 
-    The multiple-choice default gives ``Question: {q}\\nOptions:\\n(A) {c0}\\n(B) {c1}\\nOnly give
+    The multiple-choice default gives ``Question: {q}\nOptions:\n(A) {c0}\n(B) {c1}\nOnly give
     the best option.`` and pre-fills the assistant turn with ``Best option:(``, so the last token
     is ``(`` and the next token is an option letter. ``free_form()`` has no options and no prefix.
+
+    ``conversation="chat-template"`` renders the turns with the model's chat template;
+    ``"map-the-flow"`` writes the released code's conversation verbatim (see ``named``):
+    ``{system}\n USER: {video}\n USER: {user text} ASSISTANT:{answer prefix}``.
     """
 
     question_label: str = "Question: "
@@ -41,10 +55,25 @@ class PromptTemplate:
     instruction: str = "\nOnly give the best option."
     answer_prefix: str = "Best option:("
     system_prompt: str | None = PAPER_SYSTEM_PROMPT
+    conversation: str = "chat-template"
+
+    def __post_init__(self) -> None:
+        if self.conversation not in CONVERSATIONS:
+            raise ValueError(f"conversation must be one of {CONVERSATIONS}, got {self.conversation!r}")
 
     @classmethod
     def free_form(cls, system_prompt: str | None = None) -> "PromptTemplate":
         return cls(question_label="", instruction="", answer_prefix="", system_prompt=system_prompt)
+
+    @classmethod
+    def named(cls, name: str) -> "PromptTemplate":
+        """A template by name (``TEMPLATES``): "default" (the paper's wording in the model's chat
+        template), "map-the-flow" (the released code's exact prompt for the LLaVA-NeXT-Video-FT
+        models: a second ``USER:`` turn, untyped, and a space before ``\nOnly``),
+        "map-the-flow-open-ended", "free-form"."""
+        if name not in TEMPLATES:
+            raise KeyError(f"unknown template {name!r}; templates: {sorted(TEMPLATES)}")
+        return TEMPLATES[name]()
 
     def render_user_text(self, question: str, options: list[str]) -> tuple[str, dict]:
         """The user turn's text and the character spans [start, stop) of its parts."""
@@ -64,6 +93,20 @@ class PromptTemplate:
         spans["block_stop"] = len(text)
         text += self.instruction
         return text, spans
+
+    def render_conversation(self, user_text: str, video: str) -> str:
+        """The whole prompt of a ``"map-the-flow"`` conversation, up to the assistant's turn."""
+        system = f"{self.system_prompt}\n " if self.system_prompt else ""
+        return f"{system}USER: {video}\n USER: {user_text} ASSISTANT:"
+
+
+TEMPLATES = {
+    "default": PromptTemplate,
+    "map-the-flow": lambda: PromptTemplate(instruction=" \nOnly give the best option.", conversation="map-the-flow"),
+    "map-the-flow-open-ended": lambda: PromptTemplate(question_label="", instruction="", answer_prefix="",
+                                                      system_prompt=OPEN_ENDED_SYSTEM_PROMPT, conversation="map-the-flow"),
+    "free-form": PromptTemplate.free_form,
+}
 
 
 @dataclass

@@ -8,9 +8,16 @@ import transformers
 
 
 def load_hf(path, hooked):
-    """The checkpoint loaded again as a plain HF model with eager attention."""
-    cls = getattr(transformers, type(hooked.hf_model).__name__)
-    return cls.from_pretrained(path, attn_implementation="eager").eval()
+    """The checkpoint loaded again as a plain HF model with eager attention (the PLLaVA class
+    is this package's, with its config read from the released llava-format config)."""
+    name = type(getattr(hooked, "hf_model", None) or hooked.original_model).__name__
+    if hasattr(transformers, name):
+        return getattr(transformers, name).from_pretrained(path, attn_implementation="eager").eval()
+    from hooked_video.loading import pllava_config
+    from hooked_video.models import PllavaForConditionalGeneration
+
+    config = pllava_config(transformers.AutoConfig.from_pretrained(path))
+    return PllavaForConditionalGeneration.from_pretrained(path, config=config, attn_implementation="eager").eval()
 
 
 @contextlib.contextmanager

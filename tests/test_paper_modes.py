@@ -158,7 +158,9 @@ def test_presets_carry_the_released_random_fractions():
         pathways.PathwaySpec((0, 1), None, None, random_fraction=-0.2)
 
 
-def test_evaluate_uses_the_presets_fraction(deep, frames):
+def test_evaluate_uses_the_presets_fraction(deep, frames, arch):
+    if arch == "pllava":
+        pytest.skip("the tiny PLLaVA pools any video to 16 tokens: too few beside the system prompt for 58% of all edges")
     # 96 frames: the video is long enough beside the system prompt for 58% of all edges
     prompt = deep.prepare(np.repeat(frames, 24, axis=0), "what happens first ?", ["the ball falls", "the cup moves"],
                           answer=0, num_frames=None)  # fmt: skip

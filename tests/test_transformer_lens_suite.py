@@ -12,7 +12,7 @@ text-quality checks that need a trained model.
 import pytest
 import torch
 import transformer_lens.benchmarks as tl_bench
-import transformers
+from hf_reference import load_hf
 from transformer_lens.benchmarks.component_benchmark import benchmark_all_components
 from transformer_lens.benchmarks.multimodal import (
     benchmark_multimodal_cache,
@@ -28,9 +28,7 @@ def results(arch, tiny_paths):
 
     path = tiny_paths[arch]
     bridge = HookedVideoLLM.from_pretrained(path).bridge
-    reference = getattr(transformers, type(bridge.original_model).__name__).from_pretrained(
-        path, attn_implementation="eager"
-    )
+    reference = load_hf(path, bridge)
     with torch.no_grad():
         ref_logits = reference.eval()(input_ids=bridge.to_tokens(TEXT)).logits
     return [

@@ -10,7 +10,11 @@ globally: the extended ones are only used by ``HookedVideoLLM``.
 
 from __future__ import annotations
 
-from hooked_video.adapters.llava import LlavaNextVideoArchitectureAdapter, LlavaOnevisionVideoAdapter
+from hooked_video.adapters.llava import (
+    LlavaNextVideoArchitectureAdapter,
+    LlavaOnevisionVideoAdapter,
+    PllavaArchitectureAdapter,
+)
 from hooked_video.adapters.qwen_vl import Qwen2_5_VLVideoAdapter, Qwen2VLArchitectureAdapter
 
 ADAPTERS = {
@@ -18,10 +22,12 @@ ADAPTERS = {
     "LlavaOnevisionForConditionalGeneration": LlavaOnevisionVideoAdapter,
     "Qwen2VLForConditionalGeneration": Qwen2VLArchitectureAdapter,
     "Qwen2_5_VLForConditionalGeneration": Qwen2_5_VLVideoAdapter,
+    "PllavaForConditionalGeneration": PllavaArchitectureAdapter,
 }
 
 #: Architectures TransformerLens has no native adapter for (published as entry points).
-NEW_ARCHITECTURES = ("LlavaNextVideoForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+NEW_ARCHITECTURES = ("LlavaNextVideoForConditionalGeneration", "Qwen2VLForConditionalGeneration",
+                     "PllavaForConditionalGeneration")  # fmt: skip
 
 
 def register_with_transformer_lens() -> None:

@@ -1,4 +1,4 @@
-"""LLaVA-family adapters: LLaVA-NeXT-Video (new) and LLaVA-OneVision (native, eager fix).
+"""LLaVA-family adapters: LLaVA-NeXT-Video (new), PLLaVA (new) and LLaVA-OneVision (native, eager fix).
 
 LLaVA-NeXT-Video has the module tree of LLaVA-NeXT plus a parameter-free 2x2 average pooler at
 ``model.vision_resampler`` that runs between the vision tower and the projector, so the pooled
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+from transformer_lens.model_bridge.supported_architectures.llava import LlavaArchitectureAdapter
 from transformer_lens.model_bridge.supported_architectures.llava_next import (
     LlavaNextArchitectureAdapter,
 )
@@ -22,6 +23,12 @@ from transformer_lens.model_bridge.supported_architectures.llava_onevision impor
 
 class LlavaNextVideoArchitectureAdapter(LlavaNextArchitectureAdapter):
     """``LlavaNextVideoForConditionalGeneration``: LLaVA-NeXT's mapping; video pooled 2x2."""
+
+
+class PllavaArchitectureAdapter(LlavaArchitectureAdapter):
+    """``PllavaForConditionalGeneration`` (``hooked_video.models.pllava``): LLaVA's mapping; the
+    parameter-free 3D pooling runs after ``vision_projector``, so ``hook_video_embeds`` (not
+    ``vision_projector.hook_out``) holds the pooled video tokens."""
 
 
 class LlavaOnevisionVideoAdapter(LlavaOnevisionArchitectureAdapter):

@@ -9,6 +9,7 @@
 from hooked_video.lens.answer import NORMS, answer_probability_by_layer
 from hooked_video.lens.core import VARIANTS, LensResult, logit_lens, project
 from hooked_video.lens.keywords import (
+    PAPER_KEYWORDS,
     KeywordFrequencies,
     first_subtokens,
     keyword_frequencies,
@@ -20,7 +21,7 @@ from hooked_video.lens.keywords import (
 from hooked_video.lens.run import LensRun, run
 
 __all__ = [
-    "KeywordFrequencies", "LensResult", "LensRun", "NORMS", "VARIANTS", "answer_probability_by_layer",
+    "KeywordFrequencies", "LensResult", "LensRun", "NORMS", "PAPER_KEYWORDS", "VARIANTS", "answer_probability_by_layer",
     "first_subtokens", "keyword_frequencies", "keyword_table", "layer_bins", "logit_lens", "project", "run",
     "select_results", "top1_counts",
 ]  # fmt: skip

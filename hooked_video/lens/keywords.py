@@ -12,6 +12,17 @@ import pandas as pd
 from hooked_video.flow.records import check_selection
 from hooked_video.lens.core import LensResult
 
+#: The keyword bags of the paper's logit-lens figure (Action Sequence): object nouns (spatial)
+#: and action verbs and particles (temporal).
+PAPER_KEYWORDS = {
+    "Action Sequence": {
+        "spatial": ["bag", "bed", "blanket", "book", "box", "cabinet", "camera", "clothes", "cup", "glass", "bottle",
+                    "dish", "door", "floor", "food", "laptop", "paper", "person", "phone", "sandwich", "table"],
+        "temporal": ["eat", "close", "do", "down", "drink", "hold", "on", "open", "put", "sit", "throw", "tidy", "take", "up"],
+    },
+}  # fmt: skip
+
+
 @dataclass
 class KeywordFrequencies:
     """Counts of keyword tokens among lens top-1 tokens, per layer bin.

@@ -108,26 +108,30 @@ def keywords_on_frames(result: LensResult, frames: np.ndarray, keywords: Sequenc
     return fig
 
 
-def answer_probability_plot(df: pd.DataFrame, title: str = "") -> Figure:
+def answer_probability_plot(df: pd.DataFrame, title: str = "", by_task: bool = False) -> Figure:
     """P(true letter) and P(each false letter) per layer (mean over samples, with min-max band
     when several samples are given), from ``lens.answer_probability_by_layer`` rows; one line
-    style per norm mode present."""
-    fig = StaticFigure(figsize=(5.5, 3.4), layout="constrained")
-    ax = fig.subplots()
+    style per norm mode present; ``by_task=True`` draws one panel per task (the paper's layout)."""
+    groups = list(df.groupby("task", sort=True)) if by_task and "task" in df and len(df) else [("", df)]
+    fig = StaticFigure(figsize=(5.5 * len(groups), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(groups), squeeze=False)[0])
     norms = list(dict.fromkeys(df["norm"])) if "norm" in df else ["released"]
-    for (is_true, norm), rows in df.groupby(["is_true", "norm"] if "norm" in df else ["is_true", lambda _: "released"]):
-        stats = rows.groupby("layer").prob.agg(["mean", "min", "max"])
-        x = stats.index.to_numpy() + 1
-        colour = "C2" if is_true else "C3"
-        style = LINESTYLES[norms.index(norm) % len(LINESTYLES)]
-        suffix = f" (norm: {norm})" if len(norms) > 1 else ""
-        ax.plot(x, stats["mean"], style, color=colour, label=f"{'true' if is_true else 'false'} option{suffix}")
-        if "sample_id" in rows and rows.sample_id.nunique() > 1:
-            ax.fill_between(x, stats["min"], stats["max"], color=colour, alpha=0.12, linewidth=0)
-    ax.set_xlabel("layer (1-based)")
-    ax.set_ylabel("probability of the option letter")
-    ax.set_title(title or f"answer probability by layer (norm: {', '.join(map(str, norms))})")
-    ax.legend(fontsize=8)
+    for ax, (task, rows_of_task) in zip(axes, groups):
+        keys = ["is_true", "norm"] if "norm" in rows_of_task else ["is_true"]
+        for key, rows in rows_of_task.groupby(keys):
+            is_true, norm = (key[0], key[1]) if len(keys) == 2 else (key[0] if isinstance(key, tuple) else key, "released")
+            stats = rows.groupby("layer").prob.agg(["mean", "min", "max"])
+            x = stats.index.to_numpy() + 1
+            colour = "C2" if is_true else "C3"
+            suffix = f" (norm: {norm})" if len(norms) > 1 else ""
+            ax.plot(x, stats["mean"], LINESTYLES[norms.index(norm) % len(LINESTYLES)], color=colour,
+                    label=f"{'true' if is_true else 'false'} option{suffix}")  # fmt: skip
+            if "sample_id" in rows and rows.sample_id.nunique() > 1:
+                ax.fill_between(x, stats["min"], stats["max"], color=colour, alpha=0.12, linewidth=0)
+        ax.set_xlabel("layer (1-based)")
+        ax.set_ylabel("probability of the option letter")
+        ax.set_title(task or title or f"answer probability by layer (norm: {', '.join(map(str, norms))})", fontsize=10)
+        ax.legend(fontsize=8)
     return fig
 
 

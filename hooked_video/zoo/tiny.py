@@ -212,12 +212,31 @@ def _qwen_vl(s: TinySizes, words, version: str):
     return model_cls(config), processor
 
 
+def _paper(name: str) -> Callable:
+    def build(s: TinySizes, words):
+        from hooked_video.zoo import tiny_paper
+
+        return getattr(tiny_paper, name)(s, words)
+
+    return build
+
+
+def _released_layout(model, path: Path) -> None:
+    from hooked_video.zoo.tiny_paper import save_released_layout
+
+    save_released_layout(model, path)
+
+
 BUILDERS: dict[str, Callable] = {
     "llava_next_video": _llava_next_video,
     "llava_onevision": _llava_onevision,
     "qwen2_vl": lambda s, w: _qwen_vl(s, w, "2"),
     "qwen2_5_vl": lambda s, w: _qwen_vl(s, w, "2.5"),
+    "pllava": _paper("pllava"),  # the paper's LLaVA-NeXT-Video-FT format, saved in the released layout
+    "llava_next_image": _paper("llava_next_image"),  # a llava-v1.6 image model (the image baseline)
 }
+#: Rewrites applied after saving (the PLLaVA fixtures are stored as the released checkpoints are).
+AFTER_SAVE: dict[str, Callable] = {"pllava": _released_layout}
 
 
 def build_tiny(
@@ -239,4 +258,6 @@ def build_tiny(
     path = Path(path)
     model.to(dtype).save_pretrained(path)
     processor.save_pretrained(path)
+    if arch in AFTER_SAVE:
+        AFTER_SAVE[arch](model, path)
     return path
