@@ -24,10 +24,14 @@ VICUNA_13B = dict(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40
 #: preset -> (tiny architecture, text sizes, vision sizes, extra config fields, frames)
 PRESETS = {
     "llava-next-video-7b": ("llava_next_video", VICUNA_7B, CLIP_L_336, {}, 8),
+    # the same with a 16k context, for 16-64 frame videos (144 tokens per frame)
+    "llava-next-video-7b-long": ("llava_next_video", {**VICUNA_7B, "max_position_embeddings": 16384}, CLIP_L_336, {}, 8),
     "pllava-7b": ("pllava", VICUNA_7B, CLIP_L_336, {"pooling_shape": [8, 12, 12], "frame_shape": [24, 24], "num_frames": 8}, 8),
     "pllava-13b": ("pllava", VICUNA_13B, CLIP_L_336, {"pooling_shape": [8, 12, 12], "frame_shape": [24, 24], "num_frames": 8}, 8),
     "tiny": ("llava_next_video", dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
                                       intermediate_size=128, vocab_size=1000), {}, {}, 4),
+    "pllava-tiny": ("pllava", dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                                   intermediate_size=128, vocab_size=1000), {}, {"pooling_shape": [4, 2, 2]}, 4),
 }  # fmt: skip
 
 

@@ -48,6 +48,7 @@ class _State:
     blocked: Mapping[int, object] = field(default_factory=dict)  # layer -> EdgeSet (or .rows provider)
     recorder: dict | None = None  # layer -> (key, value)
     reference: bool = False  # force the TransformerLens path everywhere
+    eager: bool = False  # the fast path computes attention with the reference path's arithmetic
 
 
 _STATE = _State()
@@ -86,6 +87,36 @@ def reference_attention() -> contextlib.AbstractContextManager:
     return _use(reference=True)
 
 
+def eager_arithmetic() -> contextlib.AbstractContextManager:
+    """Within the context, the fast path computes attention with the reference path's operations
+    instead of SDPA: scores rounded to the model's dtype, masked with its minimum, a float32
+    softmax cast back. Slower; in half precision it makes the fast path (and the sweep engine)
+    round like the TransformerLens hook path, for comparisons at the last bits."""
+    return _use(eager=True)
+
+
+def _eager(query, key, value, mask, scaling) -> torch.Tensor:
+    """Attention as the reference path computes it; output (batch, q, heads, d_head)."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(-2, -1)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    q_len, k_len = scores.shape[-2:]
+    if mask is None:
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    else:
+        scores = scores + mask
+    weights = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous()
+
+
+def _attend(module, query, key, value, mask, dropout, scaling, **kwargs) -> torch.Tensor:
+    if _STATE.eager:
+        return _eager(query, key, value, mask, scaling)
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)[0]
+
+
 def _band(mask: torch.Tensor | None, edges, start: int, stop: int, offset: int, k_len: int, device) -> torch.Tensor:
     """The attention mask of query rows ``start .. stop - 1`` (keys ``offset + row`` are the
     rows' own positions): HF's mask (None, bool or additive) intersected with the allowed edges."""
@@ -112,16 +143,14 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
         _STATE.recorder[layer] = (key, value)
     edges = _STATE.blocked.get(layer)
     if edges is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return _attend(module, query, key, value, attention_mask, dropout, scaling, **kwargs), None
     q_len, k_len = query.shape[-2], key.shape[-2]
     band = max(1, MASK_BAND_ELEMENTS // k_len)
     outputs = []
     for start in range(0, q_len, band):
         stop = min(q_len, start + band)
         mask = _band(attention_mask, edges, start, stop, k_len - q_len, k_len, query.device)
-        out, _ = sdpa_attention_forward(module, query[..., start:stop, :], key, value, mask, dropout=dropout,
-                                        scaling=scaling, **kwargs)  # fmt: skip
-        outputs.append(out)
+        outputs.append(_attend(module, query[..., start:stop, :], key, value, mask, dropout, scaling, **kwargs))
     return torch.cat(outputs, dim=1), None
 
 

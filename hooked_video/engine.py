@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from hooked_video import attention
+from hooked_video.fastpath import layer_module
 
 Intervention = Mapping[int, Bool[torch.Tensor, "N N"]]  # layer -> blocked [query, key]
 
@@ -70,15 +71,86 @@ class PrefixCache:
                 torch.cat([self.values.expand(batch, -1, -1, -1), value], dim=2))  # fmt: skip
 
 
-def first_row(intervention: Intervention) -> int | None:
-    """The first query position any layer of the intervention blocks (None: nothing blocked)."""
-    rows = [int(m.any(-1).nonzero()[0]) for m in intervention.values() if bool(m.any())]
-    return min(rows) if rows else None
+class _FirstBlocked:
+    """First blocked query row and first blocked layer of interventions, computed once per mask."""
+
+    def __init__(self) -> None:
+        self._rows: dict[int, int | None] = {}
+
+    def row(self, mask: torch.Tensor) -> int | None:
+        if id(mask) not in self._rows:
+            rows = mask.any(-1).nonzero()
+            self._rows[id(mask)] = int(rows[0]) if len(rows) else None
+        return self._rows[id(mask)]
+
+    def __call__(self, intervention: Intervention) -> tuple[int | None, int | None]:
+        blocked = [(layer, self.row(mask)) for layer, mask in intervention.items()]
+        blocked = [(layer, row) for layer, row in blocked if row is not None]
+        if not blocked:
+            return None, None
+        return min(row for _, row in blocked), min(layer for layer, _ in blocked)
 
 
-def first_layer(intervention: Intervention) -> int | None:
-    layers = [l for l, m in intervention.items() if bool(m.any())]
-    return min(layers) if layers else None
+#: Chunks whose recomputed rows per item are at most this many are packed side by side in one
+#: sequence (shared prefix keys, block-diagonal mask) instead of batched (prefix keys and values
+#: copied per item): packing saves the copies but its attention grows with (items x rows)^2.
+PACK_MAX_ROWS = 16
+#: At most this many packed rows per chunk.
+PACK_MAX_TOTAL = 4096
+
+
+class _Layout:
+    """How a chunk's items are laid out for the decoder layers: batched (one batch item each,
+    prefix keys/values copied per item) or packed (their rows side by side in one sequence,
+    prefix shared, a block-diagonal mask). Items join at their first blocked layer."""
+
+    def __init__(self, trace: Trace, q0: int, packed: bool) -> None:
+        self.trace, self.q0, self.packed = trace, q0, packed
+        n = trace.n_positions
+        self.m = n - q0
+        device = trace.resid[0].device
+        self.causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()[q0:]
+        self._allowed: dict[int, torch.Tensor] = {}
+        self.hidden = trace.resid[0].new_empty(1 if packed else 0, 0 if packed else self.m, trace.resid[0].shape[-1])
+        self.count = 0
+
+    def allowed(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """Allowed keys of rows q0..N-1 (all N keys) under a blocked mask (None: causal only)."""
+        if mask is None:
+            return self.causal
+        if id(mask) not in self._allowed:
+            self._allowed[id(mask)] = self.causal & ~mask[self.q0 :].to(self.causal.device)
+        return self._allowed[id(mask)]
+
+    def join(self, layer: int, n_items: int) -> None:
+        rows = self.trace.resid[layer][:, self.q0 :]
+        if self.packed:
+            self.hidden = torch.cat([self.hidden, rows.repeat(1, n_items, 1)], dim=1)
+        else:
+            self.hidden = torch.cat([self.hidden, rows.expand(n_items, -1, -1)])
+        self.count += n_items
+
+    def inputs(self, layer: int, masks: list[torch.Tensor | None]) -> dict:
+        """The decoder layer's keyword arguments for the active items' blocked masks."""
+        trace, q0, m = self.trace, self.q0, self.m
+        cos, sin = (t[:, q0:] for t in trace.position_embeddings)
+        keys, values = trace.keys[layer][:, :, :q0], trace.values[layer][:, :, :q0]
+        allowed = torch.stack([self.allowed(mask) for mask in masks])  # (items, M, N)
+        if not self.packed:
+            return {"attention_mask": allowed[:, None], "position_embeddings": (cos, sin), "cache": PrefixCache(keys, values)}
+        items = len(masks)
+        own = allowed[:, :, q0:]  # (items, M, M): each item's own rows
+        block = torch.zeros(items, m, items, m, dtype=torch.bool, device=allowed.device)
+        index = torch.arange(items, device=allowed.device)
+        block[index, :, index, :] = own
+        mask = torch.cat([allowed[:, :, :q0].reshape(items * m, q0), block.reshape(items * m, items * m)], dim=1)
+        tiled = (cos.repeat(1, items, 1), sin.repeat(1, items, 1))
+        return {"attention_mask": mask[None, None], "position_embeddings": tiled, "cache": PrefixCache(keys, values)}
+
+    def last_rows(self) -> torch.Tensor:
+        if self.packed:
+            return self.hidden[0, self.m - 1 :: self.m]
+        return self.hidden[:, -1]
 
 
 class Engine:
@@ -87,7 +159,7 @@ class Engine:
     def __init__(self, model) -> None:
         self.model = model
         language_model = model.hf_model.model.language_model
-        self.layers = [getattr(block, "original_component", block) for block in language_model.layers]
+        self.layers = [layer_module(block) for block in language_model.layers]
         self.norm = language_model.norm
         self.head = model.hf_model.lm_head
 
@@ -121,9 +193,9 @@ class Engine:
         finally:
             for handle in handles:
                 handle.remove()
+        indices = [getattr(layer.self_attn, "original_component", layer.self_attn).layer_idx for layer in self.layers]
+        keys, values = [store[i][0] for i in indices], [store[i][1] for i in indices]
         n_layers = len(self.layers)
-        keys = [store[self.layers[l].self_attn.original_component.layer_idx][0] for l in range(n_layers)]
-        values = [store[self.layers[l].self_attn.original_component.layer_idx][1] for l in range(n_layers)]
         return Trace([resid[l] for l in range(n_layers)], keys, values, seen["position_embeddings"], logits[0, -1])
 
     @torch.no_grad()
@@ -131,9 +203,9 @@ class Engine:
         """Yields (indices into ``interventions``, their last-position logits (batch, vocab)),
         one chunk at a time; a chunk holds at most ``max_rows`` recomputed rows per layer."""
         n = trace.n_positions
-        plans = []
+        first_blocked, plans = _FirstBlocked(), []
         for index, intervention in enumerate(interventions):
-            q0, start = first_row(intervention), first_layer(intervention)
+            q0, start = first_blocked(intervention)
             if q0 is None:  # nothing blocked: the baseline itself
                 yield [index], trace.logits[None]
                 continue
@@ -141,38 +213,25 @@ class Engine:
         plans.sort()
         while plans:
             q0 = plans[0][0]
-            size = max(1, max_rows // (n - q0))
+            budget = PACK_MAX_TOTAL if n - q0 <= PACK_MAX_ROWS else max_rows
+            size = max(1, budget // (n - q0))
             chunk, plans = plans[:size], plans[size:]
             yield [i for _, _, i in chunk], self._run_chunk(trace, q0, chunk, interventions)
 
     def _run_chunk(self, trace: Trace, q0: int, chunk, interventions) -> torch.Tensor:
-        n = trace.n_positions
-        device = trace.resid[0].device
-        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()[q0:]
-        cos, sin = (t[:, q0:] for t in trace.position_embeddings)
-        allowed_rows: dict[int, torch.Tensor] = {}  # id(blocked mask) -> allowed rows q0..N-1
-
-        def allowed(mask: torch.Tensor | None) -> torch.Tensor:
-            if mask is None:
-                return causal
-            if id(mask) not in allowed_rows:
-                allowed_rows[id(mask)] = causal & ~mask[q0:].to(device)
-            return allowed_rows[id(mask)]
-
+        layout = _Layout(trace, q0, packed=trace.n_positions - q0 <= PACK_MAX_ROWS and len(chunk) > 1)
         order = sorted(chunk, key=lambda plan: plan[1])  # by first blocked layer
         active: list[int] = []
-        hidden = trace.resid[0].new_empty(0, n - q0, trace.resid[0].shape[-1])
         for layer_index, layer in enumerate(self.layers):
             joining = [i for _, start, i in order if start == layer_index]
             if joining:
-                hidden = torch.cat([hidden, trace.resid[layer_index][:, q0:].expand(len(joining), -1, -1)])
+                layout.join(layer_index, len(joining))
                 active += joining
             if not active:
                 continue
-            mask = torch.stack([allowed(interventions[i].get(layer_index)) for i in active])[:, None]
-            cache = PrefixCache(trace.keys[layer_index][:, :, :q0], trace.values[layer_index][:, :, :q0])
-            output = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), cache=cache)
-            hidden = output[0] if isinstance(output, tuple) else output
-        logits = self.head(self.norm(hidden[:, -1:]))[:, -1]
+            inputs = layout.inputs(layer_index, [interventions[i].get(layer_index) for i in active])
+            output = layer(layout.hidden, **inputs)
+            layout.hidden = output[0] if isinstance(output, tuple) else output
+        logits = self.head(self.norm(layout.last_rows()[:, None]))[:, -1]
         position = {index: row for row, index in enumerate(active)}
         return logits[[position[i] for _, _, i in chunk]]

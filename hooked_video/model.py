@@ -19,6 +19,7 @@ from transformer_lens.hook_points import HookPoint
 
 from hooked_video.adapters import ADAPTERS
 from hooked_video.attention import install_fast_attention
+from hooked_video.fastpath import install_fast_blocks
 from hooked_video.embedded import EmbeddedPrompt
 from hooked_video.families import FAMILIES, VideoFamily
 from hooked_video.prompt import (
@@ -122,6 +123,11 @@ class HookedVideoLLM:
             raise _unsupported(arch)
         bridge = boot_bridge(hf_model.eval(), processor.tokenizer, model_name)
         install_fast_attention(bridge, hf_model.model.language_model.config)
+        install_fast_blocks(bridge.blocks)
+        vision = getattr(bridge, "vision_encoder", None)
+        for name in ("encoder_layers", "blocks"):  # the vision tower's layers, where the adapter maps them
+            if isinstance(getattr(vision, name, None), torch.nn.ModuleList):
+                install_fast_blocks(getattr(vision, name))
         bridge.processor = processor
         return cls(bridge, processor, FAMILIES[arch](hf_model.config))
 

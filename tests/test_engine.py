@@ -26,8 +26,12 @@ def ten_prompt(ten_layers, frames):
 
 
 @pytest.mark.parametrize("window", [1, 5, 9])
-def test_engine_rows_equal_the_hook_path(ten_layers, ten_prompt, window):
+@pytest.mark.parametrize("packed", [True, False])  # passes side by side in one sequence, or batched
+def test_engine_rows_equal_the_hook_path(ten_layers, ten_prompt, window, packed, monkeypatch):
     """Every row of a four-target sweep over every layer (both ends included)."""
+    from hooked_video import engine
+
+    monkeypatch.setattr(engine, "PACK_MAX_ROWS", 10**6 if packed else 0)
     kwargs = dict(window=window, select="all", batch_size=3, progress=False)
     fast = flow.sweep(ten_layers, [ten_prompt], engine="fast", **kwargs).sort_values(ROW).reset_index(drop=True)
     hooks = flow.sweep(ten_layers, [ten_prompt], engine="hooks", **kwargs).sort_values(ROW).reset_index(drop=True)
@@ -118,3 +122,33 @@ def test_lazy_edge_rows_equal_the_full_mask(ten_prompt):
     for start, stop in ((0, 5), (7, 30), (n - 3, n)):
         assert torch.equal(edges.rows(n, start, stop), full[start:stop])
     assert torch.equal(edges.rows_at(n, [n - 1, 3]), full[[n - 1, 3]])
+
+
+def test_eager_arithmetic_matches_the_reference_path(ten_layers, ten_prompt):
+    with torch.no_grad():
+        with attention.reference_attention():
+            reference = ten_layers(ten_prompt)
+        with attention.eager_arithmetic():
+            eager = ten_layers(ten_prompt)
+    torch.testing.assert_close(eager, reference, atol=1e-6, rtol=0)
+
+
+def test_unhooked_blocks_run_plain_hf_layers_and_hooked_ones_the_bridge(ten_layers, ten_prompt):
+    from hooked_video.fastpath import FastBlockMixin
+
+    blocks = ten_layers.bridge.blocks
+    assert all(isinstance(b, FastBlockMixin) for b in blocks) and all(b.use_shadow() for b in blocks)
+    seen = []
+
+    def double(x, hook):
+        seen.append(hook.name)
+        return x * 2
+
+    with torch.no_grad():
+        with ten_layers.hooks(fwd_hooks=[("blocks.3.hook_resid_post", double)]):
+            assert not blocks[3].use_shadow() and blocks[2].use_shadow()
+            edited = ten_layers(ten_prompt)
+        with attention.reference_attention():  # every block through the bridge
+            reference = ten_layers.run_with_hooks(ten_prompt, fwd_hooks=[("blocks.3.hook_resid_post", double)])
+    assert seen == ["blocks.3.hook_resid_post", "blocks.3.hook_resid_post"]
+    torch.testing.assert_close(edited, reference, atol=1e-5, rtol=0)

@@ -77,7 +77,7 @@ def run_passes_with_hooks(model, embedded, passes: Sequence[Pass], edges: Mappin
             active[i, list(p.blocked)] = True
         hooks = ko.hooks(stacked, active) + list(extra_hooks)
         logits = model.run_with_hooks(embedded.expand(len(chunk)), fwd_hooks=hooks, logits_to_keep=1)
-        yield chunk, last_position_probs(logits)
+        yield chunk, last_position_probs(logits).cpu()
 
 
 def run_passes_with_engine(engine: Engine, trace, passes: Sequence[Pass], edges: Mapping[tuple, ko.EdgeSet],
@@ -88,7 +88,7 @@ def run_passes_with_engine(engine: Engine, trace, passes: Sequence[Pass], edges:
     masks = {key: e.mask.to(device) for key, e in edges.items()}
     interventions = [{l: masks[(p.target, p.condition)] for l in p.blocked} for p in passes]
     for indices, logits in engine.run(trace, interventions, max_rows):
-        yield [passes[i] for i in indices], last_position_probs(logits[:, None])
+        yield [passes[i] for i in indices], last_position_probs(logits[:, None]).cpu()
 
 
 def choose_engine(model, engine: str, fwd_hooks: Sequence) -> bool:
@@ -198,11 +198,11 @@ def sweep(
         embedded = model.embed(prompt)
         if runner is not None:
             trace = runner.trace(embedded)
-            probs = last_position_probs(trace.logits[None, None])[0]
+            probs = last_position_probs(trace.logits[None, None])[0].cpu()
         else:
             with attention.reference_attention():  # the reference path throughout
                 logits = model.run_with_hooks(embedded, fwd_hooks=list(fwd_hooks), logits_to_keep=1)
-            probs = last_position_probs(logits)[0]
+            probs = last_position_probs(logits)[0].cpu()
         fresh = baseline_record(model, sample_id, task, prompt, probs, rule)
         base = base or fresh
         if sample_id not in done_base and base_file is not None:
