@@ -91,28 +91,34 @@ class _FirstBlocked:
         return min(row for _, row in blocked), min(layer for layer, _ in blocked)
 
 
-#: Chunks whose recomputed rows per item are at most this many are packed side by side in one
-#: sequence (shared prefix keys, block-diagonal mask) instead of batched (prefix keys and values
-#: copied per item): packing saves the copies but its attention grows with (items x rows)^2.
-PACK_MAX_ROWS = 16
-#: At most this many packed rows per chunk.
-PACK_MAX_TOTAL = 4096
+#: Items of a chunk are packed side by side into sequences of about this many rows x N (their
+#: rows share one copy of the prefix keys and values, with a block-diagonal mask), and packs are
+#: batched: one item per pack when an item recomputes most of the prompt (cross-frame), all
+#: items in one pack when each recomputes a row or two ("-> last" conditions).
+PACK_ROWS_PER_POSITION = 1.0
+#: At most this many mask entries (packs x rows x keys) per layer call: attention kernels may
+#: expand a boolean mask per head, so long prompts run fewer passes at a time.
+MAX_MASK_ELEMENTS = 2**28
 
 
 class _Layout:
-    """How a chunk's items are laid out for the decoder layers: batched (one batch item each,
-    prefix keys/values copied per item) or packed (their rows side by side in one sequence,
-    prefix shared, a block-diagonal mask). Items join at their first blocked layer."""
+    """How a chunk's items are laid out for the decoder layers: in packs of ``group`` items,
+    each pack one batch item whose rows are its items' rows side by side (sharing one copy of the
+    prefix keys/values; a block-diagonal mask keeps items apart). Items are sorted by their first
+    blocked layer and a pack joins at its first item's; later items of a pack recompute a few
+    layers of baseline rows, which changes nothing but rounding."""
 
-    def __init__(self, trace: Trace, q0: int, packed: bool) -> None:
-        self.trace, self.q0, self.packed = trace, q0, packed
+    def __init__(self, trace: Trace, q0: int, starts: list[int]) -> None:
+        self.trace, self.q0 = trace, q0
         n = trace.n_positions
         self.m = n - q0
+        self.group = max(1, min(len(starts), round(PACK_ROWS_PER_POSITION * n / self.m)))
+        self.n_items = len(starts)
+        self.pack_starts = [starts[i] for i in range(0, len(starts), self.group)]
         device = trace.resid[0].device
         self.causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()[q0:]
         self._allowed: dict[int, torch.Tensor] = {}
-        self.hidden = trace.resid[0].new_empty(1 if packed else 0, 0 if packed else self.m, trace.resid[0].shape[-1])
-        self.count = 0
+        self.hidden = trace.resid[0].new_empty(0, self.group * self.m, trace.resid[0].shape[-1])
 
     def allowed(self, mask: torch.Tensor | None) -> torch.Tensor:
         """Allowed keys of rows q0..N-1 (all N keys) under a blocked mask (None: causal only)."""
@@ -122,35 +128,33 @@ class _Layout:
             self._allowed[id(mask)] = self.causal & ~mask[self.q0 :].to(self.causal.device)
         return self._allowed[id(mask)]
 
-    def join(self, layer: int, n_items: int) -> None:
-        rows = self.trace.resid[layer][:, self.q0 :]
-        if self.packed:
-            self.hidden = torch.cat([self.hidden, rows.repeat(1, n_items, 1)], dim=1)
-        else:
-            self.hidden = torch.cat([self.hidden, rows.expand(n_items, -1, -1)])
-        self.count += n_items
+    def join(self, layer: int) -> int:
+        """Packs whose first item starts at ``layer`` join; returns how many packs are active."""
+        joining = sum(start == layer for start in self.pack_starts)
+        if joining:
+            rows = self.trace.resid[layer][:, self.q0 :].repeat(joining, self.group, 1)
+            self.hidden = torch.cat([self.hidden, rows])
+        return self.hidden.shape[0]
 
     def inputs(self, layer: int, masks: list[torch.Tensor | None]) -> dict:
-        """The decoder layer's keyword arguments for the active items' blocked masks."""
-        trace, q0, m = self.trace, self.q0, self.m
-        cos, sin = (t[:, q0:] for t in trace.position_embeddings)
-        keys, values = trace.keys[layer][:, :, :q0], trace.values[layer][:, :, :q0]
-        allowed = torch.stack([self.allowed(mask) for mask in masks])  # (items, M, N)
-        if not self.packed:
-            return {"attention_mask": allowed[:, None], "position_embeddings": (cos, sin), "cache": PrefixCache(keys, values)}
-        items = len(masks)
-        own = allowed[:, :, q0:]  # (items, M, M): each item's own rows
-        block = torch.zeros(items, m, items, m, dtype=torch.bool, device=allowed.device)
-        index = torch.arange(items, device=allowed.device)
-        block[index, :, index, :] = own
-        mask = torch.cat([allowed[:, :, :q0].reshape(items * m, q0), block.reshape(items * m, items * m)], dim=1)
-        tiled = (cos.repeat(1, items, 1), sin.repeat(1, items, 1))
-        return {"attention_mask": mask[None, None], "position_embeddings": tiled, "cache": PrefixCache(keys, values)}
+        """The decoder layer's keyword arguments; ``masks``: blocked masks of the active packs'
+        items in order (the last pack padded with copies of its last item)."""
+        trace, q0, m, group = self.trace, self.q0, self.m, self.group
+        masks = masks + [masks[-1]] * (-len(masks) % group)
+        packs = len(masks) // group
+        allowed = torch.stack([self.allowed(mask) for mask in masks]).reshape(packs, group, m, -1)
+        block = torch.zeros(packs, group, m, group, m, dtype=torch.bool, device=allowed.device)
+        index = torch.arange(group, device=allowed.device)
+        block[:, index, :, index, :] = allowed[..., q0:].transpose(0, 1)
+        prefix = allowed[..., :q0].reshape(packs, group * m, q0)
+        mask = torch.cat([prefix, block.reshape(packs, group * m, group * m)], dim=-1)[:, None]
+        cos, sin = (t[:, q0:].repeat(1, group, 1) for t in trace.position_embeddings)
+        cache = PrefixCache(trace.keys[layer][:, :, :q0], trace.values[layer][:, :, :q0])
+        return {"attention_mask": mask, "position_embeddings": (cos, sin), "cache": cache}
 
     def last_rows(self) -> torch.Tensor:
-        if self.packed:
-            return self.hidden[0, self.m - 1 :: self.m]
-        return self.hidden[:, -1]
+        """The last row of every item, in item order (padding dropped)."""
+        return self.hidden[:, self.m - 1 :: self.m].reshape(-1, self.hidden.shape[-1])[: self.n_items]
 
 
 class Engine:
@@ -213,25 +217,22 @@ class Engine:
         plans.sort()
         while plans:
             q0 = plans[0][0]
-            budget = PACK_MAX_TOTAL if n - q0 <= PACK_MAX_ROWS else max_rows
-            size = max(1, budget // (n - q0))
+            size = max(1, min(max_rows // (n - q0), MAX_MASK_ELEMENTS // ((n - q0) * n)))
             chunk, plans = plans[:size], plans[size:]
             yield [i for _, _, i in chunk], self._run_chunk(trace, q0, chunk, interventions)
 
     def _run_chunk(self, trace: Trace, q0: int, chunk, interventions) -> torch.Tensor:
-        layout = _Layout(trace, q0, packed=trace.n_positions - q0 <= PACK_MAX_ROWS and len(chunk) > 1)
         order = sorted(chunk, key=lambda plan: plan[1])  # by first blocked layer
-        active: list[int] = []
+        layout = _Layout(trace, q0, [start for _, start, _ in order])
+        items = [index for _, _, index in order]
         for layer_index, layer in enumerate(self.layers):
-            joining = [i for _, start, i in order if start == layer_index]
-            if joining:
-                layout.join(layer_index, len(joining))
-                active += joining
-            if not active:
+            packs = layout.join(layer_index)
+            if not packs:
                 continue
+            active = items[: packs * layout.group]
             inputs = layout.inputs(layer_index, [interventions[i].get(layer_index) for i in active])
             output = layer(layout.hidden, **inputs)
             layout.hidden = output[0] if isinstance(output, tuple) else output
         logits = self.head(self.norm(layout.last_rows()[:, None]))[:, -1]
-        position = {index: row for row, index in enumerate(active)}
+        position = {index: row for row, index in enumerate(items)}
         return logits[[position[i] for _, _, i in chunk]]

@@ -31,7 +31,7 @@ def test_engine_rows_equal_the_hook_path(ten_layers, ten_prompt, window, packed,
     """Every row of a four-target sweep over every layer (both ends included)."""
     from hooked_video import engine
 
-    monkeypatch.setattr(engine, "PACK_MAX_ROWS", 10**6 if packed else 0)
+    monkeypatch.setattr(engine, "PACK_ROWS_PER_POSITION", 10.0 if packed else 0.0)
     kwargs = dict(window=window, select="all", batch_size=3, progress=False)
     fast = flow.sweep(ten_layers, [ten_prompt], engine="fast", **kwargs).sort_values(ROW).reset_index(drop=True)
     hooks = flow.sweep(ten_layers, [ten_prompt], engine="hooks", **kwargs).sort_values(ROW).reset_index(drop=True)
