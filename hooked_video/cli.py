@@ -28,6 +28,31 @@ from collections import Counter
 from pathlib import Path
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2) that point at ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _whole_number(minimum: int):
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number of at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+_positive_int = _whole_number(1)
+
+
 def _build_tiny(args) -> None:
     from hooked_video.zoo.tiny import build_tiny
 
@@ -37,7 +62,7 @@ def _build_tiny(args) -> None:
 def _load(args):
     from hooked_video import HookedVideoLLM
 
-    return HookedVideoLLM.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    return HookedVideoLLM.from_pretrained(args.model, device=args.device, dtype=args.dtype, strict=not args.no_strict)
 
 
 def _info(args) -> None:
@@ -58,10 +83,13 @@ def _tokens(args) -> None:
     print(prompt)
     t, h, w = tm.grid_shape
     print(f"video: {len(tm.video)} tokens = {t} frames x {h} x {w} (input frames {tm.n_input_frames})")
+    shown = set()
     for i, (role, token) in enumerate(zip(tm.role, prompt.str_tokens)):
-        if role == "video" and tm.cell[i, 1:].tolist() != [0, 0]:
+        frame = int(tm.frame_of[i])
+        if role == "video" and frame in shown:
             continue  # one line per frame
-        where = f" frame {int(tm.frame_of[i])}" if role == "video" else ""
+        shown.add(frame) if role == "video" else None
+        where = f" frame {frame}" if frame >= 0 else ""
         print(f"{i:6d}  {role:15s}{where:9s} {token!r}")
 
 
@@ -171,9 +199,12 @@ def _random_fraction(value: str):
     if value in ("run", "sample", "preset"):
         return value
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), 'run', 'sample' or 'preset', got {value!r}") from None
+        number = -1.0
+    if not 0.0 <= number < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), 'run', 'sample' or 'preset', got {value!r}")
+    return number
 
 
 def _prune(args) -> None:
@@ -233,9 +264,9 @@ def _analysis_parser(sub, name: str, run, text: str):
     p.add_argument("--model", required=True, help="local folder or hub id")
     p.add_argument("--data", required=True, help="JSON file of {video, question, options, answer} entries")
     p.add_argument("--out", required=True, help="results folder (a rerun resumes)")
-    p.add_argument("--samples", type=int, default=None, help="use only the first N samples")
+    p.add_argument("--samples", type=_positive_int, default=None, help="use only the first N samples")
     p.add_argument("--task", action="append", help="only this task (repeat)")
-    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--frames", type=_positive_int, default=8)
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.add_argument("--skip-invalid", action="store_true", help="skip malformed entries instead of failing")
     p.add_argument("--short-windows", choices=["error", "repeat"], default="error",
@@ -246,14 +277,15 @@ def _analysis_parser(sub, name: str, run, text: str):
         p.add_argument("--select", choices=["correct", "wrong", "all"], default="correct",
                        help="samples analysed: answered correctly (the paper's default), wrongly, or all")
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    p.add_argument("--no-strict", action="store_true", help="load a checkpoint with missing or unexpected weights")
     p.set_defaults(run=run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hooked-video", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="hooked-video", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("build-tiny", help="write a small random-weight model and processor")
     p.add_argument("arch", choices=["llava_next_video", "llava_onevision", "qwen2_vl", "qwen2_5_vl"])
@@ -269,36 +301,37 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("model", help="local folder or hub id")
         p.add_argument("--device", default=None)
         p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+        p.add_argument("--no-strict", action="store_true", help="load a checkpoint with missing or unexpected weights")
         if name == "tokens":
             p.add_argument("video", help="video file")
             p.add_argument("-q", "--question", required=True)
             p.add_argument("-o", "--option", action="append", help="an option (repeat)")
             p.add_argument("--answer", type=int, default=None)
-            p.add_argument("--frames", type=int, default=8)
+            p.add_argument("--frames", type=_positive_int, default=8)
         p.set_defaults(run=run)
 
     p = _analysis_parser(sub, "flow", _flow, "attention-knockout sweep over the paper's targets")
     p.add_argument("--target", action="append", help="a target name (repeat); default: all four")
-    p.add_argument("--window", type=int, default=9, help="k, layers blocked per swept layer (default 9)")
+    p.add_argument("--window", type=_positive_int, default=9, help="k, layers blocked per swept layer (default 9)")
     p.add_argument("--window-style", choices=["center", "inverse", "top_down", "bottom_up"], default="center")
     p.add_argument("--even-window", choices=["above", "below"], default="above",
                    help="even k: extra layer above the centre (default) or below it (the released code)")
     p.add_argument("--sweep-range", type=_layer_range, default=None, help="swept layers START-STOP (STOP excluded), e.g. 5-20")
     p.add_argument("--pool-tasks", action="store_true", help="summarise all tasks together (default: per task)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--open-ended", action="store_true",
                    help="free-form answers: --data is a JSON list of {video, question}; trace the --anchor-th anchor token")
-    p.add_argument("--anchor", type=int, default=1, help="with --open-ended: which anchor token, 1-based")
+    p.add_argument("--anchor", type=_positive_int, default=1, help="with --open-ended: which anchor token, 1-based")
     p.add_argument("--anchor-words", default=None, help="with --open-ended: comma-separated words that count as anchors")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--num-open-tokens", type=int, default=1, help="response tokens before the last left open")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=100)
+    p.add_argument("--num-open-tokens", type=_positive_int, default=1, help="response tokens before the last left open")
     p = _analysis_parser(sub, "lens", _lens, "logit lens over video tokens and answer probability by layer")
     p.add_argument("--variant", choices=["unembed", "unembed-raw", "embed"], required=True,
                    help="lens projection: final norm + W_U, W_U alone, or W_E (the released code)")
     p.add_argument("--norm", choices=["released", "final", "none"], required=True,
                    help="answer probability: norm only at the last layer (released code), at every layer, or none")
     p.add_argument("--keywords", default=None, help='JSON: a word list or {"spatial": [...], "temporal": [...]}')
-    p.add_argument("--min-count", type=int, default=100)
+    p.add_argument("--min-count", type=_whole_number(0), default=100)
     p.add_argument("--overlapping-bins", action="store_true", help="the released code's off-by-one bins")
 
     p = _analysis_parser(sub, "prune", _prune, "accuracy with only the effective pathways (and random pruning)")
@@ -319,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tomato", default=None, help="a TOMATO folder for the pathway evaluation")
     p.add_argument("--out", required=True, help="results and report folder (a rerun resumes)")
     p.add_argument("--task", action="append", help="only this task (repeat); default: the paper's five TVBench tasks")
-    p.add_argument("--samples", type=int, default=None, help="at most N questions per task")
-    p.add_argument("--window", type=int, default=9)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--samples", type=_positive_int, default=None, help="at most N questions per task")
+    p.add_argument("--window", type=_positive_int, default=9)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
     p.set_defaults(run=_reproduce)
@@ -330,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="toy-video-ft", help="the video model (default: toy-video-ft)")
     p.add_argument("--image-model", default="toy-image", help="the image model to compare with")
     p.add_argument("--data", default=None, help="synthetic benchmark folder (default: ~/.cache/hooked_video/synthetic)")
-    p.add_argument("--samples", type=int, default=8, help="questions per task")
+    p.add_argument("--samples", type=_positive_int, default=8, help="questions per task")
     p.add_argument("--out", default="hooked_video_demo", help="report folder")
     p.add_argument("--device", default=None)
     p.set_defaults(run=_demo)
@@ -339,10 +372,26 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         args.run(args)
-    except (ValueError, OSError, KeyError) as exc:  # our errors say what to do; no traceback for users
-        print(f"hooked-video: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("hooked-video: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for users; HOOKED_VIDEO_DEBUG=1 shows the traceback
+        if os.environ.get("HOOKED_VIDEO_DEBUG"):
+            raise
+        print(f"hooked-video: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: our errors' messages as they are, others with their type."""
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    message = " ".join(str(message).split()) or type(exc).__name__
+    if isinstance(exc, (ValueError, OSError, KeyError)):
+        return message
+    if isinstance(exc, MemoryError) or "out of memory" in message.lower():
+        return f"out of memory ({message}); use fewer --frames, a smaller --batch-size or another device"
+    return f"{type(exc).__name__}: {message} (set HOOKED_VIDEO_DEBUG=1 to see where)"
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ hook path otherwise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -46,6 +46,8 @@ class Trace:
         keys, values: per layer, rotated keys and values, (1, kv_heads, N, d_head).
         position_embeddings: the rotary (cos, sin) tables the layers receive, (1, N, d_rot) each.
         logits: the last position's logits, (vocab,).
+        additions: per layer, what the model adds to the residual stream after it, (N, d_model)
+            (Qwen3-VL's DeepStack features at the video positions).
     """
 
     resid: list[torch.Tensor]
@@ -53,6 +55,7 @@ class Trace:
     values: list[torch.Tensor]
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     logits: Float[torch.Tensor, "vocab"]
+    additions: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n_positions(self) -> int:
@@ -200,7 +203,8 @@ class Engine:
         indices = [getattr(layer.self_attn, "original_component", layer.self_attn).layer_idx for layer in self.layers]
         keys, values = [store[i][0] for i in indices], [store[i][1] for i in indices]
         n_layers = len(self.layers)
-        return Trace([resid[l] for l in range(n_layers)], keys, values, seen["position_embeddings"], logits[0, -1])
+        additions = {layer: added.to(resid[0]) for layer, added in embedded.residual_additions().items()}
+        return Trace([resid[l] for l in range(n_layers)], keys, values, seen["position_embeddings"], logits[0, -1], additions)
 
     @torch.no_grad()
     def run(self, trace: Trace, interventions: Sequence[Intervention], max_rows: int) -> Iterator[tuple[list[int], torch.Tensor]]:
@@ -233,6 +237,8 @@ class Engine:
             inputs = layout.inputs(layer_index, [interventions[i].get(layer_index) for i in active])
             output = layer(layout.hidden, **inputs)
             layout.hidden = output[0] if isinstance(output, tuple) else output
+            if layer_index in trace.additions:
+                layout.hidden = layout.hidden + trace.additions[layer_index][q0:].repeat(layout.group, 1)
         logits = self.head(self.norm(layout.last_rows()[:, None]))[:, -1]
         position = {index: row for row, index in enumerate(items)}
         return logits[[position[i] for _, _, i in chunk]]

@@ -10,22 +10,25 @@ frames into one temporal slot.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Bool, Int
 
-from hooked_video.tokens import PromptLayoutError
+from hooked_video.tokens import PromptLayoutError, dense_cells
 
 
 @dataclass(frozen=True)
 class VideoLayout:
-    """Video positions of one prompt: feature slots, separators and the token grid."""
+    """Video positions of one prompt: feature slots and their grid cells, separators, frame text."""
 
-    features: Int[torch.Tensor, "n"]  # T*H*W positions, sequence order
+    features: Int[torch.Tensor, "n"]  # positions carrying video features, sequence order
+    cells: Int[torch.Tensor, "n 3"]  # (t, h, w) of each feature
     separators: Int[torch.Tensor, "s"]
     grid_shape: tuple[int, int, int]  # (T, H, W), T in temporal slots
     temporal_patch_size: int
+    frame_text: Int[torch.Tensor, "f"] = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    frame_text_slots: Int[torch.Tensor, "f"] = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
 def _runs(mask: Bool[torch.Tensor, "N"]) -> list[tuple[int, int]]:
@@ -41,7 +44,13 @@ def _runs(mask: Bool[torch.Tensor, "N"]) -> list[tuple[int, int]]:
 
 
 class VideoFamily:
-    """Base: one contiguous run of ``video_token_id`` placeholders per video, all features."""
+    """Base: the video's features replace runs of ``video_token_id`` placeholders, frame by frame
+    (one run for the whole clip, or one run per temporal slot), row-major within a frame.
+
+    Text the processor writes between frames (timestamps, ``Frame{i}:``, commas) belongs to the
+    frame that follows it (role "frame_text"); marker tokens (``separator_ids``) and text after
+    the last frame are separators of no frame.
+    """
 
     name = "base"
     default_template: str | None = None  # a named PromptTemplate used when prepare() gets none
@@ -49,11 +58,15 @@ class VideoFamily:
     trailing_separators = 0  # placeholders at the end of each run that carry no frame
     takes_video_metadata = False  # whether the processor accepts video_metadata (fps)
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, processor=None) -> None:
         self.config = config
-        self.video_token_id = int(
-            getattr(config, "video_token_id", None) or getattr(config, "video_token_index")
-        )
+        self.processor = processor
+        self.video_token_id = self.feature_token_id(config)
+
+    @staticmethod
+    def feature_token_id(config) -> int:
+        """The placeholder id whose positions receive video features."""
+        return int(getattr(config, "video_token_id", None) or getattr(config, "video_token_index"))
 
     # ----- per family ----------------------------------------------------------------------
     def grid_shape(self, inputs: dict) -> tuple[int, int, int]:
@@ -63,8 +76,28 @@ class VideoFamily:
         """Input frames per temporal slot of the token grid."""
         return 1
 
-    def extra_separator_ids(self) -> tuple[int, ...]:
+    def cells(self, inputs: dict) -> Int[torch.Tensor, "n 3"]:
+        """(t, h, w) of each video feature in sequence order (default: every cell of the grid)."""
+        return dense_cells(self.grid_shape(inputs))
+
+    def separator_ids(self) -> tuple[int, ...]:
+        """Marker tokens around frames that belong to no frame (e.g. vision start/end)."""
         return ()
+
+    @property
+    def placeholder_id(self) -> int:
+        """The token the unexpanded prompt text holds once for the video."""
+        return self.video_token_id
+
+    def has_video(self, inputs: dict) -> bool:
+        """Whether processor outputs carry a video."""
+        return inputs.get("pixel_values_videos") is not None
+
+    def processor_kwargs(self, frames, fps: float | None) -> dict:
+        """Extra keyword arguments for the processor call of a clip of ``frames``."""
+        if fps is not None and self.takes_video_metadata:
+            return {"video_metadata": [{"fps": fps, "total_num_frames": len(frames)}]}
+        return {}
 
     # ----- shared ----------------------------------------------------------------------------
     def feature_mask(self, input_ids: Int[torch.Tensor, "*batch N"]) -> Bool[torch.Tensor, "*batch N"]:
@@ -76,30 +109,54 @@ class VideoFamily:
                     row_mask[stop - self.trailing_separators : stop] = False
         return mask
 
-    def layout(self, input_ids: Int[torch.Tensor, "N"], inputs: dict) -> VideoLayout:
-        """Locate the video of a single prompt (1-D ``input_ids``)."""
-        placeholders = input_ids == self.video_token_id
-        runs = _runs(placeholders)
-        if len(runs) != 1:
+    def layout(self, input_ids: Int[torch.Tensor, "N"], inputs: dict, region: tuple[int, int] | None = None) -> VideoLayout:
+        """Locate the video of a single prompt (1-D ``input_ids``); ``region`` [start, stop) is
+        the span the processor wrote for the video (its frame text is found only inside it)."""
+        runs = _runs(input_ids == self.video_token_id)
+        grid = self.grid_shape(inputs)
+        cells = self.cells(inputs)
+        sizes = torch.bincount(cells[:, 0], minlength=grid[0]).tolist()
+        self._check_runs(runs, grid, sizes, len(cells))
+        features = self.feature_mask(input_ids).nonzero().flatten()
+        separators = [features.new_tensor([p for _, stop in runs for p in range(stop - self.trailing_separators, stop)])]
+        for token_id in self.separator_ids():
+            separators.append((input_ids == token_id).nonzero().flatten())
+        separators = torch.cat(separators).unique()
+        text, slots = self._frame_text(features, cells, separators, region)
+        after_last = text[slots < 0]
+        return VideoLayout(features, cells, torch.cat([separators, after_last]).sort().values, grid,
+                           self.temporal_patch_size(inputs), text[slots >= 0], slots[slots >= 0])  # fmt: skip
+
+    def _check_runs(self, runs, grid, sizes: list[int], n_features: int) -> None:
+        t, h, w = grid
+        placeholders = sum(stop - start for start, stop in runs)
+        expected = n_features + self.trailing_separators * max(1, len(runs))
+        if len(runs) not in (1, t) or (len(runs) != 1 and self.trailing_separators):
             raise PromptLayoutError(
                 f"expected one video in the prompt, found {len(runs)} runs of video placeholder "
-                f"tokens (id {self.video_token_id}); put exactly one video in each prompt."
+                f"tokens (id {self.video_token_id}) for {t} frames; put exactly one video in each prompt."
             )
-        t, h, w = self.grid_shape(inputs)
-        expected = t * h * w + self.trailing_separators
-        start, stop = runs[0]
-        if stop - start != expected:
+        if placeholders != expected or (len(runs) > 1 and [b - a for a, b in runs] != sizes):
             raise PromptLayoutError(
-                f"the prompt has {stop - start} video placeholder tokens but the video gives "
+                f"the prompt has {placeholders} video placeholder tokens but the video gives "
                 f"{expected} features (grid T={t}, H={h}, W={w}"
                 + (f", plus {self.trailing_separators} separator" if self.trailing_separators else "")
                 + "); let the model's processor expand the placeholder (model.prepare does)."
             )
-        features = torch.arange(start, stop - self.trailing_separators)
-        separators = [torch.arange(stop - self.trailing_separators, stop)]
-        for token_id in self.extra_separator_ids():
-            separators.append((input_ids == token_id).nonzero().flatten())
-        return VideoLayout(features, torch.cat(separators).sort().values, (t, h, w), self.temporal_patch_size(inputs))
+
+    @staticmethod
+    def _frame_text(features, cells, separators, region) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions of the region that are neither features nor separators, and the temporal
+        slot of the next feature after each (-1 after the last feature)."""
+        if region is None or not len(features):
+            empty = torch.empty(0, dtype=torch.long)
+            return empty, empty
+        inside = torch.arange(*region)
+        keep = ~torch.isin(inside, features) & ~torch.isin(inside, separators)
+        text = inside[keep]
+        following = torch.searchsorted(features, text)
+        slots = torch.where(following < len(features), cells[following.clamp(max=len(features) - 1), 0], -1)
+        return text, slots
 
 
 def _frames_of(inputs: dict) -> int:
@@ -152,7 +209,7 @@ class QwenVLFamily(VideoFamily):
     def temporal_patch_size(self, inputs: dict) -> int:
         return int(self.config.vision_config.temporal_patch_size)
 
-    def extra_separator_ids(self):
+    def separator_ids(self):
         return tuple(
             int(i)
             for i in (self.config.vision_start_token_id, self.config.vision_end_token_id)
@@ -169,9 +226,9 @@ class PllavaFamily(VideoFamily):
     default_template = "map-the-flow"
     video_placeholder = "<image>"
 
-    def __init__(self, config) -> None:
-        self.config = config
-        self.video_token_id = int(config.image_token_index)
+    @staticmethod
+    def feature_token_id(config) -> int:
+        return int(config.image_token_index)
 
     def grid_shape(self, inputs):
         t, h, w = (int(x) for x in self.config.pooling_shape)
@@ -187,10 +244,120 @@ class PllavaFamily(VideoFamily):
         return _frames_of(inputs) // int(self.config.pooling_shape[0])
 
 
+class Qwen3VLFamily(QwenVLFamily):
+    """Qwen3-VL: two input frames per temporal slot, each slot as ``<t seconds>`` text (frame
+    text of that slot) and its patches between vision start/end markers, inside an outer
+    start/end pair. Frames given to ``prepare`` are never resampled by the processor."""
+
+    name = "qwen3_vl"
+
+    def processor_kwargs(self, frames, fps: float | None) -> dict:
+        """Timestamps from ``fps`` (default 24, what transformers assumes); no resampling."""
+        return {"video_metadata": [_metadata(frames, fps or 24.0)], "do_sample_frames": False}
+
+
+def _metadata(frames, fps: float) -> dict:
+    """Video metadata for processors that write timestamps: frame i is at i / fps seconds."""
+    return {"fps": float(fps), "total_num_frames": len(frames), "frames_indices": list(range(len(frames)))}
+
+
+def _token_id(tokenizer, token: str | None) -> int | None:
+    """The id of a token the tokenizer knows as a whole, else None."""
+    if tokenizer is None or not token:
+        return None
+    index = tokenizer.convert_tokens_to_ids(token)
+    return None if index is None or index == tokenizer.unk_token_id else int(index)
+
+
+class InternVLFamily(VideoFamily):
+    """InternVL: each frame's InternViT patches pixel-shuffled to ``image_seq_length`` context
+    tokens (``<IMG_CONTEXT>``), row-major. transformers' processor writes ``Frame{i}: <img>``
+    + the frame's tokens + ``</img>`` per frame, frames joined by newlines (the ``Frame{i}:``
+    text belongs to frame i; ``<img>`` / ``</img>`` are separators); the paper's InternVL-chat
+    models (``InternVLChatProcessor``) take one ``<img>`` block of all frames' tokens."""
+
+    name = "internvl"
+
+    def __init__(self, config, processor=None) -> None:
+        super().__init__(config, processor)
+        self.released = type(processor).__name__ == "InternVLChatProcessor"
+        tokenizer = getattr(processor, "tokenizer", None)
+        if self.released:
+            self.default_template, self.video_placeholder = "map-the-flow-phi3", "<img><IMG_CONTEXT></img>"
+        else:
+            self.video_placeholder = getattr(processor, "video_token", None) or "<video>"
+        self._placeholder_id = self.video_token_id if self.released else _token_id(tokenizer, self.video_placeholder)
+        self._markers = tuple(i for i in (_token_id(tokenizer, "<img>"), _token_id(tokenizer, "</img>")) if i is not None)
+
+    @staticmethod
+    def feature_token_id(config) -> int:
+        return int(config.image_token_id)
+
+    @property
+    def placeholder_id(self) -> int:
+        if self._placeholder_id is None:
+            raise PromptLayoutError(f"the tokenizer has no {self.video_placeholder!r} token for the video placeholder")
+        return self._placeholder_id
+
+    def has_video(self, inputs: dict) -> bool:
+        return inputs.get("pixel_values") is not None
+
+    def grid_shape(self, inputs):
+        pixels = inputs.get("pixel_values")
+        if pixels is None or pixels.ndim != 4:
+            raise PromptLayoutError("InternVL inputs need pixel_values of shape (frames, 3, S, S).")
+        side = math.isqrt(int(self.config.image_seq_length))
+        return pixels.shape[0], side, side
+
+    def separator_ids(self):
+        return self._markers
+
+
+class VideoLlama3Family(VideoFamily):
+    """VideoLLaMA3: each frame's SigLIP patches merged 2x2 (``video_grid_thw`` / merge size), as
+    ``Time {t:.1f}s:`` + the frame's tokens, frames joined by commas (timestamps and commas
+    belong to the frame that follows). Token compression is off by default, as the paper runs
+    the model; with ``processor_kwargs={"use_token_compression": True}`` a frame keeps only the
+    tokens that changed since the previous frame (``video_compression_mask``), so frames
+    differ in size."""
+
+    name = "video_llama_3"
+    default_template = "map-the-flow-videollama3"
+    takes_video_metadata = True
+
+    def __init__(self, config, processor=None) -> None:
+        super().__init__(config, processor)
+        self.video_placeholder = getattr(processor, "video_token", None) or "<|video_pad|>"
+
+    def grid_shape(self, inputs):
+        grid, merge = inputs.get("video_grid_thw"), inputs.get("video_merge_sizes")
+        if grid is None or len(grid) != 1:
+            raise PromptLayoutError("VideoLLaMA3 inputs need a video_grid_thw with one video.")
+        size = int(merge[0]) if merge is not None else 1
+        t, h, w = (int(x) for x in grid[0])
+        return t, h // size, w // size
+
+    def cells(self, inputs):
+        mask = inputs.get("video_compression_mask")
+        if mask is None:
+            return super().cells(inputs)
+        t, h, w = self.grid_shape(inputs)
+        slot, index = mask.reshape(t, h * w).nonzero(as_tuple=True)
+        return torch.stack([slot, index // w, index % w], dim=-1)
+
+    def processor_kwargs(self, frames, fps: float | None) -> dict:
+        """Timestamps from ``fps`` (default 1 frame per second, as transformers assumes); no
+        token compression."""
+        return {"video_metadata": [_metadata(frames, fps or 1.0)], "use_token_compression": False}
+
+
 FAMILIES = {
     "LlavaNextVideoForConditionalGeneration": LlavaNextVideoFamily,
     "LlavaOnevisionForConditionalGeneration": LlavaOnevisionFamily,
     "Qwen2VLForConditionalGeneration": QwenVLFamily,
     "Qwen2_5_VLForConditionalGeneration": QwenVLFamily,
     "PllavaForConditionalGeneration": PllavaFamily,
+    "Qwen3VLForConditionalGeneration": Qwen3VLFamily,
+    "InternVLForConditionalGeneration": InternVLFamily,
+    "VideoLlama3ForConditionalGeneration": VideoLlama3Family,
 }

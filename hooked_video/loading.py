@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,82 @@ _LORA_KEY = re.compile(r"^(?P<module>.+?)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weig
 
 class CheckpointError(ValueError):
     """A checkpoint folder cannot be loaded as it is; the message says what is missing."""
+
+
+class ModelNotFoundError(CheckpointError):
+    """No local folder, bundled model or reachable hub repository has this name."""
+
+
+#: Checkpoint keys that differ between versions without meaning anything (recomputed buffers).
+_BENIGN_KEY = re.compile(r"rotary_emb\.inv_freq$|\.num_batches_tracked$")
+
+
+def _key_report(info: dict) -> dict[str, list[str]]:
+    """{"missing": [...], "unexpected": [...], "mismatched": [...]} from transformers' loading info."""
+    report = {}
+    for kind in ("missing", "unexpected", "mismatched"):
+        keys = [k if isinstance(k, str) else str(k[0]) for k in info.get(f"{kind}_keys") or []]
+        report[kind] = sorted(k for k in keys if not _BENIGN_KEY.search(k))
+    return report
+
+
+def _describe_keys(report: dict[str, list[str]], limit: int = 6) -> str:
+    parts = []
+    for kind, keys in report.items():
+        if keys:
+            more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+            parts.append(f"{len(keys)} {kind} weights ({', '.join(keys[:limit])}{more})")
+    return "; ".join(parts)
+
+
+def check_weights(model: torch.nn.Module, info: dict, path, strict: bool = True) -> None:
+    """Refuse a checkpoint whose weights do not match the model or are not finite.
+
+    With ``strict=False`` the problems are printed as a warning and the model is kept (missing
+    weights stay randomly initialised).
+    """
+    report = _key_report(info)
+    problems = []
+    if any(report.values()):
+        problems.append(f"the checkpoint does not match the model: {_describe_keys(report)}")
+    bad = [name for name, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+        problems.append(f"{len(bad)} weights hold NaN or infinite values ({', '.join(bad[:6])}{more})")
+    if not problems:
+        return
+    message = f"{path}: " + "; ".join(problems)
+    if strict:
+        raise CheckpointError(message + ". The files are incomplete or corrupt (re-download them), or belong to "
+                              "another architecture. Pass strict=False (CLI: --no-strict) to load anyway.")  # fmt: skip
+    warnings.warn(message + "; loading anyway (strict=False).", stacklevel=3)
+
+
+def _from_pretrained(cls, path, strict: bool, **kwargs):
+    """``cls.from_pretrained(path, **kwargs)`` with its weights checked (see ``check_weights``)."""
+    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    check_weights(model, info, path, strict)
+    return model
+
+
+def _config(path):
+    """The model config at ``path``, or an error naming what was looked for."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        from hooked_video.zoo import ZOO
+
+        local = Path(path).expanduser()
+        if local.is_dir():
+            raise CheckpointError(f"{local} is not a model folder: {str(err).splitlines()[0]}") from err
+        close = difflib.get_close_matches(str(path), list(ZOO), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ModelNotFoundError(
+            f"no model at {str(path)!r}: no such local folder, not a bundled model ({', '.join(sorted(ZOO))}), "
+            f"and the hub could not provide it (offline or unknown id: {str(err).splitlines()[0][:160]}){hint}"
+        ) from err
 
 
 def dtype_of(dtype) -> torch.dtype:
@@ -180,7 +258,7 @@ def _base_missing(path: Path, base) -> CheckpointError:
 
 # ----- entry point -------------------------------------------------------------------------------
 def load_checkpoint(name_or_path, dtype=None, device=None, video_pooling=None, base_model=None, lora_alpha: float | None = None,
-                    **kwargs: Any):  # fmt: skip
+                    strict: bool = True, **kwargs: Any):  # fmt: skip
     """(HF model in eval mode with eager attention, processor) for a checkpoint.
 
     Args:
@@ -189,9 +267,11 @@ def load_checkpoint(name_or_path, dtype=None, device=None, video_pooling=None, b
             pooled path (the paper's image baseline: a llava-v1.6 checkpoint on video).
         base_model, lora_alpha: for LoRA folders (see ``lora_format``): the base checkpoint
             (default: the one the adapter names) and the LoRA alpha (default: the adapter's).
+        strict: refuse weights missing from or unexpected by the model, and non-finite weights
+            (``False``: warn with the list and load anyway).
         kwargs: passed to the HF ``from_pretrained`` (e.g. ``device_map``).
     """
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoProcessor
 
     from hooked_video.zoo import resolve
 
@@ -199,13 +279,18 @@ def load_checkpoint(name_or_path, dtype=None, device=None, video_pooling=None, b
     local = Path(path)
     lora = lora_format(local) if local.is_dir() else None
     if lora is not None:
-        return _load_lora(local, lora, dtype, device, video_pooling, base_model, lora_alpha, **kwargs)
-    config = AutoConfig.from_pretrained(path)
+        return _load_lora(local, lora, dtype, device, video_pooling, base_model, lora_alpha, strict, **kwargs)
+    converted = _load_original_layout(local, dtype, strict, **kwargs) if local.is_dir() else None
+    if converted is not None:  # InternVL-chat / official VideoLLaMA3 folders, converted on load
+        if device is not None and "device_map" not in kwargs:
+            converted[0].to(device)
+        return converted
     torch_dtype = dtype_of(dtype)
+    config = _config(path)
     if video_pooling is not None or is_pllava(config):
         config = pllava_config(config, video_pooling)
-        hf_model = PllavaForConditionalGeneration.from_pretrained(path, config=config, dtype=torch_dtype,
-                                                                  attn_implementation="eager", **kwargs)  # fmt: skip
+        hf_model = _from_pretrained(PllavaForConditionalGeneration, path, strict, config=config, dtype=torch_dtype,
+                                    attn_implementation="eager", **kwargs)  # fmt: skip
         processor = pllava_processor(path, config)
     else:
         arch = (getattr(config, "architectures", None) or [None])[0]
@@ -221,14 +306,29 @@ def load_checkpoint(name_or_path, dtype=None, device=None, video_pooling=None, b
             )
         import transformers
 
-        hf_model = getattr(transformers, arch).from_pretrained(path, dtype=torch_dtype, attn_implementation="eager", **kwargs)
+        hf_model = _from_pretrained(getattr(transformers, arch), path, strict, dtype=torch_dtype, attn_implementation="eager",
+                                    **kwargs)  # fmt: skip
         processor = AutoProcessor.from_pretrained(path)
     if device is not None and "device_map" not in kwargs:
         hf_model.to(device)
     return hf_model.eval(), processor
 
 
-def _load_lora(path: Path, kind: str, dtype, device, video_pooling, base_model, lora_alpha, **kwargs):
+def _load_original_layout(path: Path, dtype, strict: bool, **kwargs):
+    """(model, processor) for a folder in a layout transformers does not load (InternVL-chat,
+    official VideoLLaMA3), converted on load; None for any other folder."""
+    from hooked_video.models.internvl_chat import is_internvl_chat, load_internvl_chat
+    from hooked_video.models.videollama3_official import is_videollama3_official, load_videollama3_official
+
+    file = path / "config.json"
+    raw = json.loads(file.read_text()) if file.exists() else {}
+    for is_layout, load in ((is_internvl_chat, load_internvl_chat), (is_videollama3_official, load_videollama3_official)):
+        if is_layout(raw):
+            return load(path, dtype, strict=strict, **kwargs)
+    return None
+
+
+def _load_lora(path: Path, kind: str, dtype, device, video_pooling, base_model, lora_alpha, strict, **kwargs):
     rank = None
     if kind == "peft":
         settings, named_base = _peft_settings(path)
@@ -240,8 +340,8 @@ def _load_lora(path: Path, kind: str, dtype, device, video_pooling, base_model, 
     if alpha is None:
         raise CheckpointError(f"{path}: the LoRA alpha is not recorded; pass lora_alpha=... (the released training used 32)")
     try:
-        hf_model, processor = load_checkpoint(base, dtype, device, video_pooling, **kwargs)
-    except OSError as err:
+        hf_model, processor = load_checkpoint(base, dtype, device, video_pooling, strict=strict, **kwargs)
+    except (OSError, ModelNotFoundError) as err:
         raise _base_missing(path, base) from err
     tensors = read_tensors(path)
     if not tensors and (path / "adapter_model.bin").exists():

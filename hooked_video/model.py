@@ -22,13 +22,13 @@ from hooked_video.attention import install_fast_attention
 from hooked_video.fastpath import install_fast_blocks
 from hooked_video.embedded import EmbeddedPrompt
 from hooked_video.families import FAMILIES, VideoFamily
+from hooked_video.checks import InvalidInputError, check_answer, check_options, check_question
 from hooked_video.prompt import (
     PromptTemplate,
     VideoPrompt,
     align_text,
     expanded_spans,
     letter_token_ids,
-    resolve_answer,
 )
 from hooked_video.tokens import PromptLayoutError, build_token_map
 from hooked_video.video import load_video
@@ -93,7 +93,7 @@ class HookedVideoLLM:
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | Path, device=None, dtype=None, video_pooling=None, base_model=None,
-        lora_alpha: float | None = None, **hf_kwargs: Any,
+        lora_alpha: float | None = None, strict: bool = True, **hf_kwargs: Any,
     ) -> "HookedVideoLLM":  # fmt: skip
         """Load a checkpoint (local folder, hub id, or a bundled zoo name such as "toy-video-ft")
         with its processor, eager attention.
@@ -104,6 +104,8 @@ class HookedVideoLLM:
                 through the PLLaVA pooled path, as the paper's image baseline.
             base_model, lora_alpha: for a LoRA adapter folder, the base checkpoint and alpha
                 (defaults: what the adapter records); the adapter is merged on load.
+            strict: refuse a checkpoint with missing, unexpected or non-finite weights
+                (``False``: warn with the list and load anyway).
             hf_kwargs: passed to the HF model's ``from_pretrained`` (e.g. ``device_map``).
 
         PLLaVA-format checkpoints (the paper's LLaVA-NeXT-Video-FT models) load through
@@ -112,7 +114,8 @@ class HookedVideoLLM:
         from hooked_video.loading import load_checkpoint
 
         hf_model, processor = load_checkpoint(name_or_path, dtype=dtype, device=device, video_pooling=video_pooling,
-                                              base_model=base_model, lora_alpha=lora_alpha, **hf_kwargs)  # fmt: skip
+                                              base_model=base_model, lora_alpha=lora_alpha, strict=strict,
+                                              **hf_kwargs)  # fmt: skip
         return cls.from_hf(hf_model, processor, model_name=str(name_or_path))
 
     @classmethod
@@ -129,7 +132,7 @@ class HookedVideoLLM:
             if isinstance(getattr(vision, name, None), torch.nn.ModuleList):
                 install_fast_blocks(getattr(vision, name))
         bridge.processor = processor
-        return cls(bridge, processor, FAMILIES[arch](hf_model.config))
+        return cls(bridge, processor, FAMILIES[arch](hf_model.config, processor))
 
     # ----- TransformerLens surface ----------------------------------------------------------
     def __getattr__(self, name: str):
@@ -153,16 +156,20 @@ class HookedVideoLLM:
         """(input_ids, other model kwargs) for a prompt, a list of prompts, or raw inputs."""
         if isinstance(prompt, EmbeddedPrompt):
             self._video_state["pending"] = prompt.feature_mask.to(self.device)
+            self._video_state["language_model"] = prompt.language_model_kwargs(self.device)
             return prompt.inputs_embeds.to(self.device), prompt.lm_kwargs(self.device)
         if isinstance(prompt, VideoPrompt):
             inputs = prompt.inputs
+            self._validate(inputs)
         elif isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], VideoPrompt):
+            for one in prompt:
+                self._validate(one.inputs)
             inputs = batch_inputs(prompt)
         elif isinstance(prompt, dict):
             inputs = prompt
+            self._validate(inputs)
         else:
             return prompt, {}
-        self._validate(inputs)
         inputs = self.move_inputs(inputs)
         ids = inputs.pop("input_ids")
         return ids, inputs
@@ -266,8 +273,10 @@ class HookedVideoLLM:
 
         def edit_embeds(module, args, kwargs):
             embeds, mask = kwargs.get("inputs_embeds"), state.pop("mask", None)
+            extra = {k: v for k, v in state.pop("language_model", {}).items() if kwargs.get(k) is None}
+            kwargs = {**kwargs, **extra}  # an EmbeddedPrompt's DeepStack features
             if embeds is None or mask is None or mask.shape != embeds.shape[:2] or not mask.any():
-                return None
+                return (args, kwargs) if extra else None
             counts = mask.sum(-1)
             if not bool((counts == counts[0]).all()):
                 raise PromptLayoutError("batched prompts must have the same number of video tokens.")
@@ -311,25 +320,26 @@ class HookedVideoLLM:
                 positions by it (without it the processor assumes 24 fps).
             processor_kwargs: extra keyword arguments for the processor call.
         """
-        options = list(options or [])
-        answer_index = resolve_answer(answer, options)
+        question = check_question(question)
+        options = check_options(options)
+        answer_index = check_answer(answer, options)
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
+            raise InvalidInputError(f"fps must be a positive number of frames per second, got {fps!r}")
         template = self._template(template, bool(options))
         frames = load_video(frames, num_frames=num_frames)
         user_text, char_spans = template.render_user_text(question, options)
         text = self._render_chat(user_text, template) + template.answer_prefix
-        kwargs = dict(processor_kwargs or {})
-        if fps is not None and self.family.takes_video_metadata:
-            kwargs.setdefault("video_metadata", [{"fps": fps, "total_num_frames": len(frames)}])
+        kwargs = {**self.family.processor_kwargs(frames, fps), **(processor_kwargs or {})}
         inputs = dict(self.processor(text=text, videos=[frames], return_tensors="pt", **kwargs))
         ids = inputs["input_ids"][0]
-        offsets, placeholder, run = align_text(self.tokenizer, text, ids.tolist(), self.family.video_token_id)
-        spans = expanded_spans(offsets, placeholder, run, char_spans, base=text.index(user_text))
-        layout = self.family.layout(ids, inputs)
+        alignment = align_text(self.tokenizer, text, ids.tolist(), self.family.placeholder_id)
+        spans = expanded_spans(alignment, char_spans, base=text.index(user_text))
+        layout = self.family.layout(ids, inputs, alignment.region)
         self._check_context(len(ids))
         token_map = build_token_map(
             len(ids), layout.features, layout.grid_shape, layout.separators, spans,
             n_input_frames=len(frames), temporal_patch_size=layout.temporal_patch_size,
-            answer=answer_index,
+            answer=answer_index, cells=layout.cells, frame_text=(layout.frame_text, layout.frame_text_slots),
         )  # fmt: skip
         letters = letter_token_ids(self.tokenizer, text, len(options)) if options else []
         return VideoPrompt(
@@ -369,14 +379,8 @@ class HookedVideoLLM:
         so a bad prompt fails here with a clear message instead of deep inside the model."""
         ids = inputs["input_ids"]
         self._check_context(ids.shape[-1])
-        if "pixel_values_videos" not in inputs:
-            return
-        rows = ids.reshape(-1, ids.shape[-1])
-        for i, row in enumerate(rows):
-            row_inputs = inputs
-            if len(rows) > 1:  # one video per row: take that row's video metadata
-                row_inputs = {k: v[i : i + 1] for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-            self.family.layout(row, row_inputs)
+        if self.family.has_video(inputs) and ids.reshape(-1, ids.shape[-1]).shape[0] == 1:
+            self.family.layout(ids.reshape(-1), inputs)  # batches of raw inputs: the model checks them
 
     def _check_context(self, n_positions: int) -> None:
         n_ctx = getattr(self.cfg, "n_ctx", None)

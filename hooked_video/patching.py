@@ -15,6 +15,10 @@ values and (for Qwen-VL) M-RoPE positions cannot reach the model, and they patch
 index per forward. Here both prompts are embedded once (``model.embed``, so the vision encoder
 runs twice in total) and several position sets are patched per batched forward. The hook names
 and the patching rule are TransformerLens' own.
+
+Qwen3-VL adds DeepStack features of the video to the residual stream after its first decoder
+layers; patching the residual stream of those layers keeps the corrupted prompt's DeepStack
+features, so it does not fully restore the clean run there.
 """
 
 from __future__ import annotations
@@ -99,7 +103,8 @@ def patch_positions(
             difference of the true versus the false option letters.
         logits_to_keep: the metric sees the logits of the last this-many positions (None: all).
     """
-    if clean.token_map.role != corrupted.token_map.role or not torch.equal(clean.token_map.grid, corrupted.token_map.grid):
+    a, b = clean.token_map, corrupted.token_map
+    if a.role != b.role or not torch.equal(a.frame_of, b.frame_of) or not torch.equal(a.cell, b.cell):
         raise ValueError(
             f"clean and corrupted prompts have different layouts (N = {clean.n_positions} vs "
             f"{corrupted.n_positions}, or tokens in other places); patching needs the same layout: "
@@ -156,8 +161,9 @@ def frame_patching(model, clean, corrupted, **kwargs) -> PatchingResult:
 def cell_patching(model, clean, corrupted, **kwargs) -> PatchingResult:
     """Patch each (t, h, w) video cell alone: values (n_layers, T*H*W), labels the cells."""
     tm = clean.token_map
-    cells = [tuple(int(x) for x in tm.cell[p]) for p in tm.grid.reshape(-1)]
-    return patch_positions(model, clean, corrupted, list(tm.grid.reshape(-1, 1)), labels=cells, **kwargs)
+    positions = [p for p in tm.grid.reshape(-1) if p >= 0]
+    cells = [tuple(int(x) for x in tm.cell[p]) for p in positions]
+    return patch_positions(model, clean, corrupted, [p.reshape(1) for p in positions], labels=cells, **kwargs)
 
 
 # ----- corrupted prompts -----------------------------------------------------------------------

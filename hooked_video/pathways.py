@@ -27,8 +27,8 @@ from hooked_video import knockout as ko
 from hooked_video.accuracy import PAPER_RULE, check_rule, option_prediction
 from hooked_video.engine import Engine
 from hooked_video.flow.sweep import choose_engine
-from hooked_video.data.mcqa import identify, to_prompt
-from hooked_video.results import JsonlRows, check_config
+from hooked_video.data.mcqa import identify_all, to_prompt
+from hooked_video.store import open_store
 from hooked_video.tokens import TokenMap
 
 Range = tuple[int, int] | None  # inclusive, 0-based; None: closed in every layer
@@ -147,9 +147,10 @@ class PathwaySpec:
     def layer_edges(self, tm: TokenMap, n_layers: int) -> dict[int, ko.EdgeSet]:
         """Blocked edges of every layer: the union rule of the effective pathways."""
         cross = ko.cross_frame(tm)
-        v2q, q2l = ko.between(tm.video, tm.question, tm), ko.between(tm.question, tm.last, tm)
-        always = ko.self_edges(tm.last, tm) | ko.between(tm.video, tm.last, tm)
-        v2v, q2q = ko.within(tm.video, tm), ko.within(tm.question, tm)
+        video = tm.video_group  # video tokens and their frames' text
+        v2q, q2l = ko.between(video, tm.question, tm), ko.between(tm.question, tm.last, tm)
+        always = ko.self_edges(tm.last, tm) | ko.between(video, tm.last, tm)
+        v2v, q2q = ko.within(video, tm), ko.within(tm.question, tm)
         top_v2q = self.v2q[1] if self.v2q else -1
         top_q2l = self.q2l[1] if self.q2l else -1
         edges = {}
@@ -196,7 +197,7 @@ def random_layer_edges(tm: TokenMap, n_layers: int, fraction: float, seed: int) 
     among pairs whose query and key are both at or after the video start; a fresh draw per layer.
     """
     n = tm.n_positions
-    start = int(tm.video.min())
+    start = int(tm.video_group.min())
     k = n - start
     candidates = torch.tril_indices(k, k) + start  # (2, k(k+1)/2): query, key
     n_block = int(fraction * causal_edges(n))
@@ -339,42 +340,37 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
     if random_fraction is None:
         random_fraction = spec.random_fraction if spec.random_fraction is not None else "run"
     random_fraction = check_random_fraction(random_fraction)
-    files = {}
+    items = identify_all(samples)
+    store = None
     if out is not None:
         config = {"spec": asdict(spec), "random_baseline": random_baseline, "random_fraction": random_fraction, "seed": seed,
                   "num_frames": num_frames, "rule": rule, "model": str(getattr(model.cfg, "model_name", "")),
                   "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
-        check_config(out, config, resume)
-        files = {"main": JsonlRows(Path(out) / "rows.jsonl"), "random": JsonlRows(Path(out) / "random.jsonl")}
-    items = [identify(item, i) for i, item in enumerate(samples)]
-    _check_unique_ids(items)
+        store = open_store(out, "pathways.evaluate", config, [(i, item) for i, _, item in items], key=("sample_id",),
+                           resume=resume)  # fmt: skip
     per_sample = random_fraction == "sample"
-    rows = _run_phase(model, items, files.get("main"), "pathway evaluation", progress, lambda prompt, sid: {
-        "answer": prompt.answer, "n_positions": prompt.n_positions,
-        **evaluate_prompt(model, prompt, spec, random_baseline and per_sample, None, seed, sid, rule, engine)}, num_frames)  # fmt: skip
-    if random_baseline and not per_sample and rows:
-        if random_fraction == "run":
-            fraction = 1 - sum(r["pathways_retained"] for r in rows) / sum(r["pathways_baseline"] for r in rows)
-        else:
-            fraction = random_fraction
-        random_rows = _run_phase(model, items, files.get("random"), "random baseline", progress,
-                                 lambda prompt, sid: random_prompt(model, prompt, fraction, seed, sid, rule, engine=engine),
-                                 num_frames)  # fmt: skip
-        by_id = {r["sample_id"]: r for r in random_rows}
-        rows = [{**r, **{k: v for k, v in by_id[r["sample_id"]].items() if k.startswith("random")}} for r in rows]
+    try:
+        rows = _run_phase(model, items, store, "rows", "pathway evaluation", progress, lambda prompt, sid: {
+            "answer": prompt.answer, "n_positions": prompt.n_positions,
+            **evaluate_prompt(model, prompt, spec, random_baseline and per_sample, None, seed, sid, rule, engine)}, num_frames)  # fmt: skip
+        if random_baseline and not per_sample and rows:
+            if random_fraction == "run":
+                fraction = 1 - sum(r["pathways_retained"] for r in rows) / sum(r["pathways_baseline"] for r in rows)
+            else:
+                fraction = random_fraction
+            random_rows = _run_phase(model, items, store, "random", "random baseline", progress,
+                                     lambda prompt, sid: random_prompt(model, prompt, fraction, seed, sid, rule, engine=engine),
+                                     num_frames)  # fmt: skip
+            by_id = {r["sample_id"]: r for r in random_rows}
+            rows = [{**r, **{k: v for k, v in by_id[r["sample_id"]].items() if k.startswith("random")}} for r in rows]
+    finally:
+        if store is not None:
+            store.close()
     for row in rows:
         for setting in ("full", "pathways", "random"):
             if f"{setting}_pred" in row:
                 row[f"{setting}_correct"] = row[f"{setting}_pred"] == row["answer"]
     return PathwayReport(pd.DataFrame(rows), spec, rule)
-
-
-def _check_unique_ids(items) -> None:
-    seen = set()
-    for sample_id, _, _ in items:
-        if sample_id in seen:
-            raise ValueError(f"sample id {sample_id!r} appears twice; ids must be unique")
-        seen.add(sample_id)
 
 
 @torch.no_grad()
@@ -390,15 +386,15 @@ def random_prompt(model, prompt, fraction: float, seed: int, sample_id: str, rul
             "random_baseline": counts.baseline, "random_fraction": fraction}  # fmt: skip
 
 
-def _run_phase(model, items, rows_file, desc: str, progress: bool, compute, num_frames) -> list[dict]:
-    """One row per sample from ``compute(prompt, sample_id)``, resuming from ``rows_file``."""
-    done = {r["sample_id"]: r for r in rows_file.rows} if rows_file else {}
+def _run_phase(model, items, store, table: str, desc: str, progress: bool, compute, num_frames) -> list[dict]:
+    """One row per sample from ``compute(prompt, sample_id)``, resuming from ``store``'s ``table``."""
+    done = {r["sample_id"]: r for r in store.rows(table)} if store is not None else {}
     rows = []
     for sample_id, task, item in tqdm(items, desc=desc, disable=not progress):
         if sample_id not in done:
             row = {"sample_id": sample_id, "task": task, **compute(to_prompt(model, item, num_frames), sample_id)}
-            if rows_file is not None:
-                rows_file.append([row])
+            if store is not None:
+                store.add(table, [row])
             done[sample_id] = row
         rows.append(done[sample_id])
     return rows

@@ -45,7 +45,8 @@ class PromptTemplate:
 
     ``conversation="chat-template"`` renders the turns with the model's chat template;
     ``"map-the-flow"`` writes the released code's conversation verbatim (see ``named``):
-    ``{system}\n USER: {video}\n USER: {user text} ASSISTANT:{answer prefix}``.
+    ``{system}\n {user}{video}\n {user}{user text} {assistant}{answer prefix}`` with the
+    ``roles`` ("USER: ", "ASSISTANT:" for Vicuna; "<|user|>\n", "<|assistant|>\n" for Phi-3).
     """
 
     question_label: str = "Question: "
@@ -56,6 +57,7 @@ class PromptTemplate:
     answer_prefix: str = "Best option:("
     system_prompt: str | None = PAPER_SYSTEM_PROMPT
     conversation: str = "chat-template"
+    roles: tuple[str, str] = ("USER: ", "ASSISTANT:")
 
     def __post_init__(self) -> None:
         if self.conversation not in CONVERSATIONS:
@@ -70,9 +72,13 @@ class PromptTemplate:
         """A template by name (``TEMPLATES``): "default" (the paper's wording in the model's chat
         template), "map-the-flow" (the released code's exact prompt for the LLaVA-NeXT-Video-FT
         models: a second ``USER:`` turn, untyped, and a space before ``\nOnly``),
-        "map-the-flow-open-ended", "free-form"."""
+        "map-the-flow-phi3" (the same for Mini-InternVL-4B), "map-the-flow-videollama3"
+        (VideoLLaMA3's instruction, no system prompt, no answer prefix), their open-ended
+        variants, "free-form"."""
         if name not in TEMPLATES:
-            raise KeyError(f"unknown template {name!r}; templates: {sorted(TEMPLATES)}")
+            from hooked_video.checks import InvalidInputError
+
+            raise InvalidInputError(f"unknown template {name!r}; templates: {sorted(TEMPLATES)}")
         return TEMPLATES[name]()
 
     def render_user_text(self, question: str, options: list[str]) -> tuple[str, dict]:
@@ -96,15 +102,26 @@ class PromptTemplate:
 
     def render_conversation(self, user_text: str, video: str) -> str:
         """The whole prompt of a ``"map-the-flow"`` conversation, up to the assistant's turn."""
+        user, assistant = self.roles
         system = f"{self.system_prompt}\n " if self.system_prompt else ""
-        return f"{system}USER: {video}\n USER: {user_text} ASSISTANT:"
+        return f"{system}{user}{video}\n {user}{user_text} {assistant}"
 
+
+PHI3_ROLES = ("<|user|>\n", "<|assistant|>\n")
+#: VideoLLaMA3's own multiple-choice instruction (the paper runs it without an answer prefix).
+VIDEOLLAMA3_INSTRUCTION = "\nAnswer with the option's letter from the given choices directly and only give the best option."
 
 TEMPLATES = {
     "default": PromptTemplate,
     "map-the-flow": lambda: PromptTemplate(instruction=" \nOnly give the best option.", conversation="map-the-flow"),
     "map-the-flow-open-ended": lambda: PromptTemplate(question_label="", instruction="", answer_prefix="",
                                                       system_prompt=OPEN_ENDED_SYSTEM_PROMPT, conversation="map-the-flow"),
+    "map-the-flow-phi3": lambda: PromptTemplate(instruction=" \nOnly give the best option.", conversation="map-the-flow",
+                                                roles=PHI3_ROLES),
+    "map-the-flow-phi3-open-ended": lambda: PromptTemplate(question_label="", instruction="", answer_prefix="",
+                                                           system_prompt=OPEN_ENDED_SYSTEM_PROMPT,
+                                                           conversation="map-the-flow", roles=PHI3_ROLES),
+    "map-the-flow-videollama3": lambda: PromptTemplate(instruction=VIDEOLLAMA3_INSTRUCTION, answer_prefix="", system_prompt=None),
     "free-form": PromptTemplate.free_form,
 }
 
@@ -190,35 +207,6 @@ def extend_inputs(inputs: dict, token_ids: list[int]) -> dict:
     return extended
 
 
-def resolve_answer(answer, options: list[str]) -> int | None:
-    """An answer index, from an int index or the option's text."""
-    if answer is None:
-        return None
-    if not options:
-        raise ValueError("answer= needs options=[...]: a free-form question has no option to be true.")
-    if isinstance(answer, str):
-        if answer not in options:
-            raise ValueError(f"answer {answer!r} is not among the options {options}.")
-        return options.index(answer)
-    if not 0 <= int(answer) < len(options):
-        raise ValueError(
-            f"answer index {answer} is outside the {len(options)} options (0..{len(options) - 1})."
-        )
-    return int(answer)
-
-
-def collapse_video_runs(ids: list[int], video_token_id: int) -> tuple[list[int], list[int]]:
-    """Collapse each run of video placeholders to one; returns (ids, run lengths)."""
-    out, runs = [], []
-    for token in ids:
-        if token == video_token_id and out and out[-1] == video_token_id and runs[-1] > 0:
-            runs[-1] += 1
-            continue
-        out.append(token)
-        runs.append(1 if token == video_token_id else 0)
-    return out, [r for r in runs if r]
-
-
 def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, stop: int) -> tuple[int, int]:
     """Minimal token span [first, last + 1) whose characters cover [start, stop)."""
     hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < stop and b > start]
@@ -227,32 +215,54 @@ def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, stop: int) -
     return hits[0], hits[-1] + 1
 
 
-def align_text(tokenizer, text: str, expanded_ids: list[int], video_token_id: int):
-    """Tokenize `text` with offsets and check it matches the processor's expanded ids.
+@dataclass(frozen=True)
+class TextAlignment:
+    """How the prompt text's own tokens sit in the processor's expanded ids.
 
-    Returns (offsets of the unexpanded tokens, index of the placeholder, its run length).
+    Attributes:
+        offsets: character offsets of the unexpanded tokens.
+        placeholder: index of the video placeholder among the unexpanded tokens.
+        region: [start, stop) of what the processor wrote for the video, in expanded positions
+            (placeholders, and any frame text and markers it adds).
     """
-    collapsed, runs = collapse_video_runs(expanded_ids, video_token_id)
+
+    offsets: list[tuple[int, int]]
+    placeholder: int
+    region: tuple[int, int]
+
+    def position(self, token: int) -> int:
+        """The expanded position of unexpanded token ``token`` (not the placeholder itself)."""
+        if token < self.placeholder:
+            return token
+        return token + (self.region[1] - self.region[0]) - 1
+
+
+def align_text(tokenizer, text: str, expanded_ids: list[int], placeholder_id: int) -> TextAlignment:
+    """Tokenize ``text`` with offsets and check that the processor's ``expanded_ids`` are those
+    tokens with the one video placeholder replaced by a region (the video's tokens)."""
     for add_special in (True, False):
         encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special)
-        if encoded["input_ids"] == collapsed:
-            break
-    else:
-        raise PromptLayoutError(
-            "the processor's token ids do not match a plain tokenization of the prompt text, so "
-            "question and option spans cannot be located; is the tokenizer a fast tokenizer?"
-        )
-    placeholder = collapsed.index(video_token_id)
-    return [tuple(o) for o in encoded["offset_mapping"]], placeholder, runs[0]
+        ids = encoded["input_ids"]
+        if ids.count(placeholder_id) != 1:
+            continue
+        k = ids.index(placeholder_id)
+        tail = ids[k + 1 :]
+        stop = len(expanded_ids) - len(tail)
+        if stop > k and expanded_ids[:k] == ids[:k] and expanded_ids[stop:] == tail:
+            return TextAlignment([tuple(o) for o in encoded["offset_mapping"]], k, (k, stop))
+    raise PromptLayoutError(
+        "the processor's token ids do not match a plain tokenization of the prompt text with one video "
+        "placeholder, so question and option spans cannot be located; is the tokenizer a fast tokenizer, "
+        "and does the prompt hold the video placeholder exactly once?"
+    )
 
 
-def expanded_spans(offsets, placeholder: int, run: int, char_spans: dict, base: int) -> TextSpans:
+def expanded_spans(alignment: TextAlignment, char_spans: dict, base: int) -> TextSpans:
     """Token spans of the question block, question and options, in expanded positions."""
 
     def tokens(a: int, b: int) -> tuple[int, int]:
-        first, stop = char_span_to_tokens(offsets, base + a, base + b)
-        shift = run - 1
-        return (first + shift if first > placeholder else first, stop + shift if stop > placeholder else stop)
+        first, stop = char_span_to_tokens(alignment.offsets, base + a, base + b)
+        return alignment.position(first), alignment.position(stop - 1) + 1
 
     question = tokens(*char_spans["question"]) if char_spans["question"][1] > char_spans["question"][0] else None
     options = tuple(tokens(a, b) for a, b in char_spans["options"])
@@ -280,4 +290,11 @@ def letter_token_ids(tokenizer, text: str, n_options: int) -> list[int]:
             raise PromptLayoutError(
                 f"cannot find one token for option letter {letter!r} after the answer prefix."
             )
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    for letter, token in zip(LETTERS, ids):
+        if unknown is not None and token == unknown:
+            raise PromptLayoutError(f"option letter {letter!r} is not in the tokenizer's vocabulary (it becomes "
+                                    f"{tokenizer.unk_token!r}); use at most {ids.index(token)} options with this model")  # fmt: skip
+    if len(set(ids)) < len(ids):
+        raise PromptLayoutError(f"two option letters share one token id ({ids}); the options cannot be told apart")
     return ids

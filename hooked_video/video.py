@@ -6,6 +6,7 @@ tensor, or a list of PIL images, and always returns a (num_frames, H, W, 3) uint
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Sequence, Union
@@ -74,20 +75,62 @@ def _read_decord(path: str, num_frames: int, start, end, short: str) -> Frames:
 
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     indices = segment_midpoints(len(reader), num_frames, float(reader.get_avg_fps()), start, end, short)
-    return reader.get_batch(indices.tolist()).asnumpy()
+    return reader.get_batch(indices.tolist()).asnumpy()  # only these frames are decoded to RGB and kept
 
 
 def _read_pyav(path: str, num_frames: int, start, end, short: str) -> Frames:
+    """Stream the clip, converting and keeping only the sampled frames.
+
+    The indices come from the decoded frame count. When the container states a count
+    (``stream.frames``, e.g. mp4), one pass decodes and keeps the frames at the indices that count
+    gives, and a second pass is needed only if the decoded count turns out different; without it
+    (e.g. mkv, webm), a first pass counts the frames without converting any.
+    """
     import av
 
     with av.open(path) as container:
         stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         fps = float(stream.average_rate) if stream.average_rate else None
-    if not frames:
+        stated = stream.frames  # 0 when the container does not say
+
+    def pick(n_total: int) -> np.ndarray:
+        return segment_midpoints(n_total, num_frames, fps, start, end, short)
+
+    if stated > 0:
+        try:
+            indices = pick(stated)
+        except VideoError:  # the stated count may be short of the decodable frames: count them
+            indices = np.array([], dtype=int)
+        count, frames = _pyav_frames(path, indices)
+        if count == stated and len(indices):
+            return frames
+    else:
+        count, _ = _pyav_frames(path, [])
+    if count == 0:
         raise VideoError(f"no video frames could be decoded from {path}.")
-    indices = segment_midpoints(len(frames), num_frames, fps, start, end, short)
-    return np.stack([frames[i] for i in indices])
+    return _pyav_frames(path, pick(count))[1]
+
+
+def _pyav_frames(path: str, indices) -> tuple[int, Frames | None]:
+    """Decode every frame of the first video stream once; return the number of frames and the
+    rgb24 frames at ``indices`` (None if none are asked or the clip has fewer frames). Only those
+    frames are converted, each copied straight into the output array."""
+    import av
+
+    positions: dict[int, list[int]] = {}  # frame index -> its places in the output
+    for place, index in enumerate(indices):
+        positions.setdefault(int(index), []).append(place)
+    out, count = None, 0
+    with av.open(path) as container:
+        for count, frame in enumerate(container.decode(container.streams.video[0]), start=1):
+            if count - 1 in positions:
+                array = frame.to_ndarray(format="rgb24")
+                if out is None:
+                    out = np.empty((len(indices), *array.shape), dtype=np.uint8)
+                out[positions[count - 1]] = array
+    if not positions or count <= max(positions):
+        return count, None
+    return count, out
 
 
 def _decoders(backend: str):
@@ -108,7 +151,7 @@ def _decoders(backend: str):
 def _read_file(path: Path, num_frames: int, start, end, backend: str, short: str) -> Frames:
     if not path.is_file():
         raise VideoError(f"video file not found: {path}")
-    errors = []
+    errors, out_of_memory = [], False
     for read in _decoders(backend):
         try:
             return read(str(path), num_frames, start, end, short)
@@ -116,7 +159,20 @@ def _read_file(path: Path, num_frames: int, start, end, backend: str, short: str
             raise
         except Exception as exc:  # decoders raise their own, unrelated error types
             errors.append(f"{read.__name__[6:]}: {type(exc).__name__}: {exc}")
+            out_of_memory |= _is_out_of_memory(exc, str(path))
+    if out_of_memory:
+        raise VideoError(
+            f"memory ran out while decoding video {path} ({'; '.join(errors)}); ask for fewer frames "
+            "(num_frames=...), or use shorter or lower-resolution videos."
+        )
     raise VideoError(f"could not decode video {path} ({'; '.join(errors)}); is it a video file?")
+
+
+def _is_out_of_memory(exc: BaseException, path: str) -> bool:
+    """MemoryError (numpy's and PyAV's included), ENOMEM, or a decoder error that mentions memory
+    (in its message, not in the file's path)."""
+    return (isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM
+            or "memory" in str(exc).replace(path, "").lower())  # fmt: skip
 
 
 def _as_array(source) -> Frames:

@@ -59,9 +59,10 @@ def test_token_map_video_positions_are_the_placeholders(hooked, prompt):
     assert torch.equal(torch.cat([tm.video, separators_in_run]).sort().values, placeholders)
     assert all(tm.role[i] == "video" for i in tm.video.tolist())
     assert (tm.frame_of[tm.video_separators] == -1).all()
-    assert tm.video_separators.numel() == {"LlavaNextVideoFamily": 0, "LlavaOnevisionFamily": 1, "PllavaFamily": 0}.get(
-        type(hooked.family).__name__, 2
-    )
+    markers = torch.isin(ids, torch.tensor(hooked.family.separator_ids(), dtype=ids.dtype)).nonzero().flatten()
+    expected = {"LlavaOnevisionFamily": 1}.get(type(hooked.family).__name__, 0) + len(markers)
+    assert tm.video_separators.numel() == expected
+    assert torch.isin(markers, tm.video_separators).all()
 
 
 def model_grid(hf_model, prompt):
@@ -72,8 +73,11 @@ def model_grid(hf_model, prompt):
         return tuple(config.pooling_shape)
     if "video_grid_thw" in inputs:
         t, h, w = inputs["video_grid_thw"][0].tolist()
-        m = vision.spatial_merge_size
+        m = int(inputs["video_merge_sizes"][0]) if "video_merge_sizes" in inputs else vision.spatial_merge_size
         return t, h // m, w // m
+    if hasattr(config, "downsample_ratio"):  # InternVL: pixel shuffle of each frame's patch grid
+        side = int(vision.image_size[0] // vision.patch_size[0] * config.downsample_ratio)
+        return inputs["pixel_values"].shape[0], side, side
     side = vision.image_size // vision.patch_size
     pooled = side // config.spatial_pool_stride if hasattr(config, "spatial_pool_stride") else -(-side // 2)
     return inputs["pixel_values_videos"].shape[1], pooled, pooled
@@ -109,7 +113,8 @@ def test_text_spans(prompt):
     assert [toks[i] for i in tm.true_option] == ["(", "B", ")", "right"]
     assert [toks[i] for i in tm.false_options] == ["(", "A", ")", "left"]
     assert toks[int(tm.question[0])] == "Question" and int(tm.question[-1]) == int(tm.true_option[-1])
-    assert toks[-1] == "(" and tm.last.tolist() == [prompt.n_positions - 1]
+    assert tm.last.tolist() == [prompt.n_positions - 1]
+    assert toks[-1] == ("(" if prompt.template.answer_prefix.endswith("(") else "\n")  # VideoLLaMA3: no prefix
     # the letter ids are the ids the letters have inside the options
     assert prompt.option_token_ids == [int(prompt.input_ids[0, tm.options[i][1]]) for i in range(2)]
     assert prompt.answer_token_id == prompt.option_token_ids[1]
@@ -126,12 +131,15 @@ def test_family_registry_covers_the_architectures():
     assert set(FAMILIES) == {
         "LlavaNextVideoForConditionalGeneration", "LlavaOnevisionForConditionalGeneration",
         "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "PllavaForConditionalGeneration",
+        "Qwen3VLForConditionalGeneration", "InternVLForConditionalGeneration", "VideoLlama3ForConditionalGeneration",
     }  # fmt: skip
 
 
 def test_mrope_positions_follow_the_token_grid(hooked, frames):
-    """Qwen-VL: the 3-D rotary positions the LM receives put video token (t, h, w) at
-    (t0 + t * step, h0 + h, w0 + w): the model's own layout agrees with the token map."""
+    """Qwen-VL: the 3-D rotary positions the LM receives put video token (t, h, w) of a slot at
+    (t_slot, h_slot + h, w_slot + w), t_slot rising from slot to slot (Qwen2/2.5-VL: one origin
+    for all slots; Qwen3-VL: a new origin per slot, after its timestamp text): the model's own
+    layout agrees with the token map."""
     if "Qwen" not in type(hooked.hf_model).__name__:
         pytest.skip("M-RoPE is Qwen-VL only")
     eight = np.concatenate([frames, frames[::-1]])
@@ -146,12 +154,14 @@ def test_mrope_positions_follow_the_token_grid(hooked, frames):
     tm = prompt.token_map
     pos = seen["pos"][-3:, 0]  # (t, h, w) components
     t, h, w = tm.grid_shape
-    origin = pos[:, tm.grid[0, 0, 0]]
-    cells = pos[:, tm.grid.reshape(-1)] - origin[:, None]
-    expected = tm.cell[tm.grid.reshape(-1)].T
-    assert torch.equal(cells[1:], expected[1:])  # h and w exactly
-    step = cells[0].reshape(t, h * w)
-    assert (step == step[:, :1]).all() and (step[1:, 0] > step[:-1, 0]).all()  # one t per slot, rising
+    slot_t = []
+    for i in range(t):
+        frame = tm.frame(i)
+        cells = pos[:, frame] - pos[:, frame[:1]]
+        assert torch.equal(cells[1:], tm.cell[frame].T[1:])  # h and w exactly, within the slot
+        assert (cells[0] == 0).all()  # one t per slot
+        slot_t.append(int(pos[0, frame[0]]))
+    assert slot_t == sorted(slot_t) and len(set(slot_t)) == t  # rising from slot to slot
     assert int(pos[0, tm.last]) > int(pos[:, tm.video].max())  # text resumes after the video
 
 
@@ -176,3 +186,19 @@ def test_embedded_prompt_gives_the_same_logits_and_keeps_the_video_hook(hooked, 
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert not torch.allclose(a, hooked(prompt))
     torch.testing.assert_close(batch, hooked(prompt).expand(3, -1, -1), atol=1e-5, rtol=0)
+
+
+def test_perturbing_one_input_frame_moves_exactly_its_slot(hooked, prompt, frames):
+    """Change the pixels of one input frame: the video features that change are exactly the
+    token map's tokens of that frame's temporal slot (the vision encoders work frame by frame)."""
+    tm = prompt.token_map
+    features = hooked.run_with_cache(prompt, names_filter="hook_video_embeds")[1]["hook_video_embeds"][0]
+    for frame in (0, len(frames) - 1):
+        edited = frames.copy()
+        edited[frame] = 255 - edited[frame]
+        other = hooked.prepare(edited, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+        changed_features = hooked.run_with_cache(other, names_filter="hook_video_embeds")[1]["hook_video_embeds"][0]
+        moved = (changed_features - features).abs().amax(-1) > 1e-6
+        slot = frame // tm.temporal_patch_size
+        expected = torch.isin(tm.video, tm.frame(slot))
+        assert torch.equal(moved, expected), (frame, moved.nonzero().flatten().tolist())

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 
 from hooked_video import save_video
+from hooked_video.store import load_results
 
 
 def run(*args):
@@ -54,13 +55,13 @@ def test_flow_and_lens_commands(tmp_path):
             "--window", "1", "--select", "all", "--frames", "4", "--out", str(tmp_path / "flow")]  # fmt: skip
     out = run(*args)
     assert out.returncode == 0, out.stderr
-    rows = [json.loads(line) for line in (tmp_path / "flow" / "rows.jsonl").read_text().splitlines()]
+    rows = load_results(tmp_path / "flow").to_dict("records")
     assert len(rows) == 2 * 5 * 2  # samples x conditions x layers
     summary = json.loads((tmp_path / "flow" / "summary.json").read_text())
     assert summary["n_samples"] == 2 and len(summary["rel_change"]) == 5 * 2
     again = run(*args)  # resumes: nothing to add
     assert again.returncode == 0, again.stderr
-    assert len((tmp_path / "flow" / "rows.jsonl").read_text().splitlines()) == len(rows)
+    assert len(load_results(tmp_path / "flow")) == len(rows)
 
     prune = run("prune", "--model", str(model), "--data", str(data), "--from-sweep", str(tmp_path / "flow"),
                 "--threshold", "-1000", "--frames", "4", "--out", str(tmp_path / "prune"))  # fmt: skip
@@ -72,12 +73,12 @@ def test_flow_and_lens_commands(tmp_path):
                    "--frames", "64", "--short-windows", "repeat", "--out", str(tmp_path / "prune7b"))  # fmt: skip
     assert mismatch.returncode == 0, mismatch.stderr
     assert "measured on byminji/LLaVA-NeXT-7B-Video-FT (32 layers)" in mismatch.stderr
-    rows = [json.loads(line) for line in (tmp_path / "prune7b" / "random.jsonl").read_text().splitlines()]
+    rows = load_results(tmp_path / "prune7b", "random").to_dict("records")
     assert {r["random_fraction"] for r in rows} == {0.58}  # the preset's r, as the released 7B script
     own = run("prune", "--model", str(model), "--data", str(data), "--from-sweep", str(tmp_path / "flow"),
               "--threshold", "-1000", "--frames", "4", "--random-fraction", "sample", "--out", str(tmp_path / "own"))  # fmt: skip
     assert own.returncode == 0, own.stderr
-    rows = [json.loads(line) for line in (tmp_path / "own" / "rows.jsonl").read_text().splitlines()]
+    rows = load_results(tmp_path / "own").to_dict("records")
     for r in rows:  # each sample's own pruned share
         assert r["random_fraction"] == 1 - r["pathways_retained"] / r["pathways_baseline"]
     help_text = run("prune", "--help").stdout
@@ -88,7 +89,7 @@ def test_flow_and_lens_commands(tmp_path):
     out = run("lens", "--model", str(model), "--data", str(data), "--variant", "embed", "--norm", "released", "--frames", "4",
               "--select", "all", "--keywords", str(keywords), "--min-count", "0", "--out", str(tmp_path / "lens"))  # fmt: skip
     assert out.returncode == 0, out.stderr
-    lens_rows = (tmp_path / "lens" / "lens.jsonl").read_text().splitlines()
+    lens_rows = load_results(tmp_path / "lens", "lens").to_dict("records")
     assert len(lens_rows) == 2 * 2  # samples x lens entries
     summary = json.loads((tmp_path / "lens" / "summary.json").read_text())
     assert set(summary["keywords"]) == {"spatial", "temporal"}
@@ -114,7 +115,7 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert set(summary["accuracy"]["overall"]) == {"toy-image", "toy-video-ft"}
     assert "Too little evidence" in page  # two questions per task cannot carry a finding
     assert "numbered from 1" in page and "<style>" in page
-    assert (tmp_path / "report" / "results" / "video_flow" / "rows.jsonl").exists()
+    assert (tmp_path / "report" / "results" / "video_flow" / "results.sqlite").exists()
 
 
 def test_reproduce_command(tmp_path):
@@ -148,7 +149,7 @@ def test_open_ended_flow_command(tmp_path):
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "oe" / "summary.json").read_text())
     assert summary["anchor"] == 2 and summary["n_samples"] == 1
-    baseline = [json.loads(line) for line in (tmp_path / "oe" / "baseline.jsonl").read_text().splitlines()]
-    rows = (tmp_path / "oe" / "rows.jsonl").read_text().splitlines() if summary["n_traced"] else []
+    baseline = load_results(tmp_path / "oe", "baseline").to_dict("records")
+    rows = load_results(tmp_path / "oe").to_dict("records") if summary["n_traced"] else []
     assert len(rows) == summary["n_traced"] * 5 * 2  # conditions x layers
     assert "answer" in baseline[0]

@@ -14,7 +14,7 @@ import torch
 
 from hooked_video import flow, knockout
 from hooked_video.data import Sample
-from hooked_video.results import JsonlRows, ResultsMismatchError
+from hooked_video.store import ResultsMismatchError, load_results
 
 
 @pytest.fixture(scope="module")
@@ -154,15 +154,6 @@ def test_results_folder_refuses_other_settings(llava, tmp_path):
     assert len(flow.load(tmp_path)) == llava.cfg.n_layers
 
 
-def test_torn_last_line_is_repaired(tmp_path):
-    path = tmp_path / "rows.jsonl"
-    path.write_text(json.dumps({"a": 1}) + "\n" + '{"a": 2')
-    rows = JsonlRows(path)
-    assert rows.rows == [{"a": 1}]
-    rows.append([{"a": 3}])
-    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"a": 1}, {"a": 3}]
-
-
 KILLED_RUN = textwrap.dedent(
     """
     import os, signal, sys
@@ -195,10 +186,8 @@ def test_killed_sweep_resumes_to_exactly_the_uninterrupted_rows(llava, deep_path
     out = tmp_path / "run"
     killed = run_sweep_process(deep_paths["llava_next_video"], out, kill_at=12)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    partial = JsonlRows(out / "rows.jsonl").rows
+    partial = load_results(out)
     assert 0 < len(partial) < len(reference)
-    with open(out / "rows.jsonl", "a") as f:  # as if killed in the middle of a write
-        f.write('{"sample_id": "s1", "tar')
     resumed = run_sweep_process(deep_paths["llava_next_video"], out, kill_at=0)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = flow.load(out)

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 import torch
-from hf_reference import load_hf
+from hf_reference import layer_inputs, load_hf
 
 from hooked_video import lens
 from hooked_video.tokens import TextSpans, build_token_map
@@ -19,20 +19,20 @@ def hf_states(arch, deep, deep_prompt, deep_paths, cache):
     if arch not in cache:
         hf = load_hf(deep_paths[arch], deep)
         with torch.no_grad():
-            out = hf(**deep_prompt.inputs, output_hidden_states=True)
-        cache[arch] = (hf, out)
+            logits = hf(**deep_prompt.inputs).logits
+        cache[arch] = (hf, layer_inputs(hf, deep_prompt.inputs), logits)
     return cache[arch]
 
 
 @pytest.mark.parametrize("variant", lens.VARIANTS)
 def test_lens_equals_direct_projection_of_hf_hidden_states(arch, deep, deep_prompt, deep_paths, hf_hidden, variant):
-    """Entries 0..L-2 are HF's hidden_states[0..L-2] (inputs of blocks), entry L-1 is the
-    final-norm output hidden_states[L]; projected with W_U (after the norm for "unembed") or W_E."""
-    hf, out = hf_states(arch, deep, deep_prompt, deep_paths, hf_hidden)
+    """Entries 0..L-2 are the inputs of HF's decoder layers 0..L-2, entry L-1 is the final-norm
+    output; projected with W_U (after the norm for "unembed") or W_E."""
+    hf, inputs, _ = hf_states(arch, deep, deep_prompt, deep_paths, hf_hidden)
     tm, n_layers = deep_prompt.token_map, deep.cfg.n_layers
     result = lens.logit_lens(deep, deep_prompt, variant=variant, top_k=3)
     assert result.top_ids.shape == (n_layers, len(tm.video), 3)
-    states = list(out.hidden_states[: n_layers - 1]) + [out.hidden_states[n_layers]]
+    states = inputs[: n_layers - 1] + [inputs[n_layers]]
     norm = hf.model.language_model.norm
     for layer, state in enumerate(states):
         x = state[0, tm.video]
@@ -76,23 +76,23 @@ def test_lens_result_layouts(deep, deep_prompt):
 def test_answer_probability_by_layer(arch, deep, deep_prompt, deep_paths, hf_hidden, norm):
     """Each norm mode against HF hidden states projected by hand: "released" normalises only the
     last layer's residual, "final" every layer's, "none" no layer's."""
-    hf, out = hf_states(arch, deep, deep_prompt, deep_paths, hf_hidden)
+    hf, inputs, logits = hf_states(arch, deep, deep_prompt, deep_paths, hf_hidden)
     letters, n_layers = deep_prompt.option_token_ids, deep.cfg.n_layers
     table = lens.answer_probability_by_layer(deep, deep_prompt, norm=norm)
     assert len(table) == n_layers * len(letters) and (table.norm == norm).all()
     assert table.groupby("layer").is_true.sum().eq(1).all()
     norm_module = hf.model.language_model.norm
     for layer in range(n_layers):
-        # hidden_states[l + 1] is the residual after block l, except the last entry, which HF
-        # stores already normalised: the raw residual after the last block is taken by a hook
-        x = out.hidden_states[layer + 1][0, -1] if layer < n_layers - 1 else last_raw_residual(hf, deep_prompt)
+        # the residual after block l is the input of block l + 1; after the last block (before
+        # the final norm) it is taken by a hook
+        x = inputs[layer + 1][0, -1] if layer < n_layers - 1 else last_raw_residual(hf, deep_prompt)
         normed = norm in ("final",) or (norm == "released" and layer == n_layers - 1)
         with torch.no_grad():
             expected = hf.lm_head(norm_module(x) if normed else x).float().softmax(-1)[letters]
         got = table[table.layer == layer].sort_values("option").prob.to_numpy()
         torch.testing.assert_close(torch.tensor(got, dtype=torch.float32), expected, atol=1e-6, rtol=0)
     if norm != "none":  # the last layer with the norm is the model's own answer
-        final = out.logits[0, -1].float().softmax(-1)[letters]
+        final = logits[0, -1].float().softmax(-1)[letters]
         got = table[table.layer == n_layers - 1].sort_values("option").prob.to_numpy()
         torch.testing.assert_close(torch.tensor(got, dtype=torch.float32), final, atol=1e-6, rtol=0)
 

@@ -161,9 +161,12 @@ def test_presets_carry_the_released_random_fractions():
 def test_evaluate_uses_the_presets_fraction(deep, frames, arch):
     if arch == "pllava":
         pytest.skip("the tiny PLLaVA pools any video to 16 tokens: too few beside the system prompt for 58% of all edges")
-    # 96 frames: the video is long enough beside the system prompt for 58% of all edges
-    prompt = deep.prepare(np.repeat(frames, 24, axis=0), "what happens first ?", ["the ball falls", "the cup moves"],
-                          answer=0, num_frames=None)  # fmt: skip
+    # enough frames for the video to outweigh the system prompt 4:1 (so 58% of all edges can start there)
+    question = ("what happens first ?", ["the ball falls", "the cup moves"])
+    short = deep.prepare(frames, *question, answer=0, num_frames=None).token_map
+    per_frame, other = len(short.video_group) / len(frames), short.n_positions - len(short.video_group)
+    repeats = max(1, int(np.ceil(4 * other / per_frame / len(frames))))
+    prompt = deep.prepare(np.repeat(frames, repeats, axis=0), *question, answer=0, num_frames=None)
     spec = pathways.PathwaySpec.preset("llava-next-7b-video-ft")
     with pytest.warns(UserWarning, match="32 layers"):
         report = pathways.evaluate(deep, [prompt], spec, progress=False)

@@ -6,10 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from hooked_video.store import load_results
 from hf_reference import last_probs, load_hf
 
 from hooked_video import knockout, pathways
 from hooked_video.data import Sample
+from hooked_video.store import load_results
 from hooked_video.tokens import TextSpans, build_token_map
 
 
@@ -161,4 +164,4 @@ def test_evaluate_report_and_resume(deep_paths, tmp_path):
     again = pathways.evaluate(model, make_samples(4), spec, seed=3, num_frames=None, out=tmp_path, rule="option-argmax",
                               progress=False)  # fmt: skip
     pd.testing.assert_frame_equal(again.rows, rows)
-    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 4
+    assert len(load_results(tmp_path)) == 4

@@ -1,5 +1,7 @@
 """load_video on real H.264 files written with PyAV and read with decord (and PyAV)."""
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,137 @@ def test_bad_arrays():
         load_video(np.zeros((8, 8, 8, 3), np.float32))
     with pytest.raises(VideoError, match="fps"):
         load_video(np.zeros((8, 8, 8, 3), np.uint8), num_frames=2, start=0.1)
+
+
+@pytest.fixture(scope="module")
+def noisy_clip(tmp_path_factory):
+    """Random frames (every pixel matters) as an mp4 and an mkv (which states no frame count)."""
+    frames = np.random.default_rng(1).integers(0, 256, (N_FRAMES, 48, 64, 3), dtype=np.uint8)
+    folder = tmp_path_factory.mktemp("noisy")
+    return {ext: save_video(frames, folder / f"clip.{ext}", fps=FPS) for ext in ("mp4", "mkv")}
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+@pytest.mark.parametrize("window", [dict(), dict(start=1.0, end=2.5), dict(start=0.5, end=1.0, short="repeat")])
+def test_pyav_and_decord_give_identical_frames(noisy_clip, ext, window):
+    decord = load_video(noisy_clip[ext], num_frames=8, backend="decord", **window)
+    pyav = load_video(noisy_clip[ext], num_frames=8, backend="pyav", **window)
+    assert pyav.shape == (8, 48, 64, 3)
+    np.testing.assert_array_equal(pyav, decord)
+
+
+class _CountingFrames:
+    """Wraps av.open so that every array a decoded frame converts to is counted while alive."""
+
+    def __init__(self, av):
+        self.open, self.converted, self.alive, self.most_alive, self.decoded = av.open, 0, 0, 0, 0
+
+    def __call__(self, *args, **kwargs):
+        container, counter = self.open(*args, **kwargs), self
+
+        class Container:
+            streams = container.streams
+
+            def __enter__(self):
+                container.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return container.__exit__(*exc)
+
+            def decode(self, *streams):
+                for frame in container.decode(*streams):
+                    counter.decoded += 1
+                    yield _CountedFrame(frame, counter)
+
+        return Container()
+
+    def _born(self, array):
+        self.converted += 1
+        self.alive += 1
+        self.most_alive = max(self.most_alive, self.alive)
+        weakref.finalize(array, self._died)
+
+    def _died(self):
+        self.alive -= 1
+
+
+class _CountedFrame:
+    def __init__(self, frame, counter):
+        self.frame, self.counter = frame, counter
+
+    def to_ndarray(self, *args, **kwargs):
+        array = self.frame.to_ndarray(*args, **kwargs)
+        self.counter._born(array)
+        return array
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_pyav_keeps_only_the_sampled_frames(noisy_clip, ext, monkeypatch):
+    import av
+
+    counter = _CountingFrames(av)
+    monkeypatch.setattr(av, "open", counter)
+    frames = load_video(noisy_clip[ext], num_frames=8, backend="pyav")
+    np.testing.assert_array_equal(frames, load_video(noisy_clip[ext], num_frames=8, backend="decord"))
+    # mp4 states its frame count (one pass); mkv does not (a counting pass, then the frames)
+    assert counter.decoded == {"mp4": 1, "mkv": 2}[ext] * N_FRAMES
+    assert counter.converted == 8 and counter.most_alive <= 8
+
+
+def test_pyav_repeated_indices_convert_each_frame_once(noisy_clip, monkeypatch):
+    import av
+
+    counter = _CountingFrames(av)
+    monkeypatch.setattr(av, "open", counter)
+    frames = load_video(noisy_clip["mp4"], num_frames=8, start=0.5, end=1.0, short="repeat", backend="pyav")
+    assert len(frames) == 8 and counter.converted == len(set(segment_midpoints(N_FRAMES, 8, FPS, 0.5, 1.0, "repeat")))
+
+
+def test_pyav_recounts_when_the_stated_count_is_wrong(noisy_clip, monkeypatch):
+    import av
+
+    real_open = av.open
+
+    class Lying:  # a container whose header claims twice the frames it holds
+        def __init__(self, container):
+            self.container = container
+            stream = container.streams.video[0]
+            self.streams = type("S", (), {"video": [type("V", (), {"frames": 2 * N_FRAMES,
+                                                                   "average_rate": stream.average_rate})()]})()  # fmt: skip
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.container.__exit__(*exc)
+
+        def decode(self, *streams):
+            return self.container.decode(self.container.streams.video[0])
+
+    monkeypatch.setattr(av, "open", lambda *a, **k: Lying(real_open(*a, **k)))
+    frames = load_video(noisy_clip["mp4"], num_frames=8, backend="pyav")
+    monkeypatch.setattr(av, "open", real_open)
+    np.testing.assert_array_equal(frames, load_video(noisy_clip["mp4"], num_frames=8, backend="pyav"))
+
+
+@pytest.mark.parametrize("error", [MemoryError(), OSError(12, "Cannot allocate memory")])
+def test_out_of_memory_is_reported_as_such(clip, monkeypatch, error):
+    import hooked_video.video as video
+
+    def read(*args):
+        raise error
+
+    for name in ("_read_decord", "_read_pyav"):
+        monkeypatch.setattr(video, name, read)
+    with pytest.raises(VideoError, match="memory ran out.*fewer frames"):
+        load_video(clip, num_frames=8)
+
+
+def test_undecodable_file_in_a_memory_folder_is_not_out_of_memory(tmp_path):
+    bad = tmp_path / "memory" / "bad.mp4"
+    bad.parent.mkdir()
+    bad.write_bytes(b"this is not a video" * 100)
+    with pytest.raises(VideoError, match="could not decode") as err:
+        load_video(bad)
+    assert "memory ran out" not in str(err.value)

@@ -1,7 +1,7 @@
 """TransformerLens architecture adapters for the Video LLMs TransformerLens lacks or needs fixed.
 
 ``ADAPTERS`` maps an HF ``config.architectures[0]`` to the adapter ``HookedVideoLLM`` boots with.
-The two architectures TransformerLens has no adapter for are also published through the
+The architectures TransformerLens has no adapter for are also published through the
 ``transformer_lens.architectures`` entry-point group (pyproject.toml) and, on import of this
 package, registered with TransformerLens' factory so that a plain
 ``TransformerBridge.boot_transformers`` finds them too. Native adapters are never overridden
@@ -15,7 +15,9 @@ from hooked_video.adapters.llava import (
     LlavaOnevisionVideoAdapter,
     PllavaArchitectureAdapter,
 )
-from hooked_video.adapters.qwen_vl import Qwen2_5_VLVideoAdapter, Qwen2VLArchitectureAdapter
+from hooked_video.adapters.internvl import InternVLArchitectureAdapter
+from hooked_video.adapters.qwen_vl import Qwen2_5_VLVideoAdapter, Qwen2VLArchitectureAdapter, Qwen3VLVideoAdapter
+from hooked_video.adapters.videollama3 import VideoLlama3ArchitectureAdapter
 
 ADAPTERS = {
     "LlavaNextVideoForConditionalGeneration": LlavaNextVideoArchitectureAdapter,
@@ -23,11 +25,15 @@ ADAPTERS = {
     "Qwen2VLForConditionalGeneration": Qwen2VLArchitectureAdapter,
     "Qwen2_5_VLForConditionalGeneration": Qwen2_5_VLVideoAdapter,
     "PllavaForConditionalGeneration": PllavaArchitectureAdapter,
+    "InternVLForConditionalGeneration": InternVLArchitectureAdapter,
+    "VideoLlama3ForConditionalGeneration": VideoLlama3ArchitectureAdapter,
+    "Qwen3VLForConditionalGeneration": Qwen3VLVideoAdapter,
 }
 
 #: Architectures TransformerLens has no native adapter for (published as entry points).
 NEW_ARCHITECTURES = ("LlavaNextVideoForConditionalGeneration", "Qwen2VLForConditionalGeneration",
-                     "PllavaForConditionalGeneration")  # fmt: skip
+                     "PllavaForConditionalGeneration", "InternVLForConditionalGeneration",
+                     "VideoLlama3ForConditionalGeneration")  # fmt: skip
 
 
 def register_with_transformer_lens() -> None:

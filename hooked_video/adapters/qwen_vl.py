@@ -1,4 +1,4 @@
-"""Qwen-VL adapters: Qwen2-VL (new) and Qwen2.5-VL (native, with editable attention).
+"""Qwen-VL adapters: Qwen2-VL (new), Qwen2.5-VL and Qwen3-VL (native, with editable attention).
 
 TransformerLens' Qwen2.5-VL adapter keeps HF's attention module, so ``hook_attn_scores`` is
 only a read-only copy of the post-softmax pattern and knockout hooks would be ignored. With
@@ -6,7 +6,10 @@ transformers 5.x the M-RoPE sections are merged inside the rotary embedding and 
 applies ordinary rotary, so TransformerLens' reimplemented ``PositionEmbeddingsAttentionBridge``
 reproduces HF exactly and exposes pre-softmax, masked, editable scores. Both adapters use it.
 Positions (M-RoPE ``get_rope_index``) are still computed by HF's forward from
-``mm_token_type_ids`` and ``video_grid_thw``.
+``mm_token_type_ids`` and ``video_grid_thw``. Qwen3-VL's attention adds per-head q/k RMS norms
+(mapped as ``q_norm`` / ``k_norm``); its DeepStack features are added to the residual stream
+at the video positions after the first decoder layers, between blocks: ``blocks.{i}.hook_out``
+omits them, ``blocks.{i+1}.hook_in`` holds them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from transformer_lens.model_bridge.generalized_components import (
     LinearBridge,
     PositionEmbeddingsAttentionBridge,
+    RMSNormalizationBridge,
 )
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 from transformer_lens.model_bridge.generalized_components.qwen3_5_vision_encoder import (
@@ -25,11 +29,14 @@ from transformer_lens.model_bridge.generalized_components.qwen3_5_vision_encoder
 from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import (
     Qwen2_5_VLArchitectureAdapter,
 )
+from transformer_lens.model_bridge.supported_architectures.qwen3_vl import Qwen3VLArchitectureAdapter
 
 
-def _editable_attention(cfg: Any) -> PositionEmbeddingsAttentionBridge:
-    projections = {name: LinearBridge(name=f"{name}_proj") for name in "qkvo"}
-    return PositionEmbeddingsAttentionBridge(name="self_attn", config=cfg, submodules=projections)
+def _editable_attention(cfg: Any, qk_norms: bool = False) -> PositionEmbeddingsAttentionBridge:
+    submodules = {name: LinearBridge(name=f"{name}_proj") for name in "qkvo"}
+    if qk_norms:
+        submodules |= {name: RMSNormalizationBridge(name=name, config=cfg) for name in ("q_norm", "k_norm")}
+    return PositionEmbeddingsAttentionBridge(name="self_attn", config=cfg, submodules=submodules)
 
 
 class Qwen2_5_VLVideoAdapter(Qwen2_5_VLArchitectureAdapter):
@@ -57,3 +64,11 @@ class Qwen2VLArchitectureAdapter(Qwen2_5_VLVideoAdapter):
                 "blocks": Qwen3_5VisionBlockBridge(name="blocks", submodules={"mlp": mlp}),
             },
         )
+
+
+class Qwen3VLVideoAdapter(Qwen3VLArchitectureAdapter):
+    """Qwen3-VL with reimplemented (hookable, editable) text attention, q/k norms included."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.component_mapping["blocks"].submodules["attn"] = _editable_attention(self.cfg, qk_norms=True)

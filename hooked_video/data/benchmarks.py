@@ -12,11 +12,10 @@ demonstration_type, key}}``; the video is ``{root}/videos/{demonstration_type}/{
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from hooked_video.data.mcqa import AnnotationError, Sample, SampleList, sample_from_entry
+from hooked_video.data.mcqa import AnnotationError, Sample, SampleList, read_json, sample_from_entry
 
 TVBENCH_TASKS = (
     "Action Antonym", "Action Count", "Action Localization", "Action Sequence", "Egocentric Sequence",
@@ -55,10 +54,7 @@ class _Benchmark(SampleList):
         self.skipped: list[str] = []
         for stem in wanted:
             path = available[stem]
-            try:
-                entries = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+            entries = read_json(path)
             for index, entry in self._entries(path, entries):
                 try:
                     sample = self._sample(path, stem, index, entry)
@@ -160,5 +156,9 @@ def open_dataset(path: str | Path, tasks: Sequence[str] | None = None, skip_inva
         raise FileNotFoundError(f"{path} is neither a TVBench (json/) nor a TOMATO (jsons/) folder")
     data = MCQADataset(path, skip_invalid=skip_invalid, short_windows=short_windows)
     if tasks:
+        found = sorted({s.task for s in data.samples})
+        unknown = [t for t in tasks if t not in found]
+        if unknown:
+            raise AnnotationError(f"{path}: no sample has task {unknown}; tasks in the file: {found}")
         data.samples = [s for s in data.samples if s.task in set(tasks)]
     return data

@@ -10,14 +10,37 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
-from hooked_video.prompt import resolve_answer
+from hooked_video.checks import InvalidInputError, check_answer, check_options, check_question
 from hooked_video.video import load_video
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InvalidInputError):
     """An annotation entry is malformed; the message names the file and the entry."""
+
+
+def read_json(path: Path):
+    """The parsed JSON of an annotation file; errors name the file."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+
+
+def _window(entry: dict, where: str) -> tuple[float | None, float | None]:
+    """The entry's (start, end) in seconds, checked."""
+    bounds = []
+    for key in ("start", "end"):
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise AnnotationError(f"{where}: {key} must be a non-negative number of seconds, got {value!r}")
+        bounds.append(value)
+    if None not in bounds and bounds[0] >= bounds[1]:
+        raise AnnotationError(f"{where}: start {bounds[0]} is not before end {bounds[1]}")
+    return bounds[0], bounds[1]
 
 
 @dataclass
@@ -70,18 +93,27 @@ def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | N
     if missing:
         raise AnnotationError(f"{where}: missing field(s) {missing}")
     try:
-        answer = resolve_answer(entry["answer"], list(options))
-    except ValueError as err:
+        question = check_question(entry["question"], "question")
+        options = check_options(options, "options")
+        if not options:
+            raise InvalidInputError("options is empty; a multiple-choice question needs at least 2")
+        answer = check_answer(entry["answer"], options)
+    except InvalidInputError as err:
         raise AnnotationError(f"{where}: {err}") from None
+    start, end = _window(entry, where)
     video = entry["video"]
+    if not isinstance(video, str):
+        raise AnnotationError(f"{where}: video must be a file path (a string), got {type(video).__name__}")
     if isinstance(video, str) and video_root is not None and not Path(video).is_absolute():
         video = str(video_root / video)
     if isinstance(video, str) and not Path(video).exists():
         raise AnnotationError(f"{where}: video file {video} does not exist")
+    sample_id, task = entry.get("id", index), entry.get("task", task)
+    if not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool) or not isinstance(task, str):
+        raise AnnotationError(f"{where}: id must be a string or integer and task a string")
     return Sample(
-        id=str(entry.get("id", index)), video=video, question=entry["question"],
-        options=list(options), answer=answer, task=entry.get("task", task),
-        start=entry.get("start"), end=entry.get("end"), short=short,
+        id=str(sample_id), video=video, question=question, options=options, answer=answer, task=task,
+        start=start, end=end, short=short,
     )  # fmt: skip
 
 
@@ -91,10 +123,7 @@ def open_questions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+    entries = read_json(path)
     if not isinstance(entries, list):
         raise AnnotationError(f"{path}: expected a list of entries")
     questions = []
@@ -118,6 +147,15 @@ def identify(item, index: int) -> tuple[str, str, object]:
     if isinstance(item, Mapping):
         item = sample_from_entry(dict(item), index, "<samples>", None)
     return str(item.id), item.task, item
+
+
+def identify_all(samples: Iterable) -> list[tuple[str, str, object]]:
+    """``identify`` every item, refusing duplicate sample ids (results are keyed by them)."""
+    from hooked_video.checks import check_unique_ids
+
+    items = [identify(item, index) for index, item in enumerate(samples)]
+    check_unique_ids([sample_id for sample_id, _, _ in items])
+    return items
 
 
 def to_prompt(model, item, num_frames: int | None):
@@ -164,10 +202,7 @@ class MCQADataset(SampleList):
             path = Path(entries)
             if not path.exists():
                 raise FileNotFoundError(f"annotation file {path} does not exist")
-            try:
-                entries = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+            entries = read_json(path)
             video_root = video_root or path.parent
         if not isinstance(entries, list):
             raise AnnotationError(f"{source}: expected a list of entries")

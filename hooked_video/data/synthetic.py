@@ -262,15 +262,25 @@ def make_clip(task: str, index: int, seed: int = 0, canvas: Canvas = Canvas()) -
 def generate(root: str | Path, tasks: Sequence[str] | None = None, per_task: int = 16, seed: int = 0,
              canvas: Canvas = Canvas(), fps: int = 8, progress: bool = True) -> Path:  # fmt: skip
     """Write ``per_task`` questions per task as ``video/{task}/{i:04d}.mp4`` plus
-    ``json/{task}.json`` (TVBench format); skips work already done with the same settings."""
+    ``json/{task}.json`` (TVBench format); skips work already done with the same settings.
+
+    Only folders this function made (they hold its ``synthetic.json`` stamp) are rewritten: a
+    folder with other benchmark files is refused, never overwritten.
+    """
     root = Path(root)
     tasks = list(tasks or TASKS)
     stamp = {"tasks": tasks, "per_task": per_task, "seed": seed, "frames": canvas.frames, "size": canvas.size, "fps": fps}
     stamp_file = root / "synthetic.json"
-    if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+    previous = _read_stamp(stamp_file)
+    if previous == stamp:
         return root
-    for stale in (root / "json").glob("*.json"):  # another run's tasks must not linger
-        stale.unlink()
+    if previous is None and any((root / sub).exists() for sub in ("json", "video")):
+        raise FileExistsError(f"{root} already holds json/ or video/ files that hooked_video did not generate "
+                              "(a real benchmark?); give an empty or new folder for the synthetic benchmark")  # fmt: skip
+    for task in (previous or {}).get("tasks", []):  # our earlier run's tasks must not linger
+        (root / "json" / f"{task}.json").unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(json.dumps({**stamp, "complete": False}, sort_keys=True))  # ours, even if cut short
     for task in tqdm(tasks, desc="synthetic benchmark", disable=not progress):
         entries = []
         for index in range(per_task):
@@ -283,6 +293,15 @@ def generate(root: str | Path, tasks: Sequence[str] | None = None, per_task: int
         (root / "json" / f"{task}.json").write_text(json.dumps(entries, indent=1, sort_keys=True))
     stamp_file.write_text(json.dumps(stamp, sort_keys=True))
     return root
+
+
+def _read_stamp(path: Path) -> dict | None:
+    """The settings a previous ``generate`` recorded in ``path`` (None: no stamp, or unreadable)."""
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
 
 
 def vocabulary() -> list[str]:

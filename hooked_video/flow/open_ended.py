@@ -30,7 +30,8 @@ from hooked_video.flow.records import last_position_probs, relative_change
 from hooked_video.flow.sweep import ROW_KEY, choose_engine, plan_passes, run_passes_with_engine, run_passes_with_hooks
 from hooked_video.flow.targets import OPEN_ENDED_TARGETS, resolve_targets
 from hooked_video.prompt import PromptTemplate
-from hooked_video.results import JsonlRows, check_config
+from hooked_video.checks import check_count, check_unique_ids
+from hooked_video.store import open_store
 
 AnchorRule = Sequence[str] | Callable[[list[str]], list[int]] | None
 
@@ -115,22 +116,45 @@ def sweep_open_ended(
     runner = Engine(model) if fast else None
     resolved = resolve_targets(targets, OPEN_ENDED_TARGETS)
     n_layers = model.cfg.n_layers
-    swept = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+    swept = list(range(n_layers)) if layers is None else list(layers)
     passes = plan_passes(resolved, swept, n_layers, window, window_style, even_window)
-    files = {}
+    check_count(batch_size, "batch_size")
+    check_count(max_new_tokens, "max_new_tokens")
+    items = [(*_identify(item, index), item) for index, item in enumerate(samples)]
+    check_unique_ids([sample_id for sample_id, _, _ in items])
+    store = None
     if out is not None:
-        check_config(out, {"open_ended": True, "anchor": anchor, "anchors": None if callable(anchors) else anchors,
-                           "targets": {t: list(c) for t, c in resolved.items()}, "window": window, "layers": swept,
-                           "window_style": window_style, "even_window": even_window, "max_new_tokens": max_new_tokens,
-                           "num_open_tokens": num_open_tokens, "num_frames": num_frames,
-                           "model": str(getattr(model.cfg, "model_name", "")), "n_layers": n_layers}, resume)  # fmt: skip
-        files = {"rows": JsonlRows(Path(out) / "rows.jsonl"), "baseline": JsonlRows(Path(out) / "baseline.jsonl")}
-    done = files["rows"].keys(ROW_KEY) if files else set()
-    done_base = {r["sample_id"]: r for r in files["baseline"].rows} if files else {}
+        settings = {"open_ended": True, "anchor": anchor, "anchors": None if callable(anchors) else anchors,
+                    "targets": {t: list(c) for t, c in resolved.items()}, "window": window, "layers": swept,
+                    "window_style": window_style, "even_window": even_window, "max_new_tokens": max_new_tokens,
+                    "num_open_tokens": num_open_tokens, "num_frames": num_frames,
+                    "model": str(getattr(model.cfg, "model_name", "")), "n_layers": n_layers}  # fmt: skip
+        store = open_store(out, "flow.sweep_open_ended", settings, [(i, item) for i, _, item in items], key=ROW_KEY,
+                           keys={"baseline": ("sample_id",)}, resume=resume)  # fmt: skip
+    try:
+        rows, baselines = _open_ended_items(model, items, passes, resolved, store, runner, anchor, anchors, template,
+                                            max_new_tokens, num_open_tokens, batch_size, num_frames, progress)  # fmt: skip
+        ids = {b["sample_id"] for b in baselines}
+        if store is not None:
+            rows = [r for r in store.rows("rows") if r["sample_id"] in ids]
+    finally:
+        if store is not None:
+            store.close()
+    df = pd.DataFrame(rows, columns=["sample_id", "task", "target", "condition", "layer", "window_start", "window_end",
+                                     "anchor_token", "p_base", "p_knockout", "rel_change", "new_answer_token", "new_answer"])  # fmt: skip
+    df.attrs["baseline"] = baselines
+    df.attrs["n_layers"] = n_layers
+    return df
+
+
+def _open_ended_items(model, items, passes, resolved, store, runner, anchor, anchors, template, max_new_tokens,
+                      num_open_tokens, batch_size, num_frames, progress) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """The loop over questions: (knockout rows computed now, baselines of all questions)."""
+    n_layers = model.cfg.n_layers
+    done = store.done("rows") if store is not None else set()
+    done_base = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
     rows, baselines = [], []
-    items = list(samples)
-    for index, item in enumerate(tqdm(items, desc="open-ended knockout", disable=not progress)):
-        sample_id, task = _identify(item, index)
+    for sample_id, task, item in tqdm(items, desc="open-ended knockout", disable=not progress):
         todo = [p for p in passes if (sample_id, p.target, p.condition, p.layer) not in done]
         if sample_id in done_base and (not todo or done_base[sample_id].get("skipped")):
             baselines.append(done_base[sample_id])
@@ -155,8 +179,8 @@ def sweep_open_ended(
             target = int(answer[position])
             base.update(anchor_index=position, anchor_token=target, anchor_text=tokens[position],
                         p_base=float(probs[target]), base_argmax=int(probs.argmax()))  # fmt: skip
-        if sample_id not in done_base and files:
-            files["baseline"].append([base])
+        if sample_id not in done_base and store is not None:
+            store.add("baseline", [base])
         baselines.append(base)
         if "skipped" in base:
             continue
@@ -167,17 +191,10 @@ def sweep_open_ended(
             results = run_passes_with_hooks(model, embedded, todo, edges, n_layers, batch_size)
         for chunk, chunk_probs in results:
             new = [_row(base, p, probs_p, model.tokenizer) for p, probs_p in zip(chunk, chunk_probs)]
-            if files:
-                files["rows"].append(new)
+            if store is not None:
+                store.add("rows", new)
             rows.extend(new)
-    ids = {b["sample_id"] for b in baselines}
-    if files:
-        rows = [r for r in files["rows"].rows if r["sample_id"] in ids]
-    df = pd.DataFrame(rows, columns=["sample_id", "task", "target", "condition", "layer", "window_start", "window_end",
-                                     "anchor_token", "p_base", "p_knockout", "rel_change", "new_answer_token", "new_answer"])  # fmt: skip
-    df.attrs["baseline"] = baselines
-    df.attrs["n_layers"] = n_layers
-    return df
+    return rows, baselines
 
 
 def _row(base: dict, p, probs: torch.Tensor, tokenizer) -> dict:

@@ -13,7 +13,6 @@ stopped, without losing or duplicating a row.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -25,7 +24,8 @@ from tqdm.auto import tqdm
 from hooked_video import attention
 from hooked_video import knockout as ko
 from hooked_video.accuracy import PAPER_RULE, check_rule
-from hooked_video.data.mcqa import identify, to_prompt
+from hooked_video.checks import InvalidInputError, check_count
+from hooked_video.data.mcqa import identify_all, to_prompt
 from hooked_video.flow.records import (
     baseline_record,
     check_selection,
@@ -35,7 +35,7 @@ from hooked_video.flow.records import (
 )
 from hooked_video.engine import Engine
 from hooked_video.flow.targets import TARGETS, resolve_targets
-from hooked_video.results import JsonlRows, check_config
+from hooked_video.store import load_results, open_store
 
 ENGINES = ("auto", "fast", "hooks")
 
@@ -58,9 +58,11 @@ class Pass:
 def plan_passes(targets: Mapping[str, Mapping], swept: Sequence[int], n_layers: int, window: int, style: str,
                 even: str) -> list[Pass]:  # fmt: skip
     """Every (target, condition, swept layer) pass with the layers its window blocks."""
+    check_count(window, "window")
     for layer in swept:
+        check_count(layer, "a swept layer", minimum=0, allow_none=False)
         if not 0 <= layer < n_layers:
-            raise ValueError(f"swept layer {layer} is outside layers 0..{n_layers - 1}")
+            raise InvalidInputError(f"swept layer {layer} is outside layers 0..{n_layers - 1}")
     windows = {l: tuple(ko.window(l, window, n_layers, style=style, even=even)) for l in swept}
     return [Pass(t, c, l, windows[l]) for t, conds in targets.items() for c in conds for l in swept]
 
@@ -162,30 +164,40 @@ def sweep(
     runner = Engine(model) if fast else None
     resolved = resolve_targets(targets)
     n_layers = model.cfg.n_layers
-    swept = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+    swept = list(range(n_layers)) if layers is None else list(layers)
     passes = plan_passes(resolved, swept, n_layers, window, window_style, even_window)
-
+    check_count(batch_size, "batch_size")
+    items = identify_all(samples)
+    store = None
     if out is not None:
         config = {"targets": {t: list(c) for t, c in resolved.items()}, "window": window, "window_style": window_style,
                   "even_window": even_window, "layers": swept, "select": select, "rule": rule, "num_frames": num_frames,
                   "model": str(getattr(model.cfg, "model_name", "")), "n_layers": n_layers,
                   "dtype": str(next(model.hf_model.parameters()).dtype), "extra_hooks": len(fwd_hooks),
                   "engine": "fast" if fast else "hooks"}  # fmt: skip
-        check_config(out, config, resume)
-        rows_file, base_file = JsonlRows(Path(out) / "rows.jsonl"), JsonlRows(Path(out) / "baseline.jsonl")
-    else:
-        rows_file = base_file = None
-    done_rows = rows_file.keys(ROW_KEY) if rows_file else set()
-    done_base = {r["sample_id"]: r for r in base_file.rows} if base_file else {}
-    rows, baselines, seen = [], [], set()
+        store = open_store(out, "flow.sweep", config, [(i, item) for i, _, item in items], key=ROW_KEY,
+                           keys={"baseline": ("sample_id",)}, resume=resume)  # fmt: skip
+    try:
+        rows, baselines = _sweep_items(model, items, passes, resolved, select, store, runner, batch_size, num_frames,
+                                       rule, fwd_hooks, progress)  # fmt: skip
+        if store is not None:
+            ids = {sample_id for sample_id, _, _ in items}
+            rows = [r for r in store.rows("rows") if r["sample_id"] in ids]
+    finally:
+        if store is not None:
+            store.close()
+    return frame(rows, baselines, n_layers)
 
-    samples = list(samples) if not isinstance(samples, Sequence) else samples
-    bar = tqdm(total=len(samples) * len(passes), desc="knockout passes", disable=not progress)
-    for index, item in enumerate(samples):
-        sample_id, task, item = identify(item, index)
-        if sample_id in seen:
-            raise ValueError(f"sample id {sample_id!r} appears twice; ids must be unique")
-        seen.add(sample_id)
+
+def _sweep_items(model, items, passes, resolved, select, store, runner, batch_size, num_frames, rule, fwd_hooks,
+                 progress) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """The sweep's loop over samples: (knockout rows computed now, baselines of all samples)."""
+    n_layers = model.cfg.n_layers
+    done_rows = store.done("rows") if store is not None else set()
+    done_base = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
+    rows, baselines = [], []
+    bar = tqdm(total=len(items) * len(passes), desc="knockout passes", disable=not progress)
+    for sample_id, task, item in items:
         todo = [p for p in passes if (sample_id, p.target, p.condition, p.layer) not in done_rows]
         base = done_base.get(sample_id)
         if base is not None and (not todo or not is_selected(base, select)):
@@ -203,10 +215,9 @@ def sweep(
             with attention.reference_attention():  # the reference path throughout
                 logits = model.run_with_hooks(embedded, fwd_hooks=list(fwd_hooks), logits_to_keep=1)
             probs = last_position_probs(logits)[0].cpu()
-        fresh = baseline_record(model, sample_id, task, prompt, probs, rule)
-        base = base or fresh
-        if sample_id not in done_base and base_file is not None:
-            base_file.append([base])
+        base = base or baseline_record(model, sample_id, task, prompt, probs, rule)
+        if sample_id not in done_base and store is not None:
+            store.add("baseline", [base])
         baselines.append(base)
         if not is_selected(base, select):
             bar.update(len(passes))
@@ -220,15 +231,12 @@ def sweep(
         for chunk, chunk_probs in results:
             new_rows = [knockout_record(model, base, p_probs, p.target, p.condition, list(p.blocked), p.layer, prompt, rule)
                         for p, p_probs in zip(chunk, chunk_probs)]  # fmt: skip
-            if rows_file is not None:
-                rows_file.append(new_rows)
+            if store is not None:
+                store.add("rows", new_rows)
             rows.extend(new_rows)
             bar.update(len(chunk))
     bar.close()
-
-    if rows_file is not None:
-        rows = [r for r in rows_file.rows if r["sample_id"] in seen]
-    return frame(rows, baselines, n_layers)
+    return rows, baselines
 
 
 def frame(rows: list[dict], baselines: list[dict], n_layers: int | None = None) -> pd.DataFrame:
@@ -240,9 +248,11 @@ def frame(rows: list[dict], baselines: list[dict], n_layers: int | None = None) 
 
 
 def load(out: str | Path) -> pd.DataFrame:
-    """The rows of a sweep folder (complete or not), with ``attrs["baseline"]``."""
-    out = Path(out)
-    if not (out / "rows.jsonl").exists() and not (out / "baseline.jsonl").exists():
-        raise FileNotFoundError(f"{out} holds no sweep results (rows.jsonl / baseline.jsonl)")
-    config = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
-    return frame(JsonlRows(out / "rows.jsonl").rows, JsonlRows(out / "baseline.jsonl").rows, config.get("n_layers"))
+    """The rows of a sweep folder (complete or not; also a folder of shards, or an older JSONL
+    folder), with ``attrs["baseline"]``."""
+    try:
+        rows, baseline = load_results(out, "rows"), load_results(out, "baseline")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{out} holds no sweep results") from None
+    settings = baseline.attrs.get("settings") or {}
+    return frame(rows.to_dict("records"), baseline.to_dict("records"), settings.get("n_layers"))

@@ -15,8 +15,8 @@ Condition = Callable[[TokenMap], ko.EdgeSet]
 TARGETS: dict[str, dict[str, Condition]] = {
     "cross-frame": {"cross-frame": ko.cross_frame},
     "vql-to-ql": {
-        "video->question": lambda tm: ko.between(tm.video, tm.question, tm),
-        "video->last": lambda tm: ko.between(tm.video, tm.last, tm),
+        "video->question": lambda tm: ko.between(tm.video_group, tm.question, tm),
+        "video->last": lambda tm: ko.between(tm.video_group, tm.last, tm),
         "question->last": lambda tm: ko.between(tm.question, tm.last, tm),
         "last->last": lambda tm: ko.self_edges(tm.last, tm),
     },
@@ -26,9 +26,9 @@ TARGETS: dict[str, dict[str, Condition]] = {
         "false-options->last": lambda tm: ko.between(tm.false_options, tm.last, tm),
     },
     "vq-to-true-opt": {
-        "video->question-text": lambda tm: ko.between(tm.video, tm.question_without_options, tm),
+        "video->question-text": lambda tm: ko.between(tm.video_group, tm.question_without_options, tm),
         "question-text->true-option": lambda tm: ko.between(tm.question_without_options, tm.true_option, tm),
-        "video->true-option": lambda tm: ko.between(tm.video, tm.true_option, tm),
+        "video->true-option": lambda tm: ko.between(tm.video_group, tm.true_option, tm),
     },
 }
 
@@ -37,9 +37,9 @@ TARGETS: dict[str, dict[str, Condition]] = {
 OPEN_ENDED_TARGETS: dict[str, dict[str, Condition]] = {
     "cross-frame": TARGETS["cross-frame"],
     "vqrl-to-qrl": {
-        "video->question": lambda tm: ko.between(tm.video, tm.question, tm),
-        "video->response": lambda tm: ko.between(tm.video, tm.response, tm),
-        "video->last": lambda tm: ko.between(tm.video, tm.last, tm),
+        "video->question": lambda tm: ko.between(tm.video_group, tm.question, tm),
+        "video->response": lambda tm: ko.between(tm.video_group, tm.response, tm),
+        "video->last": lambda tm: ko.between(tm.video_group, tm.last, tm),
         "question->last": lambda tm: ko.between(tm.question, tm.last, tm),
         "response->last": lambda tm: ko.between(tm.response, tm.last, tm),
     },

@@ -102,15 +102,20 @@ class LensResult:
         return [self.str_vocab[int(i)] for i in self.top_ids[layer, :, rank]]
 
     def video_grid(self, rank: int = 0) -> tuple[Int[torch.Tensor, "layer T H W"], Float[torch.Tensor, "layer T H W"]]:
-        """(ids, probs) of the rank-th token laid out on the (T, H, W) grid of video tokens."""
-        grid = self.token_map.grid
+        """(ids, probs) of the rank-th token laid out on the (T, H, W) grid of video tokens
+        (cells without a token, in compressed frames: id -1, probability NaN)."""
+        grid = self.token_map.grid.reshape(-1)
+        present = grid >= 0
         index = torch.full((self.token_map.n_positions,), -1, dtype=torch.long)
         index[self.positions] = torch.arange(len(self.positions))
-        cells = index[grid.reshape(-1)]
+        cells = index[grid[present]]
         if bool((cells < 0).any()):
             raise ValueError("video_grid() needs the lens to cover every video position (the default)")
-        shape = (self.n_layers, *grid.shape)
-        return self.top_ids[:, cells, rank].reshape(shape), self.top_probs[:, cells, rank].reshape(shape)
+        ids = torch.full((self.n_layers, len(grid)), -1, dtype=self.top_ids.dtype)
+        probs = torch.full((self.n_layers, len(grid)), float("nan"), dtype=self.top_probs.dtype)
+        ids[:, present], probs[:, present] = self.top_ids[:, cells, rank], self.top_probs[:, cells, rank]
+        shape = (self.n_layers, *self.token_map.grid_shape)
+        return ids.reshape(shape), probs.reshape(shape)
 
     def to_frame(self) -> pd.DataFrame:
         """Long table: layer, position, frame, h, w, rank, token_id, token, prob."""

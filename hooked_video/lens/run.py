@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from hooked_video.accuracy import PAPER_RULE, check_rule
 from hooked_video.capture import capture
-from hooked_video.data.mcqa import identify, to_prompt
+from hooked_video.data.mcqa import identify_all, to_prompt
 from hooked_video.flow.records import check_selection, is_selected
 from hooked_video.lens.answer import answer_names, answer_rows, check_norm
 from hooked_video.lens.core import VARIANTS, is_correct, lens_names, lens_residuals, top_tokens
 from hooked_video.lens.keywords import keyword_table
-from hooked_video.results import JsonlRows, check_config
+from hooked_video.store import open_store
 
 
 @dataclass
@@ -103,26 +103,45 @@ def run(model, samples: Iterable, *, variant: str, norm: str, select: str = "cor
         norm: the answer-probability norm ("released", "final", "none"), required.
         select: "correct" (the released analyses' default), "wrong" or "all".
         rule: the accuracy rule that decides "correct".
-        out: results folder (``baseline.jsonl``, ``lens.jsonl``, ``answer_probability.jsonl``);
-            a rerun with the same settings resumes.
+        out: results folder (tables "baseline", "lens", "answer_probability" of its
+            ``results.sqlite``; ``store.load_results(out, table)``); a rerun with the same
+            settings resumes.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     check_norm(norm)
     check_selection(select)
     check_rule(rule)
-    files = {}
+    items = identify_all(samples)
+    store = None
     if out is not None:
-        check_config(out, {"variant": variant, "norm": norm, "select": select, "rule": rule, "num_frames": num_frames,
-                           "model": str(getattr(model.cfg, "model_name", ""))}, resume)  # fmt: skip
-        files = {name: JsonlRows(Path(out) / f"{name}.jsonl") for name in ("baseline", "lens", "answer_probability")}
-    base_rows = {r["sample_id"]: r for r in files["baseline"].rows} if files else {}
-    top1 = files["lens"].rows if files else []
-    answers = files["answer_probability"].rows if files else []
+        settings = {"variant": variant, "norm": norm, "select": select, "rule": rule, "num_frames": num_frames,
+                    "model": str(getattr(model.cfg, "model_name", ""))}  # fmt: skip
+        store = open_store(out, "lens.run", settings, [(i, item) for i, _, item in items], key=("sample_id",),
+                           keys={"lens": ("sample_id", "layer"), "answer_probability": ("sample_id", "layer", "option")},
+                           resume=resume)  # fmt: skip
+    try:
+        baseline, top1, answers = _lens_items(model, items, variant, norm, select, rule, store, num_frames, progress)
+    finally:
+        if store is not None:
+            store.close()
+    ids = {b["sample_id"] for b in baseline}
+    top1 = [r for r in top1 if r["sample_id"] in ids]
+    answers = [r for r in answers if r["sample_id"] in ids]
+    return LensRun(pd.DataFrame(baseline, columns=["sample_id", "task", "correct"]),
+                   pd.DataFrame(top1, columns=["sample_id", "task", "layer", "positions", "top1", "top1_prob"]),
+                   pd.DataFrame(answers), variant, norm, select, rule, model.cfg.n_layers)  # fmt: skip
+
+
+def _lens_items(model, items, variant, norm, select, rule, store, num_frames, progress):
+    """The loop over samples: (baselines, lens rows, answer-probability rows) of all samples,
+    those stored by an earlier run included."""
+    base_rows = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
+    top1 = store.rows("lens") if store is not None else []
+    answers = store.rows("answer_probability") if store is not None else []
     keep = lambda correct: is_selected({"correct": correct}, select)  # noqa: E731
     baseline = []
-    for index, item in enumerate(tqdm(list(samples), desc="logit lens", disable=not progress)):
-        sample_id, task, item = identify(item, index)
+    for sample_id, task, item in tqdm(items, desc="logit lens", disable=not progress):
         if sample_id in base_rows:
             baseline.append(base_rows[sample_id])
             continue
@@ -132,23 +151,21 @@ def run(model, samples: Iterable, *, variant: str, norm: str, select: str = "cor
                          "top1": probe["tokens"][layer], "top1_prob": probe["probs"][layer].tolist()}
                         for layer in range(model.cfg.n_layers)]  # fmt: skip
             new_answers = [{"sample_id": sample_id, "task": task, **r} for r in probe["answer"]]
+            if store is not None:  # rows a killed run stored already are skipped by key
+                new_top1 = _only_new(store, "lens", new_top1)
+                new_answers = _only_new(store, "answer_probability", new_answers)
             top1 += new_top1
             answers += new_answers
-            if files:
-                files["lens"].append(new_top1)
-                files["answer_probability"].append(new_answers)
         row = {"sample_id": sample_id, "task": task, "correct": correct}
-        if files:  # written last: a sample counts as done only once its lens rows are stored
-            files["baseline"].append([row])
+        if store is not None:  # written last: a sample counts as done only once its lens rows are stored
+            store.add("baseline", [row])
         baseline.append(row)
-    ids = {b["sample_id"] for b in baseline}
-    top1 = _latest([r for r in top1 if r["sample_id"] in ids], ("sample_id", "layer"))
-    answers = _latest([r for r in answers if r["sample_id"] in ids], ("sample_id", "layer", "option"))
-    return LensRun(pd.DataFrame(baseline, columns=["sample_id", "task", "correct"]),
-                   pd.DataFrame(top1, columns=["sample_id", "task", "layer", "positions", "top1", "top1_prob"]),
-                   pd.DataFrame(answers), variant, norm, select, rule, model.cfg.n_layers)  # fmt: skip
+    return baseline, top1, answers
 
 
-def _latest(rows: list[dict], key: Sequence[str]) -> list[dict]:
-    """One row per key, the last written (a sample redone after an interruption wrote twice)."""
-    return list({tuple(r[k] for k in key): r for r in rows}.values())
+def _only_new(store, table: str, rows: list[dict]) -> list[dict]:
+    """Store ``rows``; returns those not stored before (a resumed sample's rows appear once)."""
+    done = store.done(table)
+    fresh = [r for r in rows if tuple(r[f] for f in store.key(table)) not in done]
+    store.add(table, fresh)
+    return fresh

@@ -159,9 +159,10 @@ def video_attention_by_layer(model, prompt, queries, layers: Sequence[int], head
         raise ValueError("heads must be 'mean' or 'max'")
     tm = prompt.token_map
     queries = torch.as_tensor(queries, dtype=torch.long).reshape(-1)
-    keys = tm.grid.reshape(-1)
+    grid = tm.grid.reshape(-1)
+    keys = grid[grid >= 0]
 
-    def pool(rows):  # (H, q, N) -> (T*H*W,)
+    def pool(rows):  # (H, q, N) -> (n_video,)
         rows = rows[:, :, keys.to(rows.device)]
         rows = rows.mean(0) if heads == "mean" else rows.amax(0)
         return rows.mean(0)
@@ -176,7 +177,10 @@ def video_attention_by_layer(model, prompt, queries, layers: Sequence[int], head
         blocked_layers = range(model.cfg.n_layers) if knockout_layers is None else knockout_layers
         blocked = {l: edges for l in blocked_layers} if edges is not None else None
         per_layer = {l: pool(r).cpu() for l, r in attention_rows(model, prompt, queries, layers, blocked).items()}
-    return torch.stack([per_layer[l] for l in layers]).reshape(len(layers), *tm.grid.shape)
+    pooled = torch.stack([per_layer[l] for l in layers])
+    out = pooled.new_full((len(layers), len(grid)), float("nan"))  # NaN: a cell without a token
+    out[:, grid >= 0] = pooled
+    return out.reshape(len(layers), *tm.grid_shape)
 
 
 def _knockout_edges(knockout, tm):

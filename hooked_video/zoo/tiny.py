@@ -261,3 +261,7 @@ def build_tiny(
     if arch in AFTER_SAVE:
         AFTER_SAVE[arch](model, path)
     return path
+
+
+# Registers InternVL, VideoLLaMA3, Qwen3-VL and the paper's InternVL-chat / official VideoLLaMA3 layouts.
+from hooked_video.zoo import tiny_families  # noqa: E402,F401
