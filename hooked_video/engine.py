@@ -132,7 +132,10 @@ class _Layout:
         return self._allowed[id(mask)]
 
     def join(self, layer: int) -> int:
-        """Packs whose first item starts at ``layer`` join; returns how many packs are active."""
+        """Packs whose first item starts at ``layer`` join; returns how many packs are active.
+        The rows move to the layer's device (a model split over GPUs)."""
+        device = self.trace.resid[layer].device
+        self.hidden = self.hidden.to(device)
         joining = sum(start == layer for start in self.pack_starts)
         if joining:
             rows = self.trace.resid[layer][:, self.q0 :].repeat(joining, self.group, 1)
@@ -150,8 +153,9 @@ class _Layout:
         index = torch.arange(group, device=allowed.device)
         block[:, index, :, index, :] = allowed[..., q0:].transpose(0, 1)
         prefix = allowed[..., :q0].reshape(packs, group * m, q0)
-        mask = torch.cat([prefix, block.reshape(packs, group * m, group * m)], dim=-1)[:, None]
-        cos, sin = (t[:, q0:].repeat(1, group, 1) for t in trace.position_embeddings)
+        device = self.hidden.device
+        mask = torch.cat([prefix, block.reshape(packs, group * m, group * m)], dim=-1)[:, None].to(device)
+        cos, sin = (t[:, q0:].repeat(1, group, 1).to(device) for t in trace.position_embeddings)
         cache = PrefixCache(trace.keys[layer][:, :, :q0], trace.values[layer][:, :, :q0])
         return {"attention_mask": mask, "position_embeddings": (cos, sin), "cache": cache}
 
@@ -238,7 +242,9 @@ class Engine:
             output = layer(layout.hidden, **inputs)
             layout.hidden = output[0] if isinstance(output, tuple) else output
             if layer_index in trace.additions:
-                layout.hidden = layout.hidden + trace.additions[layer_index][q0:].repeat(layout.group, 1)
-        logits = self.head(self.norm(layout.last_rows()[:, None]))[:, -1]
+                added = trace.additions[layer_index][q0:].repeat(layout.group, 1)
+                layout.hidden = layout.hidden + added.to(layout.hidden.device)
+        rows = layout.last_rows()[:, None].to(self.norm.weight.device)
+        logits = self.head(self.norm(rows).to(self.head.weight.device))[:, -1]
         position = {index: row for row, index in enumerate(items)}
         return logits[[position[i] for _, _, i in chunk]]

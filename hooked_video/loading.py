@@ -80,9 +80,19 @@ def check_weights(model: torch.nn.Module, info: dict, path, strict: bool = True)
     warnings.warn(message + "; loading anyway (strict=False).", stacklevel=3)
 
 
+def _unreadable_weights(file, err: Exception) -> CheckpointError:
+    return CheckpointError(f"{file}: the weights file cannot be read ({type(err).__name__}: {err}); it is incomplete "
+                           "or corrupt: re-download or re-save it")  # fmt: skip
+
+
 def _from_pretrained(cls, path, strict: bool, **kwargs):
     """``cls.from_pretrained(path, **kwargs)`` with its weights checked (see ``check_weights``)."""
-    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    from safetensors import SafetensorError
+
+    try:
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    except SafetensorError as err:
+        raise _unreadable_weights(path, err) from None
     check_weights(model, info, path, strict)
     return model
 
@@ -177,10 +187,15 @@ def _weight_files(path: Path) -> list[Path]:
 def checkpoint_keys(path: Path) -> list[str]:
     from safetensors import safe_open
 
+    from safetensors import SafetensorError
+
     keys = []
     for file in _weight_files(path):
-        with safe_open(str(file), framework="pt") as f:
-            keys += list(f.keys())
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                keys += list(f.keys())
+        except SafetensorError as err:
+            raise _unreadable_weights(file, err) from None
     return keys
 
 
@@ -239,7 +254,7 @@ def merge_lora(model: torch.nn.Module, tensors: dict[str, torch.Tensor], alpha: 
 
 
 def _peft_settings(path: Path) -> tuple[dict, str | None]:
-    settings = json.loads((path / "adapter_config.json").read_text())
+    settings = _read_config(path / "adapter_config.json")
     unsupported = [k for k in ("use_dora", "use_rslora") if settings.get(k)]
     if settings.get("peft_type", "LORA") != "LORA" or unsupported:
         raise CheckpointError(f"{path}: only plain LoRA adapters are merged on load (found {settings.get('peft_type')} "
@@ -277,6 +292,8 @@ def load_checkpoint(name_or_path, dtype=None, device=None, video_pooling=None, b
 
     path = resolve(name_or_path)
     local = Path(path)
+    if local.is_file():
+        raise CheckpointError(f"{local} is a file; give the model's folder (the one holding config.json and the weights)")
     lora = lora_format(local) if local.is_dir() else None
     if lora is not None:
         return _load_lora(local, lora, dtype, device, video_pooling, base_model, lora_alpha, strict, **kwargs)
@@ -321,11 +338,22 @@ def _load_original_layout(path: Path, dtype, strict: bool, **kwargs):
     from hooked_video.models.videollama3_official import is_videollama3_official, load_videollama3_official
 
     file = path / "config.json"
-    raw = json.loads(file.read_text()) if file.exists() else {}
+    raw = _read_config(file) if file.exists() else {}
     for is_layout, load in ((is_internvl_chat, load_internvl_chat), (is_videollama3_official, load_videollama3_official)):
         if is_layout(raw):
             return load(path, dtype, strict=strict, **kwargs)
     return None
+
+
+def _read_config(file: Path) -> dict:
+    """The JSON object of a config.json (errors name the file)."""
+    try:
+        raw = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: not a valid JSON config ({err}); re-download or repair it") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file}: a model config is a JSON object, got a {type(raw).__name__}")
+    return raw
 
 
 def _load_lora(path: Path, kind: str, dtype, device, video_pooling, base_model, lora_alpha, strict, **kwargs):

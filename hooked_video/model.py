@@ -70,6 +70,11 @@ def boot_bridge(hf_model, tokenizer=None, model_name: str = "hooked_video"):
     cfg = build_bridge_config_from_hf(hf_model.config, arch, model_name, param.dtype)
     adapter = ADAPTERS[arch](cfg)
     adapter.cfg.device = str(param.device)
+    if getattr(hf_model, "hf_device_map", None):  # split over devices: inputs go where the embedding is
+        from transformer_lens.utilities.multi_gpu import count_unique_devices, find_embedding_device
+
+        adapter.cfg.device = str(find_embedding_device(hf_model) or param.device)
+        adapter.cfg.n_devices = count_unique_devices(hf_model)
     adapter.prepare_model(hf_model)
     if tokenizer is not None:
         tokenizer = configure_tokenizer(tokenizer, adapter.cfg)
@@ -150,7 +155,8 @@ class HookedVideoLLM:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go: the embedding's device (the first of a model split over devices)."""
+        return torch.device(self.bridge.cfg.device or next(self.hf_model.parameters()).device)
 
     def _inputs(self, prompt) -> tuple[Any, dict]:
         """(input_ids, other model kwargs) for a prompt, a list of prompts, or raw inputs."""

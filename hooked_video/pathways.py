@@ -28,6 +28,7 @@ from hooked_video.accuracy import PAPER_RULE, check_rule, option_prediction
 from hooked_video.engine import Engine
 from hooked_video.flow.sweep import choose_engine
 from hooked_video.data.mcqa import identify_all, to_prompt
+from hooked_video.distributed import Shard, resolve_shard, wait_for_rows
 from hooked_video.store import open_store
 from hooked_video.tokens import TokenMap
 
@@ -321,7 +322,8 @@ def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = Tr
 
 def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool = True, random_fraction: float | str | None = None,
              seed: int = 0, num_frames: int | None = 8, out: str | Path | None = None, resume: bool = True,
-             rule: str = PAPER_RULE, engine: str = "auto", progress: bool = True) -> PathwayReport:  # fmt: skip
+             rule: str = PAPER_RULE, engine: str = "auto", progress: bool = True,
+             shard: Shard | str | None = None) -> PathwayReport:  # fmt: skip
     """Accuracy of full attention vs the effective pathways (vs random pruning) over a dataset.
 
     The random baseline blocks, per layer, ``int(r * N(N+1)/2)`` edges. ``random_fraction``
@@ -333,29 +335,35 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
     Accuracy follows ``rule``: "vocab-argmax" (the paper's: the argmax over the full
     vocabulary must be the true letter) or "option-argmax". Each sample costs one vision pass
     per phase and one language-model forward per setting (``engine`` as in ``flow.sweep``).
-    With ``out``, rows are stored as they are computed and a rerun resumes.
+    With ``out``, rows are stored as they are computed and a rerun resumes. ``shard``: a share
+    of a data-parallel run (see ``flow.sweep``); with ``random_fraction="run"`` each shard waits
+    for all shards' pathway rows, so every shard draws the same fraction as one process would.
     """
     check_rule(rule)
     spec.check_model(model)
     if random_fraction is None:
         random_fraction = spec.random_fraction if spec.random_fraction is not None else "run"
     random_fraction = check_random_fraction(random_fraction)
+    shard = resolve_shard(shard)
     items = identify_all(samples)
+    all_ids = [sample_id for sample_id, _, _ in items]
+    items = shard.take(items) if shard is not None else items
     store = None
     if out is not None:
         config = {"spec": asdict(spec), "random_baseline": random_baseline, "random_fraction": random_fraction, "seed": seed,
                   "num_frames": num_frames, "rule": rule, "model": str(getattr(model.cfg, "model_name", "")),
                   "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
         store = open_store(out, "pathways.evaluate", config, [(i, item) for i, _, item in items], key=("sample_id",),
-                           resume=resume)  # fmt: skip
+                           resume=resume, shard=shard)  # fmt: skip
     per_sample = random_fraction == "sample"
     try:
         rows = _run_phase(model, items, store, "rows", "pathway evaluation", progress, lambda prompt, sid: {
             "answer": prompt.answer, "n_positions": prompt.n_positions,
             **evaluate_prompt(model, prompt, spec, random_baseline and per_sample, None, seed, sid, rule, engine)}, num_frames)  # fmt: skip
         if random_baseline and not per_sample and rows:
-            if random_fraction == "run":
-                fraction = 1 - sum(r["pathways_retained"] for r in rows) / sum(r["pathways_baseline"] for r in rows)
+            if random_fraction == "run":  # over all samples: shards wait for each other's pathway rows
+                every = wait_for_rows(store, "rows", all_ids) if shard is not None and store is not None else rows
+                fraction = 1 - sum(r["pathways_retained"] for r in every) / sum(r["pathways_baseline"] for r in every)
             else:
                 fraction = random_fraction
             random_rows = _run_phase(model, items, store, "random", "random baseline", progress,

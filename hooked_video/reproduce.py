@@ -3,8 +3,8 @@
     result = reproduce("byminji/LLaVA-NeXT-7B-Video-FT", "TVBench/", out="runs/paper",
                        image_model="llava-hf/llava-v1.6-vicuna-7b-hf")
 
-Runs, each resumable in its own folder under ``out``: accuracy per task (the paper's rule); the
-four knockout targets on the video model (Figs. 2-3); cross-frame knockout on the image model
+Runs, each resumable in its own folder under ``out``: the four knockout targets on the video
+model (Figs. 2-3), whose baselines give the accuracy per task (the paper's rule); cross-frame knockout on the image model
 (Fig. 2); the logit lens over video tokens with keyword frequencies (Fig. 4) and answer
 probability by layer (Fig. 3, right) on correctly answered samples; the effective pathways
 against random pruning (Table 1), with the model's preset when it is one of the paper's models,
@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from hooked_video import flow, lens, pathways, viz
-from hooked_video.accuracy import PAPER_RULE, accuracy
+from hooked_video.accuracy import PAPER_RULE
+from hooked_video.distributed import barrier, resolve_shard
 from hooked_video.data.benchmarks import PAPER_TVBENCH_TASKS
 from hooked_video.report import Section, write_report
 
@@ -100,7 +101,7 @@ def load_benchmark(data, tasks: Sequence[str] | None, samples: int | None):
 def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=None, tomato=None, tasks: Sequence[str] | None = None,
               samples: int | None = None, window: int = 9, select: str = "correct", keywords: Mapping | None = None,
               spec: pathways.PathwaySpec | None = None, device=None, dtype=None, batch_size: int = 8,
-              progress: bool = True) -> Reproduction:  # fmt: skip
+              progress: bool = True, shard="auto") -> Reproduction:  # fmt: skip
     """Run the paper's analyses and write ``out/index.html`` (see the module docstring).
 
     Args:
@@ -116,28 +117,39 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
         spec: pathway ranges (default: the model's preset if it is one of the paper's models,
             else derived from the sweep).
         dtype: default bfloat16 on a GPU, float32 on the CPU.
+        shard: "auto" (default): under ``torchrun`` / ``accelerate launch`` each process runs its
+            share of every analysis and process 0 writes the report; None: all samples here.
     """
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    shard = resolve_shard(shard)
     video_model, image_model = load_models(video_model, image_model, device, dtype)
     items = load_benchmark(data, tasks, samples)
     names = {"video": str(video_model.cfg.model_name)} | ({"image": str(image_model.cfg.model_name)} if image_model else {})
-    models = {"video": video_model} | ({"image": image_model} if image_model else {})
-    acc = pd.concat({role: accuracy(m, items, progress=False).accuracy for role, m in models.items()}, axis=1)
-    acc.attrs["rule"] = PAPER_RULE
     common = dict(window=window, select=select, batch_size=batch_size, progress=progress)
-    sweep = flow.sweep(video_model, items, out=out / "video_flow", **common)
-    image_cf = flow.sweep(image_model, items, targets=["cross-frame"], out=out / "image_flow", **common) if image_model else None
-    lens_run = lens.run(video_model, items, variant="unembed", norm="released", select=select, out=out / "lens", progress=progress)
+    sweep = _merged(lambda part: flow.sweep(video_model, items, out=out / "video_flow", shard=part, **common), shard)
+    image_cf = None
+    if image_model is not None:
+        image_cf = _merged(lambda part: flow.sweep(image_model, items, targets=["cross-frame"], out=out / "image_flow",
+                                                   shard=part, **common), shard)  # fmt: skip
+    lens_run = _merged(lambda part: lens.run(video_model, items, variant="unembed", norm="released", select=select,
+                                             out=out / "lens", progress=progress, shard=part), shard)  # fmt: skip
+    acc = pd.concat({"video": baseline_accuracy(sweep).accuracy}
+                    | ({"image": baseline_accuracy(image_cf).accuracy} if image_model else {}), axis=1)  # fmt: skip
+    acc.attrs["rule"] = PAPER_RULE
     keyword_tables = _keywords(lens_run, video_model, keywords)
     spec, source = _pathway_spec(video_model, sweep, spec)
-    report = pathways.evaluate(video_model, items, spec, out=out / "pathways", progress=progress)
+    report = _merged(lambda part: pathways.evaluate(video_model, items, spec, out=out / "pathways", progress=progress,
+                                                    shard=part), shard)  # fmt: skip
     report_tomato = None
     if tomato is not None:
         tomato_items = load_benchmark(tomato, None, samples)
-        report_tomato = pathways.evaluate(video_model, tomato_items, spec, out=out / "pathways_tomato", progress=progress)
+        report_tomato = _merged(lambda part: pathways.evaluate(video_model, tomato_items, spec, out=out / "pathways_tomato",
+                                                               progress=progress, shard=part), shard)  # fmt: skip
     result = Reproduction(names, acc, sweep, image_cf, lens_run, keyword_tables, spec, source, report, report_tomato)
+    if shard is not None and shard.index != 0:
+        return result  # process 0 writes the figures and the report
     result.figures = _figures(result)
     for name, figure in result.figures.items():
         figure.savefig(out / f"{name}.png", dpi=90)
@@ -145,6 +157,27 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
     _write_summary(out, result)
     write_report(out, "Map the Flow: the paper's analyses", _intro(result), report_sections(result))
     return result
+
+
+def _merged(call, shard):
+    """``call(shard)`` (this process's share), then, once every process is done, ``call(None)``:
+    the results of all samples, read from the stores (nothing is computed twice)."""
+    result = call(shard)
+    if shard is None:
+        return result
+    if not barrier():
+        raise ValueError(f"reproduce() runs shards only under torchrun / accelerate launch (got shard {shard} "
+                         "without a launcher); for job arrays run flow, lens and prune with --shard")  # fmt: skip
+    return call(None)
+
+
+def baseline_accuracy(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per task plus "overall" (columns accuracy, n) from a sweep's baseline records,
+    which hold every sample's unmodified answer under the sweep's rule."""
+    df = pd.DataFrame(sweep.attrs["baseline"], columns=["task", "correct"])
+    table = df.groupby("task").correct.agg(accuracy="mean", n="size")
+    table.loc["overall"] = [df.correct.mean(), len(df)]
+    return table
 
 
 def _keywords(run: lens.LensRun, model, keywords: Mapping | None) -> dict | None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 
-__all__ = ["ResultStore", "ResultsCorruptError", "ResultsMismatchError", "check_samples", "fingerprint", "load_results", "export", "open_store",
+__all__ = ["FolderStore", "ResultStore", "ResultsCorruptError", "ResultsMismatchError", "check_samples", "fingerprint", "load_results", "export", "open_store",
            "sample_fingerprint", "DATABASE"]
 
 class ResultsMismatchError(ValueError):
@@ -302,7 +302,7 @@ def fingerprint(items: Iterable) -> str:
     return digest.hexdigest()
 
 
-def check_samples(store: "ResultStore", samples: Iterable[tuple[str, object]]) -> None:
+def check_samples(store, samples: Iterable[tuple[str, object]]) -> None:
     """Record each (sample id, sample)'s fingerprint in the store's ``samples`` table, and refuse
     samples whose id the store already holds with other data (another dataset, or an edited
     one): results are keyed by sample id and must never mix. New ids simply join the run."""
@@ -318,16 +318,84 @@ def check_samples(store: "ResultStore", samples: Iterable[tuple[str, object]]) -
     store.add("samples", [{"sample_id": i, "fingerprint": f} for i, f in fingerprints.items() if i not in stored])
 
 
+class FolderStore:
+    """The store an analysis writes (its own ``ResultStore``: the folder's, or a shard's
+    subfolder's) seen together with the folder's other stores, read-only: rows any of them
+    holds count as done, so shards of a data-parallel run, and a rerun with another number of
+    shards or none, never compute or store a row twice. Other stores are looked up on every
+    read (shards start at different times)."""
+
+    def __init__(self, own: ResultStore, root: Path) -> None:
+        self.own, self.root = own, Path(root)
+        self._checked: set[Path] = set()
+        self.peers()
+
+    @property
+    def folder(self) -> Path:
+        return self.own.folder
+
+    def peers(self) -> list[Path]:
+        """The folder's other result databases, each checked to hold the same kind of run."""
+        found = []
+        for peer in _databases(self.root):
+            if peer.parent.resolve() == self.own.folder.resolve():
+                continue
+            if peer not in self._checked:
+                meta = _read_meta(peer)
+                if not meta:  # another process is creating it right now
+                    continue
+                mine = {"kind": self.own.kind, "settings": self.own.settings}
+                differences = _differences({"kind": meta.get("kind"), "settings": meta.get("settings")}, mine)
+                if differences:
+                    raise ResultsMismatchError(f"{peer} holds a run with other settings ({'; '.join(differences)}); "
+                                               "use another folder for this run")  # fmt: skip
+                self._checked.add(peer)
+            found.append(peer)
+        return found
+
+    def key(self, table: str) -> tuple[str, ...]:
+        return self.own.key(table)
+
+    def _peer_rows(self, table: str) -> list[dict]:
+        return [row for peer in self.peers() for row in _read_database(peer, table)[2]]
+
+    def rows(self, table: str) -> list[dict]:
+        """The rows of ``table`` in every store of the folder, each key once (own rows first)."""
+        merged: dict = {}
+        key = self.key(table)
+        for row in self.own.rows(table) + self._peer_rows(table):
+            merged.setdefault(tuple(_json(row.get(f)) for f in key), row)
+        return list(merged.values())
+
+    def done(self, table: str) -> set[tuple]:
+        key = self.key(table)
+        peer_keys = {tuple(_hashable(_normal(row.get(f))) for f in key) for row in self._peer_rows(table)}
+        return self.own.done(table) | peer_keys
+
+    def add(self, table: str, rows: Iterable[Mapping]) -> int:
+        return self.own.add(table, rows)
+
+    def close(self) -> None:
+        self.own.close()
+
+
 def open_store(folder, kind: str, settings: Mapping, samples: Iterable[tuple[str, object]], key: Sequence[str],
-               keys: Mapping[str, Sequence[str]] | None = None, resume: bool = True) -> "ResultStore":  # fmt: skip
-    """A ``ResultStore`` for an analysis over ``samples`` ((id, sample) pairs), its samples checked
-    (``check_samples``)."""
-    store = ResultStore(folder, kind, settings=settings, key=key, keys={"samples": ("sample_id",), **(keys or {})},
-                        resume=resume)  # fmt: skip
+               keys: Mapping[str, Sequence[str]] | None = None, resume: bool = True, shard=None) -> FolderStore:  # fmt: skip
+    """The results store of an analysis over ``samples`` ((id, sample) pairs) in ``folder``: its
+    own database (``folder/results.sqlite``, or ``folder/<shard.folder>/`` for a shard of a
+    data-parallel run) seen with the folder's other ones, the samples checked (``check_samples``)."""
+    folder = Path(folder)
+    if shard is not None and not resume:
+        raise ValueError("resume=False (--fresh) cannot be combined with shards: delete the folder's results (or use a "
+                         "new folder) before launching the shards")  # fmt: skip
+    own_folder = folder / shard.folder if shard is not None else folder
+    own = ResultStore(own_folder, kind, settings=settings, key=key, keys={"samples": ("sample_id",), **(keys or {})},
+                      resume=resume)  # fmt: skip
     try:
+        store = FolderStore(own, folder)
         check_samples(store, samples)
     except BaseException:
-        store.close()
+        own.close()
         raise
     return store
 
@@ -372,6 +440,21 @@ class ResultsCorruptError(ValueError):
 def _corrupt(path: Path, err: Exception) -> ResultsCorruptError:
     return ResultsCorruptError(f"{path} is not a readable results database ({err}); move it away, "
                                "or use another folder")  # fmt: skip
+
+
+def _read_meta(path: Path) -> dict:
+    """The meta table of a results database."""
+    conn = sqlite3.connect(path, timeout=600)
+    try:
+        return {n: json.loads(v) for n, v in conn.execute("SELECT name, value FROM meta")}
+    except sqlite3.OperationalError as err:
+        if "no such table" in str(err):  # being created by another process
+            return {}
+        raise _corrupt(path, err) from None
+    except sqlite3.DatabaseError as err:
+        raise _corrupt(path, err) from None
+    finally:
+        conn.close()
 
 
 def _read_database(path: Path, table: str) -> tuple[dict, tuple[str, ...] | None, list[dict]]:

@@ -149,6 +149,8 @@ def _decoders(backend: str):
 
 
 def _read_file(path: Path, num_frames: int, start, end, backend: str, short: str) -> Frames:
+    if path.is_dir():
+        raise VideoError(f"video path {path} is a folder, not a video file")
     if not path.is_file():
         raise VideoError(f"video file not found: {path}")
     errors, out_of_memory = [], False
@@ -218,11 +220,16 @@ def load_video(
     Returns:
         (num_frames, H, W, 3) uint8 array.
     """
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer))
+                                   or num_frames < 1):  # fmt: skip
+        raise VideoError(f"num_frames must be an integer >= 1, got {num_frames!r} (None keeps every in-memory frame).")
     if isinstance(source, (str, os.PathLike)):
         if num_frames is None:
             raise VideoError("num_frames=None is only for in-memory frames; give a number.")
         return _read_file(Path(source), num_frames, start, end, backend, short)
     frames = _as_array(source)
+    if len(frames) == 0:
+        raise VideoError(f"the video has no frames: frames of shape {tuple(frames.shape)}.")
     if num_frames is None or (len(frames) == num_frames and start is None and end is None and short == "error"):
         return frames
     return frames[segment_midpoints(len(frames), num_frames, fps, start, end, short)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from hooked_video.data.mcqa import AnnotationError, Sample, SampleList, read_json, sample_from_entry
+from hooked_video.data.mcqa import AnnotationError, Sample, SampleList, check_short_windows, read_json, sample_from_entry
 
 TVBENCH_TASKS = (
     "Action Antonym", "Action Count", "Action Localization", "Action Sequence", "Egocentric Sequence",
@@ -41,7 +41,7 @@ class _Benchmark(SampleList):
     def __init__(self, root: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False,
                  short_windows: str = "error") -> None:  # fmt: skip
         self.root = Path(root)
-        self.short_windows = short_windows
+        self.short_windows = check_short_windows(short_windows)
         folder = self.root / self.annotation_dir
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} does not exist: is {self.root} a {type(self).__name__} folder?")

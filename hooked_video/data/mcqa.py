@@ -8,12 +8,13 @@ A JSON file holds a list of entries ``{"video": path, "question": str, "options"
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from hooked_video.checks import InvalidInputError, check_answer, check_options, check_question
-from hooked_video.video import load_video
+from hooked_video.video import SHORT_WINDOWS, load_video
 
 
 class AnnotationError(InvalidInputError):
@@ -35,7 +36,8 @@ def _window(entry: dict, where: str) -> tuple[float | None, float | None]:
     bounds = []
     for key in ("start", "end"):
         value = entry.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+                                  or not math.isfinite(value)):  # fmt: skip
             raise AnnotationError(f"{where}: {key} must be a non-negative number of seconds, got {value!r}")
         bounds.append(value)
     if None not in bounds and bounds[0] >= bounds[1]:
@@ -104,37 +106,77 @@ def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | N
     video = entry["video"]
     if not isinstance(video, str):
         raise AnnotationError(f"{where}: video must be a file path (a string), got {type(video).__name__}")
-    if isinstance(video, str) and video_root is not None and not Path(video).is_absolute():
+    if not video.strip():
+        raise AnnotationError(f"{where}: video is an empty path; give the video file")
+    if video_root is not None and not Path(video).is_absolute():
         video = str(video_root / video)
-    if isinstance(video, str) and not Path(video).exists():
-        raise AnnotationError(f"{where}: video file {video} does not exist")
+    _check_video_file(video, where)
     sample_id, task = entry.get("id", index), entry.get("task", task)
-    if not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool) or not isinstance(task, str):
-        raise AnnotationError(f"{where}: id must be a string or integer and task a string")
+    _check_id_and_task(sample_id, task, where)
     return Sample(
         id=str(sample_id), video=video, question=question, options=options, answer=answer, task=task,
         start=start, end=end, short=short,
     )  # fmt: skip
 
 
+def _check_video_file(video: str, where: str) -> None:
+    """Refuse a video path that is empty, missing or a folder (errors name ``where``)."""
+    if not video.strip():
+        raise AnnotationError(f"{where}: video is an empty path; give the video file")
+    if Path(video).is_dir():
+        raise AnnotationError(f"{where}: video {video} is a folder, not a video file")
+    if not Path(video).exists():
+        raise AnnotationError(f"{where}: video file {video} does not exist")
+
+
+def _check_id_and_task(sample_id, task, where: str) -> None:
+    if not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool):
+        raise AnnotationError(f"{where}: id must be a string or an integer, got {type(sample_id).__name__} {sample_id!r}")
+    if not isinstance(task, str):
+        raise AnnotationError(f"{where}: task must be a string, got {type(task).__name__} {task!r}")
+
+
+def check_short_windows(short_windows) -> str:
+    """``short_windows`` if it is one of ``video.SHORT_WINDOWS``."""
+    if short_windows not in SHORT_WINDOWS:
+        raise InvalidInputError(f"short_windows must be one of {SHORT_WINDOWS}, got {short_windows!r}")
+    return short_windows
+
+
+def _annotation_file(path: Path) -> Path:
+    """``path`` if it is an existing file (errors say what it is instead)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"annotation file {path} is a folder; give the JSON file of the entries")
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist")
+    return path
+
+
 def open_questions(path: str | Path) -> list[dict]:
     """Free-form questions from a JSON list of ``{video, question, optional id, task, answer}``
     (video paths relative to the file), for the open-ended analysis; errors name the entry."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} does not exist")
+    path = _annotation_file(Path(path))
     entries = read_json(path)
     if not isinstance(entries, list):
         raise AnnotationError(f"{path}: expected a list of entries")
-    questions = []
+    questions, first = [], {}
     for i, entry in enumerate(entries):
         where = f"{path}, entry {i}"
         if not isinstance(entry, dict) or not isinstance(entry.get("video"), str) or not isinstance(entry.get("question"), str):
             raise AnnotationError(f"{where}: needs a 'video' path and a 'question' string")
+        try:
+            check_question(entry["question"], "question")
+        except InvalidInputError as err:
+            raise AnnotationError(f"{where}: {err}") from None
+        _check_id_and_task(entry.get("id", i), entry.get("task", ""), where)
         video = Path(entry["video"]) if Path(entry["video"]).is_absolute() else path.parent / entry["video"]
-        if not video.exists():
-            raise AnnotationError(f"{where}: video file {video} does not exist")
-        questions.append({**entry, "video": str(video), "id": str(entry.get("id", i)), "task": str(entry.get("task", ""))})
+        _check_video_file(entry["video"] and str(video), where)
+        sample_id = str(entry.get("id", i))
+        if sample_id in first:
+            raise AnnotationError(f"{where}: id {sample_id!r} is already the id of entry {first[sample_id]}; "
+                                  "results are keyed by id, so give every question its own")  # fmt: skip
+        first[sample_id] = i
+        questions.append({**entry, "video": str(video), "id": sample_id, "task": entry.get("task", "")})
     return questions
 
 
@@ -196,22 +238,29 @@ class MCQADataset(SampleList):
 
     def __init__(self, entries: str | Path | list[dict], video_root: str | Path | None = None,
                  skip_invalid: bool = False, short_windows: str = "error") -> None:  # fmt: skip
+        check_short_windows(short_windows)
         source = "<list>"
         if isinstance(entries, (str, Path)):
             source = str(entries)
-            path = Path(entries)
-            if not path.exists():
-                raise FileNotFoundError(f"annotation file {path} does not exist")
+            path = _annotation_file(Path(entries))
             entries = read_json(path)
             video_root = video_root or path.parent
-        if not isinstance(entries, list):
-            raise AnnotationError(f"{source}: expected a list of entries")
+            if not isinstance(entries, list):
+                raise AnnotationError(f"{source}: expected a list of entries, got {type(entries).__name__}")
+        elif not isinstance(entries, list):
+            raise AnnotationError(f"entries must be a JSON file's path or a list of entries, got {type(entries).__name__}")
         root = Path(video_root) if video_root is not None else None
         self.samples: list[Sample] = []
         self.skipped: list[str] = []
+        first: dict[str, int] = {}
         for i, entry in enumerate(entries):
             try:
-                self.samples.append(sample_from_entry(entry, i, source, root, short=short_windows))
+                sample = sample_from_entry(entry, i, source, root, short=short_windows)
+                if sample.id in first:
+                    raise AnnotationError(f"{source}, entry {i}: id {sample.id!r} is already the id of entry "
+                                          f"{first[sample.id]}; results are keyed by id, so give every sample its own")  # fmt: skip
+                first[sample.id] = i
+                self.samples.append(sample)
             except AnnotationError as err:
                 if not skip_invalid:
                     raise

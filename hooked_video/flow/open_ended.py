@@ -31,6 +31,7 @@ from hooked_video.flow.sweep import ROW_KEY, choose_engine, plan_passes, run_pas
 from hooked_video.flow.targets import OPEN_ENDED_TARGETS, resolve_targets
 from hooked_video.prompt import PromptTemplate
 from hooked_video.checks import check_count, check_unique_ids
+from hooked_video.distributed import Shard, resolve_shard
 from hooked_video.store import open_store
 
 AnchorRule = Sequence[str] | Callable[[list[str]], list[int]] | None
@@ -90,6 +91,7 @@ def sweep_open_ended(
     even_window: str = "above",
     engine: str = "auto",
     progress: bool = True,
+    shard: Shard | str | None = None,
 ) -> pd.DataFrame:
     """Knockout sweep of the n-th anchor token of the model's own free-form answer.
 
@@ -120,8 +122,10 @@ def sweep_open_ended(
     passes = plan_passes(resolved, swept, n_layers, window, window_style, even_window)
     check_count(batch_size, "batch_size")
     check_count(max_new_tokens, "max_new_tokens")
+    shard = resolve_shard(shard)
     items = [(*_identify(item, index), item) for index, item in enumerate(samples)]
     check_unique_ids([sample_id for sample_id, _, _ in items])
+    items = shard.take(items) if shard is not None else items
     store = None
     if out is not None:
         settings = {"open_ended": True, "anchor": anchor, "anchors": None if callable(anchors) else anchors,
@@ -130,7 +134,7 @@ def sweep_open_ended(
                     "num_open_tokens": num_open_tokens, "num_frames": num_frames,
                     "model": str(getattr(model.cfg, "model_name", "")), "n_layers": n_layers}  # fmt: skip
         store = open_store(out, "flow.sweep_open_ended", settings, [(i, item) for i, _, item in items], key=ROW_KEY,
-                           keys={"baseline": ("sample_id",)}, resume=resume)  # fmt: skip
+                           keys={"baseline": ("sample_id",)}, resume=resume, shard=shard)  # fmt: skip
     try:
         rows, baselines = _open_ended_items(model, items, passes, resolved, store, runner, anchor, anchors, template,
                                             max_new_tokens, num_open_tokens, batch_size, num_frames, progress)  # fmt: skip

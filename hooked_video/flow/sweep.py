@@ -33,6 +33,7 @@ from hooked_video.flow.records import (
     knockout_record,
     last_position_probs,
 )
+from hooked_video.distributed import Shard, resolve_shard
 from hooked_video.engine import Engine
 from hooked_video.flow.targets import TARGETS, resolve_targets
 from hooked_video.store import load_results, open_store
@@ -123,6 +124,7 @@ def sweep(
     fwd_hooks: Sequence = (),
     engine: str = "auto",
     progress: bool = True,
+    shard: Shard | str | None = None,
 ) -> pd.DataFrame:
     """Knock out each target's conditions around each swept layer, for every sample.
 
@@ -151,6 +153,9 @@ def sweep(
         engine: "auto" (default: the sweep engine, which recomputes only what a knockout
             changes, unless hooks are involved), "fast" (the engine, or an error) or "hooks"
             (batched forwards with knockout hooks on ``hook_attn_scores``, the reference).
+        shard: this process's share of a data-parallel run: a ``distributed.Shard``, "i/n", or
+            "auto" (torchrun / accelerate's RANK and WORLD_SIZE). It takes every n-th sample and
+            writes to its own store under ``out``; ``load(out)`` merges the shards.
 
     Returns:
         One row per sample x condition x swept layer (``layer`` is 0-based; the paper plots it
@@ -167,7 +172,9 @@ def sweep(
     swept = list(range(n_layers)) if layers is None else list(layers)
     passes = plan_passes(resolved, swept, n_layers, window, window_style, even_window)
     check_count(batch_size, "batch_size")
+    shard = resolve_shard(shard)
     items = identify_all(samples)
+    items = shard.take(items) if shard is not None else items
     store = None
     if out is not None:
         config = {"targets": {t: list(c) for t, c in resolved.items()}, "window": window, "window_style": window_style,
@@ -176,7 +183,7 @@ def sweep(
                   "dtype": str(next(model.hf_model.parameters()).dtype), "extra_hooks": len(fwd_hooks),
                   "engine": "fast" if fast else "hooks"}  # fmt: skip
         store = open_store(out, "flow.sweep", config, [(i, item) for i, _, item in items], key=ROW_KEY,
-                           keys={"baseline": ("sample_id",)}, resume=resume)  # fmt: skip
+                           keys={"baseline": ("sample_id",)}, resume=resume, shard=shard)  # fmt: skip
     try:
         rows, baselines = _sweep_items(model, items, passes, resolved, select, store, runner, batch_size, num_frames,
                                        rule, fwd_hooks, progress)  # fmt: skip

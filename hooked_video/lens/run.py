@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from hooked_video.accuracy import PAPER_RULE, check_rule
 from hooked_video.capture import capture
 from hooked_video.data.mcqa import identify_all, to_prompt
+from hooked_video.distributed import Shard, resolve_shard
 from hooked_video.flow.records import check_selection, is_selected
 from hooked_video.lens.answer import answer_names, answer_rows, check_norm
 from hooked_video.lens.core import VARIANTS, is_correct, lens_names, lens_residuals, top_tokens
@@ -94,7 +95,8 @@ def _probe(model, prompt, variant: str, norm: str, top_k: int, rule: str, keep) 
 
 @torch.no_grad()
 def run(model, samples: Iterable, *, variant: str, norm: str, select: str = "correct", rule: str = PAPER_RULE,
-        out: str | Path | None = None, resume: bool = True, num_frames: int | None = 8, progress: bool = True) -> LensRun:  # fmt: skip
+        out: str | Path | None = None, resume: bool = True, num_frames: int | None = 8, progress: bool = True,
+        shard: Shard | str | None = None) -> LensRun:  # fmt: skip
     """Logit lens (top-1 of every video position, per entry) and answer probability by layer
     over ``samples``, for the samples ``select`` keeps.
 
@@ -106,20 +108,23 @@ def run(model, samples: Iterable, *, variant: str, norm: str, select: str = "cor
         out: results folder (tables "baseline", "lens", "answer_probability" of its
             ``results.sqlite``; ``store.load_results(out, table)``); a rerun with the same
             settings resumes.
+        shard: a share of a data-parallel run (see ``flow.sweep``).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     check_norm(norm)
     check_selection(select)
     check_rule(rule)
+    shard = resolve_shard(shard)
     items = identify_all(samples)
+    items = shard.take(items) if shard is not None else items
     store = None
     if out is not None:
         settings = {"variant": variant, "norm": norm, "select": select, "rule": rule, "num_frames": num_frames,
                     "model": str(getattr(model.cfg, "model_name", ""))}  # fmt: skip
         store = open_store(out, "lens.run", settings, [(i, item) for i, _, item in items], key=("sample_id",),
                            keys={"lens": ("sample_id", "layer"), "answer_probability": ("sample_id", "layer", "option")},
-                           resume=resume)  # fmt: skip
+                           resume=resume, shard=shard)  # fmt: skip
     try:
         baseline, top1, answers = _lens_items(model, items, variant, norm, select, rule, store, num_frames, progress)
     finally:
