@@ -1,12 +1,14 @@
 """The paper's model shapes on one GPU: checkpoint load time, a forward, a four-target sweep.
 
 For each preset (random weights of the real shape, bf16): the checkpoint is written in the
-format users download (PLLaVA: the released llava layout) and loaded back with
+format users download (PLLaVA: the released llava layout; Mini-InternVL: the InternVL-chat
+layout; VideoLLaMA3: the official release's layout) and loaded back with
 ``HookedVideoLLM.from_pretrained`` (timed); then the median forward of one prompt and the median
 four-target sweep of one sample (window 9, every layer, the sweep engine), with peak memory.
 ``--frames`` adds rows for longer videos (LLaVA-NeXT-Video: 144 tokens per frame).
 
     python benchmarks/paper_models.py --presets pllava-7b,pllava-13b --out results/paper_models.json
+    python benchmarks/paper_models.py --presets internvl-4b,videollama3-7b --out results/paper_models_families.json
     python benchmarks/paper_models.py --presets llava-next-video-7b --frames 16,32,64 --no-load
 """
 
@@ -29,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from knockout_sweep import peak_gib, sync, timed  # noqa: E402
 from shapes import PRESETS, build_hf, frames_for  # noqa: E402
 
+from hooked_video.zoo.tiny import AFTER_SAVE  # noqa: E402
+
 from hooked_video import HookedVideoLLM, flow  # noqa: E402
 
 
@@ -38,10 +42,9 @@ def save_checkpoint(preset: str, folder: Path, device: str) -> float:
     hf, processor = build_hf(preset, device, torch.bfloat16)
     hf.save_pretrained(folder)
     processor.save_pretrained(folder)
-    if PRESETS[preset][0] == "pllava":
-        from hooked_video.zoo.tiny_paper import save_released_layout
-
-        save_released_layout(hf, folder)
+    rewrite = AFTER_SAVE.get(PRESETS[preset][0])
+    if rewrite is not None:  # the released layout of the paper's checkpoints (PLLaVA, InternVL-chat, VideoLLaMA3)
+        rewrite(hf, folder)
     del hf
     gc.collect()
     empty_cache(device)

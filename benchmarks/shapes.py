@@ -20,9 +20,22 @@ VICUNA_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                  intermediate_size=11008, vocab_size=32064, max_position_embeddings=4096)  # fmt: skip
 VICUNA_13B = dict(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40,
                   intermediate_size=13824, vocab_size=32064, max_position_embeddings=4096)  # fmt: skip
+#: Mini-InternVL-4B: InternViT-300M-448px and Phi-3-mini (loaded with separate q/k/v projections)
+INTERNVIT_300M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+PHI3_MINI = dict(hidden_size=3072, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                 intermediate_size=8192, vocab_size=32064, max_position_embeddings=4096)  # fmt: skip
+#: VideoLLaMA3-7B: SigLIP-NaViT and Qwen2.5-7B
+SIGLIP_NAVIT = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16)
+QWEN25_7B = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                 intermediate_size=18944, vocab_size=152064, max_position_embeddings=32768)  # fmt: skip
 
-#: preset -> (tiny architecture, text sizes, vision sizes, extra config fields, frames)
+#: preset -> (tiny architecture, text sizes, vision sizes, extra config fields, frames); "image_size" and
+#: "patch_size" of the vision sizes go to the tiny build (the processor), the rest to the config.
 PRESETS = {
+    # 8 frames x 16 x 16 context tokens (448 px, patch 14, pixel shuffle 0.5): 2048 video tokens
+    "internvl-4b": ("internvl_chat", PHI3_MINI, {**INTERNVIT_300M, "image_size": 448, "patch_size": 14}, {}, 8),
+    # 8 frames of 336 px: 12 x 12 merged tokens each (the paper's max_visual_tokens = 8 * 12 * 12)
+    "videollama3-7b": ("videollama3_official", QWEN25_7B, {**SIGLIP_NAVIT, "image_size": 336, "patch_size": 14}, {}, 8),
     "llava-next-video-7b": ("llava_next_video", VICUNA_7B, CLIP_L_336, {}, 8),
     # the same with a 16k context, for 16-64 frame videos (144 tokens per frame)
     "llava-next-video-7b-long": ("llava_next_video", {**VICUNA_7B, "max_position_embeddings": 16384}, CLIP_L_336, {}, 8),
@@ -35,62 +48,76 @@ PRESETS = {
 }  # fmt: skip
 
 
-def config_folder(preset: str) -> tuple[Path, object]:
-    """A folder with the preset's processor (real classes) and its scaled config."""
-    from transformers import AutoConfig
-
-    from hooked_video.loading import is_pllava, pllava_config
+def tiny_model(preset: str):
+    """(tiny HF model, processor) of the preset's architecture and frame size, loaded as users
+    load checkpoints (their class, config and processor are the real ones)."""
+    from hooked_video.loading import load_checkpoint
     from hooked_video.zoo.tiny import TinySizes, build_tiny
 
-    arch, text, vision, extra, _ = PRESETS[preset]
+    arch, _, vision, _, _ = PRESETS[preset]
     image, patch = vision.get("image_size", 32), vision.get("patch_size", 8)
     folder = build_tiny(arch, Path(tempfile.mkdtemp()) / preset, TinySizes(image_size=image, patch_size=patch, n_layers=1))
-    config = AutoConfig.from_pretrained(folder)
-    if is_pllava(config):
-        config = pllava_config(config)
+    return load_checkpoint(folder)
+
+
+def scaled_config(preset: str, config):
+    """The tiny config scaled to the preset's sizes."""
+    _, text, vision, extra, _ = PRESETS[preset]
     for key, value in text.items():
         setattr(config.text_config, key, value)
     for key, value in vision.items():
-        setattr(config.vision_config, key, value)
+        if key not in ("image_size", "patch_size"):
+            setattr(config.vision_config, key, value)
     for key, value in extra.items():
         setattr(config, key, value)
-    config.text_config.head_dim = config.text_config.hidden_size // config.text_config.num_attention_heads
-    return folder, config
+    text_config = config.text_config
+    text_config.head_dim = text_config.hidden_size // text_config.num_attention_heads
+    if isinstance(getattr(text_config, "layer_types", None), list):  # one entry per layer (Qwen2)
+        text_config.layer_types = [text_config.layer_types[0]] * text_config.num_hidden_layers
+    rope = getattr(text_config, "rope_parameters", None) or {}
+    for name in ("long_factor", "short_factor"):  # long-rope factors: one per rotary frequency (Phi-3)
+        if isinstance(rope.get(name), list):
+            rope[name] = [1.0] * (text_config.head_dim // 2)
+    return config
 
 
-def build_hf(preset: str, device: str, dtype: torch.dtype, attn: str = "eager"):
-    """(HF model with random weights of the preset's shape, processor)."""
-    import transformers
-
-    from hooked_video.models import PllavaForConditionalGeneration, PllavaProcessor
-
-    folder, config = config_folder(preset)
-    arch = PRESETS[preset][0]
+def build_hf(preset: str, device: str, dtype: torch.dtype, attn: str = "eager", split_over: list[str] | None = None):
+    """(HF model with random weights of the preset's shape, processor); ``split_over``: devices
+    to spread it over (built on the first, then dispatched with accelerate, as
+    ``from_pretrained(device_map=...)`` places a checkpoint)."""
+    tiny, processor = tiny_model(preset)
+    config = scaled_config(preset, tiny.config)
     torch.manual_seed(0)
-    cls = PllavaForConditionalGeneration if arch == "pllava" else getattr(transformers, config.architectures[0])
     with torch.device(device):
-        hf = cls._from_config(config, dtype=dtype, attn_implementation=attn)
-    if arch == "pllava":
-        from transformers import AutoTokenizer
+        hf = type(tiny)._from_config(config, dtype=dtype, attn_implementation=attn)
+    if split_over:
+        from accelerate import dispatch_model
 
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        processor = PllavaProcessor(image_processor=_clip(config), tokenizer=tokenizer, pooling_shape=config.pooling_shape)
-    else:
-        processor = transformers.AutoProcessor.from_pretrained(folder)
+        hf = dispatch_model(hf, device_map=split_map(hf, split_over))
     return hf.eval(), processor
 
 
-def _clip(config):
-    from hooked_video.loading import clip_image_processor
+def split_map(hf, devices: list[str]) -> dict:
+    """Decoder layers spread evenly over ``devices``; the vision side and the embedding on the
+    first device, the final norm and the head on the last."""
+    language_model = hf.model.language_model
+    layers = len(language_model.layers)
+    per = -(-layers // len(devices))
+    device_map = {f"model.{name}": devices[0] for name, _ in hf.model.named_children() if name != "language_model"}
+    device_map.update({f"model.{name}": devices[0] for name, _ in hf.model.named_parameters(recurse=False)})
+    for name, _ in language_model.named_children():
+        if name != "layers":
+            device_map[f"model.language_model.{name}"] = devices[-1] if name == "norm" else devices[0]
+    device_map.update({f"model.language_model.layers.{i}": devices[i // per] for i in range(layers)})
+    device_map["lm_head"] = devices[-1]
+    return device_map
 
-    return clip_image_processor("/nonexistent", config.vision_config.image_size)
 
-
-def build(preset: str, device: str, dtype: torch.dtype):
+def build(preset: str, device: str, dtype: torch.dtype, split_over: list[str] | None = None):
     """A HookedVideoLLM with random weights of the preset's shape."""
     from hooked_video import HookedVideoLLM
 
-    hf, processor = build_hf(preset, device, dtype)
+    hf, processor = build_hf(preset, device, dtype, split_over=split_over)
     return HookedVideoLLM.from_hf(hf, processor, model_name=f"random-{preset}")
 
 

@@ -62,6 +62,8 @@ def _layer_range(value: str) -> tuple[int, int]:
         start, stop = (int(x) for x in value.split("-"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected START-STOP (e.g. 5-20), got {value!r}") from None
+    if not 0 <= start < stop:
+        raise argparse.ArgumentTypeError(f"expected 0 <= START < STOP (STOP excluded), got {value!r}")
     return start, stop
 
 

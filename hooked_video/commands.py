@@ -16,6 +16,40 @@ def run_build_tiny(args) -> None:
     print(build_tiny(args.arch, args.dir, seed=args.seed))
 
 
+def _summary_path(out) -> Path:
+    """``out/summary.json``, refusing to replace a file hooked-video did not write there."""
+    path = Path(out, "summary.json")
+    if path.exists():
+        try:
+            ours = json.loads(path.read_text()).get("written_by") == "hooked-video"
+        except (ValueError, AttributeError, OSError):
+            ours = False
+        if not ours:
+            raise FileExistsError(f"{path} exists and was not written by hooked-video; move it, or use another --out")
+    return path
+
+
+def _write_summary(out, summary: dict) -> Path:
+    path = _summary_path(out)
+    path.write_text(json.dumps({"written_by": "hooked-video", **summary}, indent=1))
+    return path
+
+
+def _keywords(args):
+    """--keywords, read and checked before the slow work: a word list or {group: [words]}."""
+    if not args.keywords:
+        return None
+    from hooked_video.data.mcqa import read_json
+
+    keywords = read_json(Path(args.keywords)) if Path(args.keywords).is_file() else None
+    if keywords is None:
+        raise FileNotFoundError(f"--keywords file {args.keywords} does not exist")
+    words = lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v)  # noqa: E731
+    if not (words(keywords) or isinstance(keywords, dict) and all(words(v) for v in keywords.values())):
+        raise ValueError(f"--keywords {args.keywords}: expected a list of words or {{group: [words]}}")
+    return keywords
+
+
 def _load(args):
     """The model, on this process's GPU(s) under a launcher, split by ``--device-map``."""
     from hooked_video import HookedVideoLLM
@@ -33,6 +67,9 @@ def _load(args):
         import torch
 
         device = f"cuda:{local_rank()}" if torch.cuda.is_available() else None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per error: no bars from transformers
     return HookedVideoLLM.from_pretrained(args.model, device=device, dtype=args.dtype, strict=not args.no_strict, **kwargs)
 
 
@@ -97,7 +134,14 @@ def run_open_ended(args) -> None:
     from hooked_video.data.mcqa import open_questions
 
     questions = open_questions(args.data)
-    questions = [q for q in questions if not args.task or q["task"] in args.task][: args.samples]
+    if args.task:
+        found = sorted({q["task"] for q in questions})
+        missing = [t for t in args.task if t not in found]
+        if missing:
+            raise ValueError(f"{args.data}: no question has task {missing}; tasks in the file: {found}")
+        questions = [q for q in questions if q["task"] in args.task]
+    questions = questions[: args.samples]
+    _summary_path(args.out)
     model = _load(args)
     words = args.anchor_words.split(",") if args.anchor_words else None
     df = _sharded(args, lambda shard: flow.sweep_open_ended(
@@ -110,7 +154,7 @@ def run_open_ended(args) -> None:
     kept = [b for b in df.attrs["baseline"] if "skipped" not in b]
     summary = {"n_samples": len(df.attrs["baseline"]), "n_traced": len(kept), "anchor": args.anchor,
                "rel_change": flow.summarize(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else []}  # fmt: skip
-    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_summary(args.out, summary)
     print(f"{len(df.attrs['baseline'])} questions, {len(kept)} with an anchor {args.anchor} traced")
     if len(df):
         print(df.groupby(["target", "condition"]).rel_change.agg(["mean", "min"]).round(2).to_string())
@@ -122,7 +166,9 @@ def run_flow(args) -> None:
 
     if args.open_ended:
         return run_open_ended(args)
-    samples, model = _dataset(args), _load(args)  # data errors first, before the slow load
+    samples = _dataset(args)  # data and output errors first, before the slow load
+    _summary_path(args.out)
+    model = _load(args)
     swept = range(*args.sweep_range) if args.sweep_range else None
     df = _sharded(args, lambda shard: flow.sweep(
         model, samples, targets=args.target or list(flow.TARGETS), window=args.window, layers=swept, select=args.select,
@@ -141,7 +187,7 @@ def run_flow(args) -> None:
         "rel_change": flow.summarize(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else [],
         "accuracy_under_knockout": flow.accuracy_under_knockout(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else [],
     }  # fmt: skip
-    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_summary(args.out, summary)
     accuracy = ", ".join(f"{t} {a:.3f}" for t, a in summary["baseline_accuracy"].items())
     print(f"{len(baseline)} samples; baseline accuracy ({args.rule}): {accuracy}; "
           f"{summary['knocked_out_samples']} knocked out ({args.select})")  # fmt: skip
@@ -154,7 +200,9 @@ def run_flow(args) -> None:
 def run_lens(args) -> None:
     from hooked_video import lens
 
-    samples, model = _dataset(args), _load(args)  # data errors first, before the slow load
+    samples, keywords = _dataset(args), _keywords(args)  # data and output errors first, before the slow load
+    _summary_path(args.out)
+    model = _load(args)
     run = _sharded(args, lambda shard: lens.run(model, samples, variant=args.variant, norm=args.norm, select=args.select,
                                                 rule=args.rule, out=args.out, resume=not args.fresh,
                                                 num_frames=args.frames, shard=shard))  # fmt: skip
@@ -166,8 +214,7 @@ def run_lens(args) -> None:
     if len(answer):
         summary["answer_probability"] = answer.groupby(["task", "layer", "is_true"]).prob.mean().reset_index().to_dict("records")
     print(f"{len(run.baseline)} samples, {summary['n_selected']} selected ({args.select}, rule {args.rule})")
-    if args.keywords and len(run.top1):
-        keywords = json.loads(Path(args.keywords).read_text())
+    if keywords and len(run.top1):
         tables = run.keyword_frequencies(keywords, model.tokenizer, min_count=args.min_count,
                                          overlapping_bins=args.overlapping_bins)  # fmt: skip
         tables = tables if isinstance(tables, dict) else {"keywords": tables}
@@ -178,7 +225,7 @@ def run_lens(args) -> None:
                 print(f"{group}: no keyword reached --min-count {args.min_count} hits (dropped: {', '.join(table.dropped)})")
             else:
                 print(f"{group}: normalised keyword frequency per layer bin\n{table.average.round(3).to_string()}")
-    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_summary(args.out, summary)
     if len(answer):
         last = answer[answer.layer == answer.layer.max()]
         print(f"last-layer P(true letter) (norm {args.norm}): {last[last.is_true].prob.mean():.3f}")
@@ -201,6 +248,7 @@ def run_prune(args) -> None:
         if spec.random_fraction is None:
             raise ValueError("--random-fraction preset needs --preset (a sweep-derived spec has no fixed fraction)")
         fraction = None
+    _summary_path(args.out)
     model = _load(args)
     report = _sharded(args, lambda shard: pathways.evaluate(
         model, samples, spec, random_baseline=not args.no_random, seed=args.seed, random_fraction=fraction,
@@ -209,7 +257,7 @@ def run_prune(args) -> None:
         return
     summary = {"spec": spec.__dict__, "rule": args.rule, "accuracy": report.accuracy.to_dict("index"),
                "retention": report.retention.to_dict("index"), "n_samples": len(report.rows)}  # fmt: skip
-    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    _write_summary(args.out, summary)
     print(f"pathways: INTER {spec.inter}, V2Q {spec.v2q}, Q2L {spec.q2l} (0-based)")
     print(f"accuracy ({args.rule}):\n{report.accuracy.round(3).to_string()}")
     print(report.retention.round(3).to_string())

@@ -1,4 +1,4 @@
-"""Attention knockout (METHOD.md section 3): blocked edges as masks, applied by plain hooks.
+"""Attention knockout (docs/method.md, "Attention knockout"): blocked edges as masks, applied by plain hooks.
 
 An edge ``source -> target`` lets the target position's query read the source position's key.
 Knocking it out sets that pre-softmax attention score to the dtype's minimum in every head of

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from transformer_lens.hook_points import HookPoint
@@ -283,6 +283,7 @@ class HookedVideoLLM:
             kwargs = {**kwargs, **extra}  # an EmbeddedPrompt's DeepStack features
             if embeds is None or mask is None or mask.shape != embeds.shape[:2] or not mask.any():
                 return (args, kwargs) if extra else None
+            mask = mask.to(embeds.device)  # a model split over GPUs may hand its LM the embeddings elsewhere
             counts = mask.sum(-1)
             if not bool((counts == counts[0]).all()):
                 raise PromptLayoutError("batched prompts must have the same number of video tokens.")
@@ -335,6 +336,8 @@ class HookedVideoLLM:
         frames = load_video(frames, num_frames=num_frames)
         user_text, char_spans = template.render_user_text(question, options)
         text = self._render_chat(user_text, template) + template.answer_prefix
+        if processor_kwargs is not None and not isinstance(processor_kwargs, Mapping):
+            raise InvalidInputError(f"processor_kwargs must be a dict, got {type(processor_kwargs).__name__}")
         kwargs = {**self.family.processor_kwargs(frames, fps), **(processor_kwargs or {})}
         inputs = dict(self.processor(text=text, videos=[frames], return_tensors="pt", **kwargs))
         ids = inputs["input_ids"][0]
@@ -361,6 +364,8 @@ class HookedVideoLLM:
         if isinstance(template, str):
             return PromptTemplate.named(template)
         if template is not None:
+            if not isinstance(template, PromptTemplate):
+                raise InvalidInputError(f"template must be a PromptTemplate or a template name, got {type(template).__name__}")
             return template
         if not has_options:
             return PromptTemplate.free_form()

@@ -12,6 +12,7 @@ question -> question above Q2L, all in one forward with per-layer masks::
 
 from __future__ import annotations
 
+import numbers
 import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from hooked_video import attention
 from hooked_video import knockout as ko
 from hooked_video.accuracy import PAPER_RULE, check_rule, option_prediction
+from hooked_video.checks import InvalidInputError, check_count
 from hooked_video.engine import Engine
 from hooked_video.flow.sweep import choose_engine
 from hooked_video.data.mcqa import identify_all, to_prompt
@@ -44,7 +46,7 @@ PRESETS: dict[str, dict] = {
     "mini-internvl-4b-video-ft": dict(inter=(5, 14), v2q=(5, 19), q2l=(10, 29), n_layers=32, random_fraction=0.6,
                                       checkpoint="byminji/Mini-InternVL-4B-Video-FT", family="internvl"),
     "videollama3-7b": dict(inter=(0, 14), v2q=(5, 19), q2l=(20, 27), n_layers=28, random_fraction=0.42,
-                           checkpoint="DAMO-NLP-SG/VideoLLaMA3-7B", family="videollama3"),
+                           checkpoint="DAMO-NLP-SG/VideoLLaMA3-7B", family="video_llama_3"),
 }
 RANDOM_FRACTIONS = ("run", "sample")
 
@@ -97,11 +99,14 @@ class PathwaySpec:
             r = getattr(self, family)
             if r is None:
                 continue
+            if isinstance(r, str) or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in r):
+                raise InvalidInputError(f"{family}={r!r}: a range is (first, last) of whole layer numbers, or None")
             r = tuple(int(x) for x in r)
             object.__setattr__(self, family, r)
             top = (self.n_layers or 10**9) - 1
             if len(r) != 2 or not 0 <= r[0] <= r[1] <= top:
-                raise ValueError(f"{family}={r}: a range is (first, last) with 0 <= first <= last <= n_layers - 1, or None")
+                raise InvalidInputError(f"{family}={r}: a range is (first, last) with 0 <= first <= last <= n_layers - 1, "
+                                        "or None")  # fmt: skip
 
     @classmethod
     def preset(cls, name: str) -> "PathwaySpec":
@@ -340,6 +345,7 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
     for all shards' pathway rows, so every shard draws the same fraction as one process would.
     """
     check_rule(rule)
+    check_count(seed, "seed", minimum=0, allow_none=False)
     spec.check_model(model)
     if random_fraction is None:
         random_fraction = spec.random_fraction if spec.random_fraction is not None else "run"

@@ -133,7 +133,8 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
     if image_model is not None:
         image_cf = _merged(lambda part: flow.sweep(image_model, items, targets=["cross-frame"], out=out / "image_flow",
                                                    shard=part, **common), shard)  # fmt: skip
-    lens_run = _merged(lambda part: lens.run(video_model, items, variant="unembed", norm="released", select=select,
+    norm = released_norm(video_model)
+    lens_run = _merged(lambda part: lens.run(video_model, items, variant="unembed", norm=norm, select=select,
                                              out=out / "lens", progress=progress, shard=part), shard)  # fmt: skip
     acc = pd.concat({"video": baseline_accuracy(sweep).accuracy}
                     | ({"image": baseline_accuracy(image_cf).accuracy} if image_model else {}), axis=1)  # fmt: skip
@@ -157,6 +158,12 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
     _write_summary(out, result)
     write_report(out, "Map the Flow: the paper's analyses", _intro(result), report_sections(result))
     return result
+
+
+def released_norm(model) -> str:
+    """The answer-probability norm of the released analysis of this model's family: the final
+    norm at every layer for VideoLLaMA3, only at the last layer for the LLaVA and InternVL runs."""
+    return "final" if model.family.name == "video_llama_3" else "released"
 
 
 def _merged(call, shard):
@@ -236,8 +243,9 @@ def report_sections(r: Reproduction) -> list[Section]:
     if "cross_frame" in r.figures:
         sections.append(Section("Cross-frame knockout: image model vs video model", "", "cross_frame.png"))
     sections.append(Section("Flow blueprint", "Critical layer ranges per pathway, from the sweep.", "blueprint.png"))
-    sections.append(Section("Answer probability by layer", "Norm only at the last layer (the released analysis).",
-                            "answer_probability.png"))  # fmt: skip
+    norm = r.lens.norm
+    text = "Norm only at the last layer (the released analysis)." if norm == "released" else f"Norm: {norm}."
+    sections.append(Section("Answer probability by layer", text, "answer_probability.png"))
     for name in r.figures:
         if name.startswith("keywords_"):
             sections.append(Section(f"Logit-lens keywords ({name[9:].replace('_', ' ')})", "", f"{name}.png"))

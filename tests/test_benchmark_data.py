@@ -57,7 +57,7 @@ def test_tvbench_reads_tasks_answers_and_windows(tvbench):
     assert first.id == "action_sequence/0" and first.video.endswith("video/action_sequence/a.mp4")
     frames = first.load_frames(8)
     assert frames.shape == (8, 32, 32, 3)
-    # METHOD.md section 8: first = 8, last = 24, seg = 2, index_i = int(8 + 1 + round(2 i)) = 9, 11, ..., 23
+    # docs/method.md, "Data": first = 8, last = 24, seg = 2, index_i = int(8 + 1 + round(2 i)) = 9, 11, ..., 23
     expected = np.arange(9, 24, 2) * 6
     assert np.abs(frames.reshape(8, -1).mean(1) - expected).max() < 3
     np.testing.assert_array_equal(frames, load_video(first.video, 8, start=1.0, end=3.0))

@@ -38,7 +38,7 @@ def test_between_within_self_and_algebra(small_map):
 
 def test_edges_without_a_length_learn_it_from_their_partner(small_map):
     tm = small_map
-    lazy = knockout.between(tm.video, tm.last)  # the DESIGN.md contract: no length given
+    lazy = knockout.between(tm.video, tm.last)  # the documented contract: no length given
     assert lazy.n_positions is None
     combined = knockout.cross_frame(tm) | lazy
     assert combined.n_positions == 12 and combined.n_edges == 18

@@ -17,7 +17,7 @@ from hooked_video.tokens import TextSpans, build_token_map
 
 
 def paper_7b_layout():
-    """The paper's LLaVA-NeXT-7B prompt (METHOD.md section 4): prefix 40 tokens, 8 x 12 x 12
+    """The paper's LLaVA-NeXT-7B prompt (docs/method.md, "Effective pathways"): prefix 40 tokens, 8 x 12 x 12
     video tokens, question with options 55, tail 19, last 1: N = 1267."""
     q = 40 + 1152
     spans = TextSpans(question_block=(q, q + 55), question_text=(q + 2, q + 20), options=((q + 22, q + 37), (q + 38, q + 55)))
@@ -29,7 +29,7 @@ def test_edge_accounting_on_the_paper_7b_layout_gives_42_percent():
     edges = pathways.PathwaySpec.preset("llava-next-7b-video-ft").layer_edges(tm, 32)
     counts = pathways.count_edges(edges, tm.n_positions)
     assert counts.baseline == 25_704_896 == 32 * 1267 * 1268 // 2
-    assert counts.retained == 10_803_274  # METHOD.md's check for this layout
+    assert counts.retained == 10_803_274  # the check docs/method.md gives for this layout
     assert counts.retention == pytest.approx(0.4203, abs=1e-4)  # the paper's 42%
 
 

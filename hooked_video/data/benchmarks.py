@@ -1,4 +1,4 @@
-"""TVBench and TOMATO loaders (METHOD.md section 8), yielding ``Sample``s.
+"""TVBench and TOMATO loaders (docs/method.md, "Data"), yielding ``Sample``s.
 
 TVBench: ``{root}/json/{task}.json``, each a list of ``{video, question, candidates, answer
 (text), optional start, end (seconds)}``; videos under ``{root}/video/{task}/``. Tasks are named

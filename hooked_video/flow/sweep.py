@@ -60,6 +60,8 @@ def plan_passes(targets: Mapping[str, Mapping], swept: Sequence[int], n_layers: 
                 even: str) -> list[Pass]:  # fmt: skip
     """Every (target, condition, swept layer) pass with the layers its window blocks."""
     check_count(window, "window")
+    if not len(swept):
+        raise InvalidInputError("layers is empty: give the swept layers (e.g. range(5, 20)), or None for all")
     for layer in swept:
         check_count(layer, "a swept layer", minimum=0, allow_none=False)
         if not 0 <= layer < n_layers:
@@ -261,5 +263,8 @@ def load(out: str | Path) -> pd.DataFrame:
         rows, baseline = load_results(out, "rows"), load_results(out, "baseline")
     except FileNotFoundError:
         raise FileNotFoundError(f"{out} holds no sweep results") from None
+    kind = baseline.attrs.get("kind")
+    if kind not in (None, "legacy", "flow.sweep"):
+        raise InvalidInputError(f"{out} holds {kind} results, not a flow sweep")
     settings = baseline.attrs.get("settings") or {}
     return frame(rows.to_dict("records"), baseline.to_dict("records"), settings.get("n_layers"))

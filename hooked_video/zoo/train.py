@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from hooked_video.data import synthetic
-from hooked_video.prompt import PromptTemplate
 from hooked_video.zoo.tiny import BASE_WORDS, TinySizes, build_tiny
 
 #: The toy architecture: LLaVA-NeXT-Video layout (CLIP-style tower, projector, 2x2 pooling,
