@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 
 #: Architectures ``build-tiny`` writes (the keys of ``zoo.tiny.BUILDERS``, listed here so that
@@ -111,12 +112,25 @@ def _placement_arguments(p) -> None:
     p.add_argument("--gpus-per-process", type=_positive_int, default=None,
                    help="under torchrun / accelerate with --device-map: GPUs each process splits its model over")
     p.add_argument("--no-strict", action="store_true", help="load a checkpoint with missing or unexpected weights")
+    _threads_argument(p)
+
+
+def _threads_argument(p) -> None:
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for torch (default: $HOOKED_VIDEO_THREADS, else the cores this process may use, "
+                        "shared among the processes of a launcher)")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings as one line each (no source lines)."""
+    print(f"hooked-video: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def _analysis_parser(sub, name: str, text: str):
     p = sub.add_parser(name, help=text)
     p.add_argument("--model", required=True, help="local folder or hub id")
-    p.add_argument("--data", required=True, help="JSON file of {video, question, options, answer} entries")
+    p.add_argument("--data", required=True, help="a TVBench folder (json/, video/), a TOMATO folder "
+                   "(jsons/, videos/) or a JSON file of {video, question, options, answer} entries")
     p.add_argument("--out", required=True, help="results folder (a rerun resumes)")
     p.add_argument("--samples", type=_positive_int, default=None, help="use only the first N samples")
     p.add_argument("--task", action="append", help="only this task (repeat)")
@@ -204,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", default=None, help="default: this process's GPU (one process per GPU under torchrun)")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
+    _threads_argument(p)
 
     p = sub.add_parser("demo", help="the whole analysis on the bundled toy models, offline")
     p.add_argument("--model", default="toy-video-ft", help="the video model (default: toy-video-ft)")
@@ -212,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=_positive_int, default=8, help="questions per task")
     p.add_argument("--out", default="hooked_video_demo", help="report folder")
     p.add_argument("--device", default=None)
+    _threads_argument(p)
 
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.showwarning = _show_warning
     try:
         from hooked_video import commands
 

@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from hooked_video.distributed import Shard, barrier, local_rank, max_memory_for, process_gpus
+from hooked_video.distributed import Shard, barrier, local_rank, max_memory_for, process_gpus, set_threads
 
 
 def run_build_tiny(args) -> None:
@@ -54,6 +54,7 @@ def _load(args):
     """The model, on this process's GPU(s) under a launcher, split by ``--device-map``."""
     from hooked_video import HookedVideoLLM
 
+    set_threads(getattr(args, "threads", None))
     kwargs, device = {}, getattr(args, "device", None)
     device_map = getattr(args, "device_map", None)
     if device_map:
@@ -214,6 +215,9 @@ def run_lens(args) -> None:
     if len(answer):
         summary["answer_probability"] = answer.groupby(["task", "layer", "is_true"]).prob.mean().reset_index().to_dict("records")
     print(f"{len(run.baseline)} samples, {summary['n_selected']} selected ({args.select}, rule {args.rule})")
+    if len(run.baseline) and not summary["n_selected"]:
+        print(f"nothing to read: no sample was answered {'correctly' if args.select == 'correct' else 'wrongly'}; use "
+              "--select all, or a model that answers some correctly (e.g. toy-video-ft)")  # fmt: skip
     if keywords and len(run.top1):
         tables = run.keyword_frequencies(keywords, model.tokenizer, min_count=args.min_count,
                                          overlapping_bins=args.overlapping_bins)  # fmt: skip
@@ -224,7 +228,8 @@ def run_lens(args) -> None:
             if table.average.empty or table.average.isna().all():
                 print(f"{group}: no keyword reached --min-count {args.min_count} hits (dropped: {', '.join(table.dropped)})")
             else:
-                print(f"{group}: normalised keyword frequency per layer bin\n{table.average.round(3).to_string()}")
+                shown = table.average.dropna(how="all").dropna(axis=1, how="all").round(3)
+                print(f"{group}: normalised keyword frequency per layer bin\n{shown.fillna('-').to_string()}")
     _write_summary(args.out, summary)
     if len(answer):
         last = answer[answer.layer == answer.layer.max()]
@@ -267,6 +272,7 @@ def run_prune(args) -> None:
 def run_demo(args) -> None:
     from hooked_video import demo
 
+    set_threads(args.threads)
     data = args.data or Path.home() / ".cache" / "hooked_video" / "synthetic"
     summary = demo.run(args.out, data=data, samples=args.samples, models=(args.image_model, args.model), device=args.device)
     print("accuracy per task:")
@@ -280,6 +286,7 @@ def run_demo(args) -> None:
 def run_reproduce(args) -> None:
     from hooked_video.reproduce import reproduce
 
+    set_threads(args.threads)
     device = args.device
     if device is None and Shard.from_environment() is not None:
         import torch

@@ -85,6 +85,20 @@ def process_gpus(gpus_per_process: int = 1, rank: int | None = None) -> list[int
     return list(range(first, first + gpus_per_process))
 
 
+def set_threads(requested: int | None = None) -> int:
+    """torch's CPU threads: ``requested``, else $HOOKED_VIDEO_THREADS, else the cores this process
+    may use divided among the processes of a launcher on this host (torch's own default counts
+    every core of the machine, and threads that outnumber free cores slow each other down)."""
+    import torch
+
+    count = requested or int(os.environ.get("HOOKED_VIDEO_THREADS", "0"))
+    if not count:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        count = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(count)
+    return count
+
+
 def max_memory_for(gpus: Sequence[int], per_gpu: str | None = None) -> dict:
     """An accelerate ``max_memory`` that lets a split model use only ``gpus`` (and no CPU)."""
     import torch

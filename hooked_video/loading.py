@@ -109,12 +109,22 @@ def _config(path):
         local = Path(path).expanduser()
         if local.is_dir():
             raise CheckpointError(f"{local} is not a model folder: {str(err).splitlines()[0]}") from err
+        if _is_path(str(path)):
+            siblings = [p.name for p in local.parent.iterdir() if p.is_dir()] if local.parent.is_dir() else []
+            close = difflib.get_close_matches(local.name, siblings, n=1)
+            hint = f"; did you mean {str(local.parent / close[0])!r}?" if close else ""
+            raise ModelNotFoundError(f"no model folder at {str(path)!r}{hint}") from err
         close = difflib.get_close_matches(str(path), list(ZOO), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ModelNotFoundError(
             f"no model at {str(path)!r}: no such local folder, not a bundled model ({', '.join(sorted(ZOO))}), "
             f"and the hub could not provide it (offline or unknown id: {str(err).splitlines()[0][:160]}){hint}"
         ) from err
+
+
+def _is_path(name: str) -> bool:
+    """A name that can only be a folder: absolute, relative to ``.``/``~``, or with more than one "/"."""
+    return name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1 or Path(name).drive != ""
 
 
 def dtype_of(dtype) -> torch.dtype:

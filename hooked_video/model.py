@@ -269,7 +269,7 @@ class HookedVideoLLM:
     # ----- video embedding hook ---------------------------------------------------------------
     def _install_video_hook(self) -> None:
         """Register ``hook_video_embeds`` on the bridge and fire it on the LM's input embeddings."""
-        self.bridge.hook_video_embeds = HookPoint()  # the bridge registers and names it
+        self.bridge.hook_video_embeds = HookPoint().train(self.bridge.training)  # the bridge registers and names it
         hook_point, family, state = self.bridge.hook_video_embeds, self.family, {}
 
         def remember_ids(module, args, kwargs):

@@ -140,6 +140,13 @@ class PathwaySpec:
         in every layer). The sweep must contain the cross-frame and vql-to-ql targets. The
         model's depth is taken from the sweep (``df.attrs["n_layers"]``) when it is known.
         """
+        if flow_df.empty:
+            n = len(flow_df.attrs.get("baseline", []))
+            raise InvalidInputError(
+                f"the sweep is empty: none of its {n} samples was knocked out (the sweep knocks out only the samples "
+                "its select= keeps, by default those answered correctly); rerun it with select='all' (CLI: --select "
+                "all) or with a model that answers some correctly"
+            )
         ranges = {}
         for family, (target, condition) in SWEEP_CONDITIONS.items():
             rows = flow_df[(flow_df.target == target) & (flow_df.condition == condition)]

@@ -164,6 +164,12 @@ class VideoPrompt:
         return self.input_ids.shape[-1]
 
     @property
+    def shape(self) -> torch.Size:
+        """``input_ids``' shape (1, N): lets ``transformer_lens.patching`` take a VideoPrompt where
+        it expects tokens."""
+        return self.input_ids.shape
+
+    @property
     def answer_token_id(self) -> int:
         if self.answer is None:
             raise AttributeError("this prompt has no answer: pass answer=... to prepare()")

@@ -649,7 +649,9 @@ def _load(w, name, edit, **kwargs):
 
 LOADING = [
     row("load-missing-folder", lambda w: HookedVideoLLM.from_pretrained(w.d / "no_model"), ModelNotFoundError,
-        "no model at '{d}/no_model': no such local folder"),
+        "no model folder at '{d}/no_model'"),
+    row("load-folder-typo", lambda w: HookedVideoLLM.from_pretrained(w.d / "plian"), ModelNotFoundError,
+        "no model folder at '{d}/plian'; did you mean '{d}/plain'?"),
     row("load-zoo-typo", lambda w: HookedVideoLLM.from_pretrained("toy-vide-ft"), ModelNotFoundError,
         "no model at 'toy-vide-ft'", "did you mean 'toy-video-ft'?"),
     row("load-folder-without-config", lambda w: _load(w, "nocfg", lambda f: (f / "config.json").unlink()), CheckpointError,
@@ -757,7 +759,7 @@ CLI = [
     cli_row("task-matches-nothing-tvbench", analysis("flow", "--task", "nope", data="{tvb}"),
             "no annotation file for task(s) ['nope'] in {tvb}/json"),
     cli_row("dtype-bogus", analysis("flow", "--dtype", "bogus"), "dtype must be a torch dtype or one of", "got 'bogus'"),
-    cli_row("model-missing", analysis("flow", model="{d}/no_model"), "no model at '{d}/no_model'"),
+    cli_row("model-missing", analysis("flow", model="{d}/no_model"), "no model folder at '{d}/no_model'"),
     cli_row("model-file", analysis("flow", model="{d}/afile.txt"), "{d}/afile.txt is a file; give the model's folder"),
     cli_row("data-missing", analysis("flow", data="{d}/nowhere.json"), "annotation file {d}/nowhere.json does not exist"),
     cli_row("data-invalid-json", analysis("flow", data="{d}/invalid.json"), "{d}/invalid.json: not valid JSON"),
@@ -808,7 +810,7 @@ CLI = [
             "options has one option ('left')"),
     cli_row("tokens-frames-0", ["tokens", "{model}", "{d}/v0.mp4", "-q", "which way ?", "--frames", "0"],
             "argument --frames: expected a number of at least 1, got 0"),
-    cli_row("info-missing-model", ["info", "{d}/no_model"], "no model at '{d}/no_model'"),
+    cli_row("info-missing-model", ["info", "{d}/no_model"], "no model folder at '{d}/no_model'"),
     cli_row("info-zoo-typo", ["info", "toy-vide-ft"], "did you mean 'toy-video-ft'?"),
     cli_row("rerun-other-settings", analysis("flow", *RERUN[2:], "--window", "2", out="{d}/cli/flow"),
             "{d}/cli/flow holds results of a run with other settings (window: stored 1, now 2)"),

@@ -1,6 +1,5 @@
 """Information-flow sweeps: pass counts, selection, summaries, incremental files and resume."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,7 +9,6 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from hooked_video import flow, knockout
 from hooked_video.data import Sample

@@ -5,7 +5,6 @@ random fractions."""
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from hf_reference import last_probs, load_hf
 
 from hooked_video import HookedVideoLLM, flow, knockout, lens, pathways, viz

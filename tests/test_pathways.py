@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import torch
 
-from hooked_video.store import load_results
 from hf_reference import last_probs, load_hf
 
 from hooked_video import knockout, pathways

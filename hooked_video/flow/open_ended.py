@@ -105,7 +105,7 @@ def sweep_open_ended(
         targets: ``OPEN_ENDED_TARGETS`` names or custom ``{target: {condition: fn}}``.
         max_new_tokens: length limit of the greedy answer.
         num_open_tokens: response tokens right before the last position left untyped.
-        Other arguments as in ``flow.sweep``.
+        others: as in ``flow.sweep``.
 
     Returns:
         One row per sample x condition x swept layer: p_base and p_knockout of the anchor

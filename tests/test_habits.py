@@ -1,0 +1,87 @@
+"""TransformerLens habits on video prompts, each against an independent computation: the token
+strings, greedy generation (HF ``generate`` on the plain model), ``transformer_lens.patching``
+(a hand-written patch of the plain model's decoder layer) and eval-mode hook points."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hf_reference import load_hf
+from transformer_lens import patching as tl_patching
+
+from hooked_video import HookedVideoLLM
+
+ARCHITECTURES = ["llava_next_video", "qwen2_5_vl"]  # one with M-RoPE, whose generated positions continue the video's
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def case(request, tiny_paths, frames):
+    path = tiny_paths[request.param]
+    model = HookedVideoLLM.from_pretrained(path)
+    clean = model.prepare(frames, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+    corrupted = model.prepare(frames[::-1].copy(), "which way does the ball move ?", ["left", "right"], answer=1,
+                              num_frames=None)  # fmt: skip
+    return model, load_hf(path, model), clean, corrupted
+
+
+def test_to_str_tokens_of_a_video_prompt(case):
+    model, _, clean, _ = case
+    strings = model.to_str_tokens(clean)
+    assert len(strings) == clean.n_positions
+    decoded = [model.tokenizer.decode([i]) for i in clean.input_ids[0].tolist()]
+    assert strings == decoded
+    assert len({strings[p] for p in clean.token_map.video.tolist()}) == 1  # the video placeholder, once per feature
+
+
+def test_generate_equals_hf_greedy_generation(case):
+    model, hf, clean, _ = case
+    ours = model.generate(clean, max_new_tokens=6, stop_at_eos=False, return_type="tokens")
+    with torch.no_grad():
+        theirs = hf.generate(**clean.inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert ours == theirs[0, clean.n_positions :].tolist()
+    text = model.generate(clean, max_new_tokens=6, stop_at_eos=False)
+    assert text == model.tokenizer.decode(ours, skip_special_tokens=True)
+
+
+def _patched_last_logits(hf, prompt, layer: int, position: int, value: torch.Tensor) -> torch.Tensor:
+    """The plain model's last logits with decoder layer ``layer``'s input at ``position`` replaced."""
+    decoder = hf.model.language_model.layers[layer]
+
+    def replace(module, args, kwargs):
+        hidden = (args[0] if args else kwargs["hidden_states"]).clone()
+        hidden[:, position] = value
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    handle = decoder.register_forward_pre_hook(replace, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            return hf(**prompt.inputs).logits[0, -1]
+    finally:
+        handle.remove()
+
+
+def test_transformer_lens_patching_on_video_prompts(case):
+    model, hf, clean, corrupted = case
+    answer = clean.answer_token_id
+    _, clean_cache = model.run_with_cache(clean)
+
+    def metric(logits):
+        return logits[0, -1, answer]
+
+    result = tl_patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
+    assert result.shape == (model.cfg.n_layers, clean.n_positions)
+    positions = [clean.token_map.video[0], clean.token_map.video[-1], clean.n_positions - 1]
+    for layer in range(model.cfg.n_layers):
+        for position in positions:
+            value = clean_cache[f"blocks.{layer}.hook_resid_pre"][0, position]
+            expected = _patched_last_logits(hf, corrupted, layer, position, value)[answer]
+            torch.testing.assert_close(result[layer, position], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_hook_points_are_in_eval_mode(case):
+    model, *_ = case
+    assert not model.bridge.training and not model.hf_model.training
+    assert [name for name, m in model.bridge.named_modules() if m.training] == []
+    assert not model.bridge.hook_video_embeds.training
