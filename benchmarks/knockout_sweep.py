@@ -1,8 +1,8 @@
 """Knockout sweep cost per sample: the sweep engine, the TransformerLens hook path and the released
 code's approach, side by side in one run, per target and for all four; plus the plain forward.
 
-- released approach: one HF eager forward per pass (vision encoder included), batch 1, explicit
-  per-layer 4D additive masks; per-sample time = median pass time x passes.
+- released approach: one HF eager forward per pass (vision encoder included, its attention eager
+  too), batch 1, explicit per-layer 4D additive masks; per-sample time = median pass time x passes.
 - hooks: ``flow.sweep(engine="hooks")``: vision once, batched passes, hooks on ``hook_attn_scores``.
 - engine: ``flow.sweep(engine="fast")``: only the rows and layers a knockout changes, SDPA.
 - forward: the hooked model (fast path) vs the same weights in a plain HF model with SDPA; and
@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shapes import PRESETS, build, build_hf, frames_for  # noqa: E402
+from shapes import PRESETS, build_hf, model_and_prompt, vision_attention  # noqa: E402
 
 from hooked_video import flow, knockout  # noqa: E402
 
@@ -72,7 +72,7 @@ def released_pass(model, prompt, additive, layers) -> torch.Tensor:
     try:
         from hooked_video import attention
 
-        with attention.reference_attention():
+        with attention.reference_attention(), vision_attention(model, "eager"):
             return hf(**inputs).logits[:, -1].float().softmax(-1)
     finally:
         for h in handles:
@@ -109,9 +109,11 @@ def profile(fn) -> dict:
         wall = time.perf_counter() - start
     events = prof.key_averages()
     gpu = sorted(events, key=lambda e: e.device_time_total, reverse=True)[:12]
+    kernels = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:20]
     busy = sum(e.self_device_time_total for e in events) / 1e6
     summary = {"wall_s": wall, "gpu_busy_s": busy,
-               "top_gpu_ops": [(e.key[:60], round(e.device_time_total / 1e3, 1), e.count) for e in gpu]}  # fmt: skip
+               "top_gpu_ops": [(e.key[:60], round(e.device_time_total / 1e3, 1), e.count) for e in gpu],
+               "top_self_gpu": [(e.key[:70], round(e.self_device_time_total / 1e3, 1), e.count) for e in kernels]}  # fmt: skip
     print(json.dumps(summary, indent=1), flush=True)
     return summary
 
@@ -132,9 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     device = args.device
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = build(args.preset, device, dtype)
-    prompt = model.prepare(frames_for(args.preset), "which way does the ball move ?", ["left", "right", "up", "down"],
-                           answer=1, num_frames=None)  # fmt: skip
+    model, prompt = model_and_prompt(args.preset, device)
     tm, n_layers = prompt.token_map, model.cfg.n_layers
     if args.confident:
         make_confident(model, prompt, args.confident)

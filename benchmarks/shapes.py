@@ -9,6 +9,8 @@ directly on the device in the benchmark dtype.
 
 from __future__ import annotations
 
+import contextlib
+
 import tempfile
 from pathlib import Path
 
@@ -127,3 +129,29 @@ def frames_for(preset: str, n_frames: int | None = None):
     n = n_frames or PRESETS[preset][4]
     size = PRESETS[preset][2].get("image_size", 32)
     return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def vision_attention(model, implementation: str):
+    """Within the context, the vision tower's attention runs ``implementation`` ("eager" as the
+    released code runs it, or "sdpa") whatever hooks are registered."""
+    modules = [m for m in model.hf_model.modules() if not hasattr(m, "original_component") and getattr(m, "_hooked_video_vision", False)]
+    saved = [dict(m._forward_pre_hooks) for m in modules]
+    for m in modules:
+        m._forward_pre_hooks.clear()
+        m.config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        for m, hooks in zip(modules, saved):
+            m._forward_pre_hooks.update(hooks)
+
+
+def model_and_prompt(preset: str, device: str):
+    """The preset's random-weight HookedVideoLLM (bf16 on a GPU, float32 on CPU) and the benchmarks'
+    four-option prompt on its frames."""
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = build(preset, device, dtype)
+    prompt = model.prepare(frames_for(preset), "which way does the ball move ?", ["left", "right", "up", "down"],
+                           answer=1, num_frames=None)  # fmt: skip
+    return model, prompt

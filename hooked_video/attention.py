@@ -185,6 +185,45 @@ class FastAttentionMixin:
         return self.hook_out(output), weights
 
 
+#: Vision-attention hook points filled from the eager attention weights (TransformerLens fires
+#: them after HF's attention returns its pattern): a hook on one needs the eager implementation.
+VISION_PATTERN_HOOKS = ("hook_attn_scores", "hook_pattern")
+
+
+def _vision_implementation(bridge_ref):
+    """A forward pre-hook on an HF vision attention module: eager when its bridge's pattern or
+    scores are hooked (TransformerLens fills them from the eager weights), SDPA otherwise. The
+    language model's reference path does not change it, so both sweep paths see the same video."""
+
+    def choose(module, args, kwargs):
+        bridge = bridge_ref() if bridge_ref is not None else None
+        hooked = any(_has_hooks(getattr(bridge, name, None)) for name in VISION_PATTERN_HOOKS)
+        module.config._attn_implementation = "eager" if hooked else "sdpa"
+
+    return choose
+
+
+def install_fast_vision_attention(bridge, hf_model, text_config) -> int:
+    """Let the vision tower's attention run SDPA when nothing needs its pattern: a pre-hook on
+    each HF vision attention module (these families read ``config._attn_implementation`` at every
+    call) picks the implementation. Returns how many modules were switched."""
+    bridges = {id(m.original_component): m for m in bridge.modules() if getattr(m, "original_component", None) is not None}
+    switched = 0
+    for module in hf_model.modules():
+        config = getattr(module, "config", None)
+        if hasattr(module, "original_component") or not type(module).__name__.endswith("Attention"):
+            continue  # a TransformerLens component, or not an attention module
+        if config is None or config is text_config or getattr(config, "_attn_implementation", None) != "eager":
+            continue
+        if getattr(module, "_hooked_video_vision", False):
+            continue
+        owner = bridges.get(id(module))
+        module.register_forward_pre_hook(_vision_implementation(weakref.ref(owner) if owner else None), with_kwargs=True)
+        module._hooked_video_vision = True
+        switched += 1
+    return switched
+
+
 _FAST_CLASSES: dict[type, type] = {}
 
 

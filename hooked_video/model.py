@@ -18,7 +18,7 @@ import torch
 from transformer_lens.hook_points import HookPoint
 
 from hooked_video.adapters import ADAPTERS
-from hooked_video.attention import install_fast_attention
+from hooked_video.attention import install_fast_attention, install_fast_vision_attention
 from hooked_video.fastpath import install_fast_blocks
 from hooked_video.embedded import EmbeddedPrompt
 from hooked_video.families import FAMILIES, VideoFamily
@@ -131,6 +131,7 @@ class HookedVideoLLM:
             raise _unsupported(arch)
         bridge = boot_bridge(hf_model.eval(), processor.tokenizer, model_name)
         install_fast_attention(bridge, hf_model.model.language_model.config)
+        install_fast_vision_attention(bridge, hf_model, hf_model.model.language_model.config)
         install_fast_blocks(bridge.blocks)
         vision = getattr(bridge, "vision_encoder", None)
         for name in ("encoder_layers", "blocks"):  # the vision tower's layers, where the adapter maps them
