@@ -30,6 +30,7 @@ PAPER_RULE = "vocab-argmax"
 
 
 def check_rule(rule: str) -> str:
+    """``rule`` if it is one of ``RULES``; a ValueError naming the choices otherwise."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
     return rule

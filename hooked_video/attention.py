@@ -168,6 +168,7 @@ class FastAttentionMixin:
     ``run_with_cache`` always sets, is ignored: patterns are reachable only through hooks.)"""
 
     def needs_reference(self, kwargs: dict) -> bool:
+        """True when a hook, a TransformerLens flag, training or ``reference_attention()`` needs the reference path."""
         if _STATE.reference or self.training:
             return True
         if any(getattr(self.config, flag, False) for flag in REFERENCE_FLAGS):
@@ -175,6 +176,7 @@ class FastAttentionMixin:
         return any(_has_hooks(getattr(self, name, None)) for name in REFERENCE_HOOKS)
 
     def forward(self, *args, **kwargs):
+        """The HF attention with ``attention_forward`` (fast path), or the bridge's reference attention."""
         if self.needs_reference(kwargs):
             if self._layer_idx in _STATE.blocked:
                 raise RuntimeError("edge_masks() cannot be combined with hooks that need the reference attention path")

@@ -42,6 +42,7 @@ class EmbeddedPrompt:
 
     @classmethod
     def from_captured(cls, kwargs: dict, feature_mask: torch.Tensor, prompt) -> "EmbeddedPrompt":
+        """An EmbeddedPrompt from the language model's captured keyword arguments."""
         deepstack = None
         if kwargs.get("deepstack_visual_embeds") is not None:
             deepstack = (kwargs["visual_pos_masks"], list(kwargs["deepstack_visual_embeds"]))

@@ -69,6 +69,7 @@ class PrefixCache:
         self.keys, self.values = keys, values
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """The baseline keys/values of positions < q0 followed by the pass's own, per batch item."""
         batch = key.shape[0]
         return (torch.cat([self.keys.expand(batch, -1, -1, -1), key], dim=2),
                 torch.cat([self.values.expand(batch, -1, -1, -1), value], dim=2))  # fmt: skip

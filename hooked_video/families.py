@@ -70,6 +70,7 @@ class VideoFamily:
 
     # ----- per family ----------------------------------------------------------------------
     def grid_shape(self, inputs: dict) -> tuple[int, int, int]:
+        """(T, H, W): temporal slots and the token grid of one slot, for these processor inputs."""
         raise NotImplementedError
 
     def temporal_patch_size(self, inputs: dict) -> int:
@@ -173,6 +174,7 @@ class LlavaNextVideoFamily(VideoFamily):
     video_placeholder = "<video>"
 
     def grid_shape(self, inputs):
+        """(frames, side, side) after the 2x2 spatial pooling."""
         vision = self.config.vision_config
         side = vision.image_size // vision.patch_size // self.config.spatial_pool_stride
         return _frames_of(inputs), side, side
@@ -186,6 +188,7 @@ class LlavaOnevisionFamily(VideoFamily):
     trailing_separators = 1
 
     def grid_shape(self, inputs):
+        """(frames, side, side) after bilinear halving (rounded up)."""
         vision = self.config.vision_config
         side = math.ceil(vision.image_size // vision.patch_size / 2)
         return _frames_of(inputs), side, side
@@ -199,6 +202,7 @@ class QwenVLFamily(VideoFamily):
     takes_video_metadata = True
 
     def grid_shape(self, inputs):
+        """(T/2, H, W) of the merged video grid (``video_grid_thw`` over the merge size)."""
         grid = inputs.get("video_grid_thw")
         if grid is None or len(grid) != 1:
             raise PromptLayoutError("Qwen-VL inputs need a video_grid_thw with one video.")
@@ -207,9 +211,11 @@ class QwenVLFamily(VideoFamily):
         return t, h // merge, w // merge
 
     def temporal_patch_size(self, inputs: dict) -> int:
+        """Input frames merged into one temporal slot."""
         return int(self.config.vision_config.temporal_patch_size)
 
     def separator_ids(self):
+        """Vision start and end token ids."""
         return tuple(
             int(i)
             for i in (self.config.vision_start_token_id, self.config.vision_end_token_id)
@@ -228,9 +234,11 @@ class PllavaFamily(VideoFamily):
 
     @staticmethod
     def feature_token_id(config) -> int:
+        """The placeholder token id that video features replace."""
         return int(config.image_token_index)
 
     def grid_shape(self, inputs):
+        """The 3D pooling shape (T, h, w); the frame count must be a multiple of T."""
         t, h, w = (int(x) for x in self.config.pooling_shape)
         frames = _frames_of(inputs)
         if frames % t:
@@ -241,6 +249,7 @@ class PllavaFamily(VideoFamily):
         return t, h, w
 
     def temporal_patch_size(self, inputs: dict) -> int:
+        """Input frames averaged into one temporal slot."""
         return _frames_of(inputs) // int(self.config.pooling_shape[0])
 
 
@@ -291,6 +300,7 @@ class InternVLFamily(VideoFamily):
 
     @staticmethod
     def feature_token_id(config) -> int:
+        """The ``<IMG_CONTEXT>`` token id that frame features replace."""
         return int(config.image_token_id)
 
     @property
@@ -300,9 +310,11 @@ class InternVLFamily(VideoFamily):
         return self._placeholder_id
 
     def has_video(self, inputs: dict) -> bool:
+        """Whether these inputs carry frames (InternVL passes them as ``pixel_values``)."""
         return inputs.get("pixel_values") is not None
 
     def grid_shape(self, inputs):
+        """(frames, side, side): one slot per frame, ``image_seq_length`` tokens each."""
         pixels = inputs.get("pixel_values")
         if pixels is None or pixels.ndim != 4:
             raise PromptLayoutError("InternVL inputs need pixel_values of shape (frames, 3, S, S).")
@@ -310,6 +322,7 @@ class InternVLFamily(VideoFamily):
         return pixels.shape[0], side, side
 
     def separator_ids(self):
+        """The ``<img>`` / ``</img>`` marker token ids."""
         return self._markers
 
 
@@ -330,6 +343,7 @@ class VideoLlama3Family(VideoFamily):
         self.video_placeholder = getattr(processor, "video_token", None) or "<|video_pad|>"
 
     def grid_shape(self, inputs):
+        """(frames, H, W) of the merged grid, before token compression."""
         grid, merge = inputs.get("video_grid_thw"), inputs.get("video_merge_sizes")
         if grid is None or len(grid) != 1:
             raise PromptLayoutError("VideoLLaMA3 inputs need a video_grid_thw with one video.")
@@ -338,6 +352,7 @@ class VideoLlama3Family(VideoFamily):
         return t, h // size, w // size
 
     def cells(self, inputs):
+        """(t, h, w) of each video token; with compression on, only the kept cells of each frame."""
         mask = inputs.get("video_compression_mask")
         if mask is None:
             return super().cells(inputs)

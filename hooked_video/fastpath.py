@@ -42,11 +42,13 @@ class FastBlockMixin:
     """Runs the block's shadow when none of its hook points has a hook."""
 
     def use_shadow(self) -> bool:
+        """True when the block may run its plain HF shadow (eval mode, no hook, no reference path)."""
         if self.training or attention._STATE.reference:
             return False
         return not any(_has_hooks(hp) for hp in self._hooked_video_hook_points)
 
     def forward(self, *args, **kwargs):
+        """The shadow's forward when ``use_shadow()``, the bridge's otherwise."""
         if self.use_shadow():
             kwargs.pop("output_attentions", None)
             return self._hooked_video_shadow(*args, **kwargs)

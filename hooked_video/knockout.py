@@ -65,6 +65,7 @@ class EdgeSet:
     # ----- construction ------------------------------------------------------------------
     @classmethod
     def empty(cls, n_positions: int | None = None) -> "EdgeSet":
+        """An edge set that blocks nothing."""
         return cls(lambda n, start, stop: torch.zeros(stop - start, n, dtype=torch.bool), n_positions)
 
     @classmethod
@@ -274,6 +275,7 @@ def window(center: int, k: int, n_layers: int, style: str = "center", even: str 
 
 
 def attn_scores_hook_name(layer: int) -> str:
+    """The pre-softmax attention-score hook of decoder layer ``layer``."""
     return f"blocks.{layer}.attn.hook_attn_scores"
 
 

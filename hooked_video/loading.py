@@ -179,6 +179,7 @@ def clip_image_processor(path, image_size: int):
 
 
 def pllava_processor(path, config: PllavaConfig) -> PllavaProcessor:
+    """A PllavaProcessor from the checkpoint's tokenizer, with ``<image>`` as the video placeholder."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -195,6 +196,7 @@ def _weight_files(path: Path) -> list[Path]:
 
 
 def checkpoint_keys(path: Path) -> list[str]:
+    """The tensor names stored in a checkpoint folder's safetensors files."""
     from safetensors import safe_open
 
     from safetensors import SafetensorError
@@ -210,6 +212,7 @@ def checkpoint_keys(path: Path) -> list[str]:
 
 
 def read_tensors(path: Path, keep=lambda key: True) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint folder whose names ``keep`` accepts."""
     from safetensors import safe_open
 
     tensors = {}

@@ -204,6 +204,7 @@ class HookedVideoLLM:
         )
 
     def hooks(self, *args, **kwargs) -> contextlib.AbstractContextManager:
+        """TransformerLens' ``hooks(fwd_hooks=..., bwd_hooks=...)`` context manager on the model."""
         return self.bridge.hooks(*args, **kwargs)
 
     @torch.no_grad()

@@ -45,6 +45,7 @@ def logit_diff(logits: Float[torch.Tensor, "batch pos vocab"], prompt) -> Float[
 
 
 def hook_name(component: str, layer: int) -> str:
+    """The hook name of ``component`` (one of ``COMPONENTS``) in decoder layer ``layer``."""
     if component not in COMPONENTS:
         raise ValueError(f"component must be one of {COMPONENTS}, got {component!r}")
     return f"blocks.{layer}.hook_{component}"

@@ -65,6 +65,7 @@ class PromptTemplate:
 
     @classmethod
     def free_form(cls, system_prompt: str | None = None) -> "PromptTemplate":
+        """A template with no question label, instruction or answer prefix (open-ended prompts)."""
         return cls(question_label="", instruction="", answer_prefix="", system_prompt=system_prompt)
 
     @classmethod
@@ -189,6 +190,7 @@ class VideoPrompt:
         )  # fmt: skip
 
     def to(self, device) -> "VideoPrompt":
+        """The prompt with its input tensors on ``device``."""
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
         return replace(self, inputs=moved)
 

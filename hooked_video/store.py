@@ -173,6 +173,7 @@ class ResultStore:
             return self._conn.total_changes - before
 
     def close(self) -> None:
+        """Close the database connection."""
         self._conn.close()
 
     def __enter__(self) -> ResultStore:
@@ -354,6 +355,7 @@ class FolderStore:
         return found
 
     def key(self, table: str) -> tuple[str, ...]:
+        """The key columns of ``table``."""
         return self.own.key(table)
 
     def _peer_rows(self, table: str) -> list[dict]:
@@ -368,14 +370,17 @@ class FolderStore:
         return list(merged.values())
 
     def done(self, table: str) -> set[tuple]:
+        """Keys of ``table`` already stored by this shard or any peer shard."""
         key = self.key(table)
         peer_keys = {tuple(_hashable(_normal(row.get(f))) for f in key) for row in self._peer_rows(table)}
         return self.own.done(table) | peer_keys
 
     def add(self, table: str, rows: Iterable[Mapping]) -> int:
+        """Store rows in this shard's database; returns how many were new."""
         return self.own.add(table, rows)
 
     def close(self) -> None:
+        """Close this shard's database."""
         self.own.close()
 
 

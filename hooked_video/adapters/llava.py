@@ -39,5 +39,6 @@ class LlavaOnevisionVideoAdapter(LlavaOnevisionArchitectureAdapter):
     """
 
     def prepare_model(self, hf_model: Any) -> None:
+        """The base preparation (the eager-attention switch the native adapter skips), then the native one."""
         ArchitectureAdapter.prepare_model(self, hf_model)
         super().prepare_model(hf_model)

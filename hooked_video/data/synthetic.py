@@ -75,10 +75,12 @@ def register_task(task: Task) -> Task:
 # ----- drawing ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Canvas:
+    """Clip size of the synthetic benchmark: frames and square side in pixels."""
     frames: int = 8
     size: int = 64
 
     def blank(self, background=BACKGROUNDS["black"]) -> np.ndarray:
+        """(frames, size, size, 3) uint8 frames filled with ``background``."""
         return np.broadcast_to(np.array(background, np.uint8), (self.frames, self.size, self.size, 3)).copy()
 
 

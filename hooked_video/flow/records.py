@@ -11,6 +11,7 @@ SELECTIONS = ("correct", "wrong", "all")
 
 
 def check_selection(select: str) -> str:
+    """``select`` if it is one of ``SELECTIONS``; a ValueError naming the choices otherwise."""
     if select not in SELECTIONS:
         raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
     return select
@@ -57,4 +58,5 @@ def knockout_record(model, base: dict, probs: torch.Tensor, target: str, conditi
 
 
 def is_selected(record: dict, select: str) -> bool:
+    """Whether a baseline record's sample is analysed under ``select``."""
     return select == "all" or bool(record["correct"]) == (select == "correct")

@@ -25,6 +25,7 @@ NORMS = ("released", "final", "none")
 
 
 def check_norm(norm: str) -> str:
+    """``norm`` if it is one of ``NORMS``; a ValueError naming the choices otherwise."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS} (say which explicitly), got {norm!r}")
     return norm
@@ -35,6 +36,7 @@ def _normed(norm: str, layer: int, n_layers: int) -> bool:
 
 
 def answer_names(n_layers: int) -> list[str]:
+    """The residual-stream hooks read by the answer probability, one per layer."""
     return [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
 
 

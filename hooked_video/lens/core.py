@@ -32,10 +32,12 @@ def final_norm(model):
 
 
 def unembed(model):
+    """The model's unembedding module (the HF ``lm_head``)."""
     return model.bridge.unembed.original_component
 
 
 def embedding_matrix(model) -> Float[torch.Tensor, "vocab d_model"]:
+    """W_E, the input embedding matrix."""
     return model.bridge.embed.original_component.weight
 
 

@@ -40,6 +40,7 @@ META_KEYS = {"architectures", "auto_map", "_name_or_path", "transformers_version
 
 
 def checkpoint_error(message: str) -> Exception:
+    """A CheckpointError (imported late: loading imports this module lazily)."""
     from hooked_video.loading import CheckpointError  # loading imports this module lazily
 
     return CheckpointError(message)

@@ -124,7 +124,9 @@ class InternVLChatProcessor(ProcessorMixin):
         return BatchFeature(data, tensor_type=return_tensors)
 
     def batch_decode(self, *args, **kwargs):
+        """The tokenizer's ``batch_decode``."""
         return self.tokenizer.batch_decode(*args, **kwargs)
 
     def decode(self, *args, **kwargs):
+        """The tokenizer's ``decode``."""
         return self.tokenizer.decode(*args, **kwargs)

@@ -80,6 +80,7 @@ class PllavaModel(LlavaModel):
 
     def forward(self, input_ids=None, pixel_values_videos=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, **kwargs):  # fmt: skip
+        """Language-model outputs, with pooled video features in place of the video placeholders."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -110,6 +111,7 @@ class PllavaForConditionalGeneration(LlavaForConditionalGeneration):
 
     def forward(self, input_ids=None, pixel_values_videos=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, logits_to_keep: int = 0, pixel_values=None, **kwargs) -> CausalLMOutputWithPast:  # fmt: skip
+        """Logits (the last ``logits_to_keep`` positions, all when 0) of a video (or image) prompt."""
         if pixel_values is not None:  # images: each a one-frame video, repeated to num_frames as released
             if pixel_values_videos is not None:
                 raise ValueError("give either pixel_values (images) or pixel_values_videos, not both")
@@ -123,6 +125,7 @@ class PllavaForConditionalGeneration(LlavaForConditionalGeneration):
                                       attentions=outputs.attentions)  # fmt: skip
 
     def prepare_inputs_for_generation(self, *args, pixel_values_videos=None, is_first_iteration=False, **kwargs):
+        """Generation inputs; the video goes only to the first step."""
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         if is_first_iteration or not kwargs.get("use_cache", True):  # the video only where its placeholders are
             inputs["pixel_values_videos"] = pixel_values_videos

@@ -33,6 +33,7 @@ HELD_OUT_SEED = 0
 
 
 def toy_words() -> list[str]:
+    """The toy models' vocabulary: the base words and the synthetic benchmark's words."""
     return list(dict.fromkeys([*BASE_WORDS, *synthetic.vocabulary()]))
 
 
@@ -65,6 +66,7 @@ class Batcher:
         return (x - self.mean) / self.std
 
     def prompt_ids(self, clip) -> tuple[list[int], int]:
+        """(token ids, option-letter ids) of a clip's prompt, cached per question and options."""
         key = (clip.question, tuple(clip.options))
         if key not in self.prompts:
             prompt = self.hooked.prepare(clip.frames, clip.question, clip.options, clip.answer, num_frames=None)
@@ -183,6 +185,7 @@ def save_weights(model, path: Path) -> None:
 
 
 def main(argv=None) -> None:
+    """Command line: train toy-image, then fine-tune it into toy-video-ft, and write both."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -248,6 +251,7 @@ def bundle(run_dir: str | Path, models_dir: str | Path, benchmark: dict | None =
 
 
 def model_card(name: str, log: dict, benchmark: dict | None, findings: str | None = None) -> str:
+    """A bundled model's README: training settings, losses, held-out and benchmark accuracies, findings."""
     args = log["args"]
     phases = {p: [r for r in log["log"] if r["phase"] == p][-1] for p in ("image", "video-ft")}
     held = log["held_out"][name]
