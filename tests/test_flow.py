@@ -195,3 +195,19 @@ def test_killed_sweep_resumes_to_exactly_the_uninterrupted_rows(llava, deep_path
     got = final.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
     assert len(final.attrs["baseline"]) == 3
+
+
+def test_summaries_are_in_layer_order_whatever_order_the_sweep_ran():
+    """An inverse window runs its lowest layers last; curves must still go from layer 0 up."""
+    layers = [2, 3, 0, 1]
+    rows = [{"sample_id": f"s{i}", "task": "t", "target": "vql-to-ql", "condition": c, "layer": l,
+             "rel_change": -float(l), "correct": True}
+            for c in ("video->question", "video->last") for l in layers for i in range(2)]  # fmt: skip
+    df = pd.DataFrame(rows)
+    df.attrs["baseline"] = [{"sample_id": f"s{i}", "task": "t", "correct": True} for i in range(2)]
+    summary = flow.summarize(df, n_boot=10)
+    assert summary.condition.tolist() == ["video->question"] * 4 + ["video->last"] * 4  # first-appearance order kept
+    assert summary.layer.tolist() == [0, 1, 2, 3] * 2
+    assert summary["mean"].tolist() == [0.0, -1.0, -2.0, -3.0] * 2
+    accuracy = flow.accuracy_under_knockout(df)
+    assert accuracy.layer.tolist() == [0, 1, 2, 3] * 2
