@@ -63,3 +63,12 @@ def deep(arch, deep_paths):
 @pytest.fixture(scope="session")
 def deep_prompt(deep, frames):
     return deep.prepare(frames, "what happens first ?", ["the ball falls", "the cup moves", "nothing"], answer=2, num_frames=None)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and two cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

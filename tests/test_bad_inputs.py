@@ -139,15 +139,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and two cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def quiet_loading():
     """Transformers' weight-loading progress bar is not part of an error message."""
     from transformers.utils import logging

@@ -66,14 +66,6 @@ ANALYSES = {
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def model(deep_paths, one_thread):
     from hooked_video import HookedVideoLLM
 
