@@ -91,26 +91,21 @@ def test_two_launched_processes_equal_one(deep_paths, dataset, single, tmp_path)
 
 
 KILLED_RANK = """
-import os, signal, sys
+import sys
+sys.path.insert(0, {tests!r})
+from kill_switch import kill_after
 from hooked_video import HookedVideoLLM, flow
 from hooked_video.data import open_dataset
 model = HookedVideoLLM.from_pretrained({model!r})
-calls = 0
-def kill(module, args, output):
-    global calls
-    calls += 1
-    if calls == {kill_at}:
-        os.kill(os.getpid(), signal.SIGKILL)
-if {kill_at}:
-    model.hf_model.model.language_model.layers[-1].original_component.register_forward_hook(kill)
+kill_after(model, {kill_at})
 flow.sweep(model, open_dataset({data!r}), targets=["cross-frame", "vql-to-ql"], window=1, select="all", num_frames=4,
            batch_size=3, out={out!r}, shard={shard!r}, progress=False)
 """
 
 
 def run_rank(deep_paths, data, out, shard, kill_at=0):
-    script = KILLED_RANK.format(model=str(deep_paths["llava_next_video"]), data=str(data), out=str(out), shard=shard,
-                                kill_at=kill_at)  # fmt: skip
+    script = KILLED_RANK.format(tests=os.path.dirname(__file__), model=str(deep_paths["llava_next_video"]), data=str(data),
+                                out=str(out), shard=shard, kill_at=kill_at)  # fmt: skip
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
 
 

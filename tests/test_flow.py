@@ -154,19 +154,13 @@ def test_results_folder_refuses_other_settings(llava, tmp_path):
 
 KILLED_RUN = textwrap.dedent(
     """
-    import os, signal, sys
+    import sys
     sys.path.insert(0, {tests!r})
+    from kill_switch import kill_after
     from hooked_video import HookedVideoLLM, flow
     from test_flow import make_samples
     model = HookedVideoLLM.from_pretrained({model!r})
-    calls = 0
-    def kill_after_some_passes(module, args, output):
-        global calls
-        calls += 1
-        if calls == {kill_at}:
-            os.kill(os.getpid(), signal.SIGKILL)
-    if {kill_at}:  # the last decoder layer runs once per chunk of engine passes
-        model.hf_model.model.language_model.layers[-1].original_component.register_forward_hook(kill_after_some_passes)
+    kill_after(model, {kill_at})
     flow.sweep(model, make_samples(3), targets=["cross-frame", "vql-to-ql"], window=3, select="all",
                out={out!r}, batch_size=1, num_frames=None, progress=False)
     """
