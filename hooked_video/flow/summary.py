@@ -44,18 +44,19 @@ def summarize(df: pd.DataFrame, value: str = "rel_change", by: Sequence[str] | N
         low, high = bootstrap_ci(group[value].to_numpy(), n_boot, ci, seed)
         key = key if isinstance(key, tuple) else (key,)
         records.append({**dict(zip(by, key)), "mean": group[value].mean(), "ci_low": low, "ci_high": high, "n": len(group)})
-    return by_layer(pd.DataFrame(records, columns=[*by, "mean", "ci_low", "ci_high", "n"]))
+    return by_layer(pd.DataFrame(records, columns=[*by, "mean", "ci_low", "ci_high", "n"]), by)
 
 
-def by_layer(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows of each group (every column but layer, in order of first appearance) in layer order:
-    sweeps record layers in the order they ran (an inverse window runs its lowest layers last)."""
-    if "layer" not in table or table.empty:
+def by_layer(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """The rows of each group (the ``keys`` other than layer, in order of first appearance) in
+    layer order: sweeps record layers in the order they ran (an inverse window runs its lowest
+    layers last)."""
+    if "layer" not in keys or table.empty:
         return table
-    rest = [c for c in table.columns if c not in ("layer", "mean", "ci_low", "ci_high", "n", "accuracy",
-                                                   "baseline_accuracy", "n_samples")]  # fmt: skip
+    rest = [k for k in keys if k != "layer"]
     group = table.groupby(rest, sort=False, dropna=False).ngroup() if rest else 0
-    return table.assign(_group=group).sort_values(["_group", "layer"], kind="stable").drop(columns="_group").reset_index(drop=True)
+    ordered = table.assign(_group=group).sort_values(["_group", "layer"], kind="stable")
+    return ordered.drop(columns="_group").reset_index(drop=True)
 
 
 def accuracy_under_knockout(df: pd.DataFrame, baseline: Sequence[dict] | pd.DataFrame | None = None,
@@ -86,4 +87,4 @@ def accuracy_under_knockout(df: pd.DataFrame, baseline: Sequence[dict] | pd.Data
             records.append({**dict(zip(by, key)), "task": task, "accuracy": float(task_correct.mean()),
                             "baseline_accuracy": float(base_correct.loc[task_correct.index].mean()),
                             "n_samples": len(task_correct)})  # fmt: skip
-    return by_layer(pd.DataFrame(records))
+    return by_layer(pd.DataFrame(records), [*by, "task"])
