@@ -4,7 +4,9 @@ code's approach, side by side in one run, per target and for all four; plus the 
 - released approach: one HF eager forward per pass (vision encoder included, its attention eager
   too), batch 1, explicit per-layer 4D additive masks; per-sample time = median pass time x passes.
 - hooks: ``flow.sweep(engine="hooks")``: vision once, batched passes, hooks on ``hook_attn_scores``.
-- engine: ``flow.sweep(engine="fast")``: only the rows and layers a knockout changes, SDPA.
+- engine: ``flow.sweep(engine="fast")``: only the rows and layers a knockout changes, SDPA; with
+  ``--compiled`` also ``engine="compiled"`` (the same, decoder layers through ``torch.compile``;
+  its first call, compilation included, is reported apart).
 - forward: the hooked model (fast path) vs the same weights in a plain HF model with SDPA; and
   ``run_with_cache`` with a ``names_filter`` of one hook.
 - exactness: engine vs hooks rows of the full four-target sweep (argmax agreement, largest
@@ -126,12 +128,18 @@ def main() -> None:
     parser.add_argument("--reference-passes", type=int, default=8)
     parser.add_argument("--skip-hooks", action="store_true", help="skip the hook-path sweeps (slow at real scale)")
     parser.add_argument("--only-all", action="store_true", help="time the four targets together only")
+    parser.add_argument("--compiled", action="store_true", help="also time engine='compiled' (torch.compile)")
     parser.add_argument("--profile", action="store_true", help="profile one engine sweep of the four targets")
+    parser.add_argument("--float32-truth", action="store_true",
+                        help="also compare the bf16 sweeps with the engine's sweep of the model cast to float32 "
+                             "(the value both bf16 paths approximate; equal to the hook path's in float32)")
     parser.add_argument("--confident", type=float, default=0.0,
                         help="raise the baseline answer's logit by this much (a well-conditioned prediction for the "
                              "exactness comparison; random weights otherwise give near-uniform distributions)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.float32_truth and args.skip_hooks:
+        parser.error("--float32-truth compares the exactness sweeps, which --skip-hooks skips")
     device = args.device
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model, prompt = model_and_prompt(args.preset, device)
@@ -158,16 +166,25 @@ def main() -> None:
         targets = list(flow.TARGETS) if target == "all" else [target]
         n_passes = n_layers * sum(len(flow.TARGETS[t]) for t in targets)
         row = {"passes": n_passes, "released_s": pass_s * (n_passes + 1)}
-        engines = ["fast"] if args.skip_hooks else ["fast", "hooks"]
+        engines = ["fast"] + ["compiled"] * args.compiled + ["hooks"] * (not args.skip_hooks)
         for engine in engines:
-            sweep(engine, targets)  # warm-up
+            start = time.perf_counter()
+            sweep(engine, targets)  # warm-up (and compilation)
+            sync(device)
+            row[f"{engine}_first_s"] = time.perf_counter() - start
             peak_gib(device)
-            row[f"{engine}_s"] = timed(lambda: sweep(engine, targets), device, 3 if engine == "fast" else 1)
+            row[f"{engine}_s"] = timed(lambda: sweep(engine, targets), device, 1 if engine == "hooks" else 3)
             row[f"{engine}_peak_gib"] = peak_gib(device)
             row[f"{engine}_speedup"] = row["released_s"] / row[f"{engine}_s"]
         per_target[target] = row
         print(json.dumps({target: row}), flush=True)
     result["per_target"] = per_target
+    if args.compiled:  # the compiled engine against the engine, at this shape and dtype
+        targets = list(flow.TARGETS)
+        fast = sweep("fast", targets).sort_values(ROW).reset_index(drop=True)
+        compiled = sweep("compiled", targets).sort_values(ROW).reset_index(drop=True)
+        result["compiled_vs_fast"] = compare(compiled, fast)
+        print(json.dumps({"compiled_vs_fast": result["compiled_vs_fast"]}), flush=True)
 
     if not args.skip_hooks:  # exactness at this shape and dtype
         from hooked_video import attention
@@ -177,14 +194,33 @@ def main() -> None:
         with attention.eager_arithmetic():
             eager = sweep("fast", targets).sort_values(ROW).reset_index(drop=True)
         fast = sweep("fast", targets).sort_values(ROW).reset_index(drop=True)
+        compiled = sweep("compiled", targets).sort_values(ROW).reset_index(drop=True) if args.compiled else None
         one = flow.sweep(model, [prompt], targets=targets, window=9, select="all", batch_size=1, engine="hooks",
                          progress=False).sort_values(ROW).reset_index(drop=True)  # fmt: skip
         result["exactness"] = {name: compare(df, hooks) for name, df in
                                (("engine_sdpa_vs_hooks", fast), ("engine_eager_arithmetic_vs_hooks", eager),
-                                ("hooks_batch1_vs_hooks_batch8", one))}  # fmt: skip
+                                ("engine_compiled_vs_hooks", compiled), ("hooks_batch1_vs_hooks_batch8", one))
+                               if df is not None}  # fmt: skip
         print(json.dumps(result["exactness"]), flush=True)
+        if args.float32_truth:
+            def tensors():
+                return (*model.hf_model.named_parameters(), *model.hf_model.named_buffers())
+
+            dtypes = {name: tensor.dtype for name, tensor in tensors()}
+            model.hf_model.float()
+            truth = sweep("fast", targets).sort_values(ROW).reset_index(drop=True)
+            for name, tensor in tensors():  # each back to its own dtype (bf16 -> float32 -> bf16 is lossless)
+                tensor.data = tensor.data.to(dtypes[name])
+            result["exactness_vs_float32"] = {name: compare(df, truth) for name, df in
+                                              (("engine", fast), ("engine_compiled", compiled), ("hooks", hooks),
+                                               ("hooks_batch1", one)) if df is not None}  # fmt: skip
+            result["p_base_float32"] = float(truth.p_base.iloc[0])
+            result["p_base_bf16"] = {"engine": float(fast.p_base.iloc[0]), "hooks": float(hooks.p_base.iloc[0])}
+            print(json.dumps(result["exactness_vs_float32"]), flush=True)
     if args.profile:
         result["profile"] = profile(lambda: sweep("fast", list(flow.TARGETS)))
+        if args.compiled:
+            result["profile_compiled"] = profile(lambda: sweep("compiled", list(flow.TARGETS)))
 
     # the plain forward: hooked (fast path) vs plain HF SDPA with the same weights
     with torch.no_grad():

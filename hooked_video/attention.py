@@ -154,7 +154,8 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     return torch.cat(outputs, dim=1), None
 
 
-AttentionInterface.register(ATTENTION_NAME, attention_forward)
+# run as is inside torch.compile'd layers (it reads this module's state and may call hooks)
+AttentionInterface.register(ATTENTION_NAME, torch.compiler.disable(attention_forward))
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 

@@ -33,6 +33,17 @@ TINY_ARCHITECTURES = ["internvl", "internvl_chat", "llava_next_image", "llava_ne
                       "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "video_llama_3", "videollama3_official"]  # fmt: skip
 
 
+#: ``flow.ENGINES``, listed here for the same reason (a test keeps the two equal).
+ENGINES = ["auto", "fast", "compiled", "hooks"]
+
+
+def _engine_argument(p) -> None:
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="knockout passes: auto (the sweep engine unless hooks are involved), fast (the engine), "
+                        "compiled (the engine through torch.compile: faster on a GPU for long runs, after tens of "
+                        "seconds of compilation), hooks (TransformerLens hooks, the reference)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2) that point at ``--help``."""
 
@@ -141,6 +152,8 @@ def _analysis_parser(sub, name: str, text: str):
                    help="clips of --frames frames or fewer: fail, or repeat frames as the released code does")
     p.add_argument("--rule", choices=["vocab-argmax", "option-argmax"], default="vocab-argmax",
                    help="accuracy rule: full-vocabulary argmax is the true letter (the paper's), or best option letter")
+    if name != "lens":
+        _engine_argument(p)
     if name != "prune":
         p.add_argument("--select", choices=["correct", "wrong", "all"], default="correct",
                        help="samples analysed: answered correctly (the paper's default), wrongly, or all")
@@ -218,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", default=None, help="default: this process's GPU (one process per GPU under torchrun)")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
+    _engine_argument(p)
     _threads_argument(p)
 
     p = sub.add_parser("demo", help="the whole analysis on the bundled toy models, offline")

@@ -149,7 +149,8 @@ def run_open_ended(args) -> None:
         model, questions, anchor=args.anchor, anchors=words, targets=args.target or ["vqrl-to-qrl"], window=args.window,
         layers=range(*args.sweep_range) if args.sweep_range else None, max_new_tokens=args.max_new_tokens,
         num_open_tokens=args.num_open_tokens, out=args.out, resume=not args.fresh, batch_size=args.batch_size,
-        num_frames=args.frames, window_style=args.window_style, even_window=args.even_window, shard=shard))  # fmt: skip
+        num_frames=args.frames, window_style=args.window_style, even_window=args.even_window, engine=args.engine,
+        shard=shard))  # fmt: skip
     if df is None:
         return
     kept = [b for b in df.attrs["baseline"] if "skipped" not in b]
@@ -174,7 +175,8 @@ def run_flow(args) -> None:
     df = _sharded(args, lambda shard: flow.sweep(
         model, samples, targets=args.target or list(flow.TARGETS), window=args.window, layers=swept, select=args.select,
         out=args.out, resume=not args.fresh, batch_size=args.batch_size, num_frames=args.frames,
-        window_style=args.window_style, even_window=args.even_window, rule=args.rule, shard=shard))  # fmt: skip
+        window_style=args.window_style, even_window=args.even_window, rule=args.rule, engine=args.engine,
+        shard=shard))  # fmt: skip
     if df is None:
         return
     baseline = df.attrs["baseline"]
@@ -257,7 +259,8 @@ def run_prune(args) -> None:
     model = _load(args)
     report = _sharded(args, lambda shard: pathways.evaluate(
         model, samples, spec, random_baseline=not args.no_random, seed=args.seed, random_fraction=fraction,
-        num_frames=args.frames, out=args.out, resume=not args.fresh, rule=args.rule, shard=shard))  # fmt: skip
+        num_frames=args.frames, out=args.out, resume=not args.fresh, rule=args.rule, engine=args.engine,
+        shard=shard))  # fmt: skip
     if report is None:
         return
     summary = {"spec": spec.__dict__, "rule": args.rule, "accuracy": report.accuracy.to_dict("index"),
@@ -294,7 +297,7 @@ def run_reproduce(args) -> None:
         device = f"cuda:{local_rank()}" if torch.cuda.is_available() else None
     result = reproduce(args.model, args.data, out=args.out, image_model=args.image_model, tomato=args.tomato,
                        tasks=args.task, samples=args.samples, window=args.window, device=device, dtype=args.dtype,
-                       batch_size=args.batch_size)  # fmt: skip
+                       batch_size=args.batch_size, engine=args.engine)  # fmt: skip
     if Shard.from_environment() is not None and Shard.from_environment().index != 0:
         return
     print(f"accuracy ({result.accuracy.attrs.get('rule')}):\n{result.accuracy.round(3).to_string()}")

@@ -287,12 +287,12 @@ def _prediction(model, prompt, logits: torch.Tensor, setting: str, rule: str) ->
 
 class _Runner:
     """Last-position logits of one embedded prompt under per-layer edge sets: the sweep engine
-    (recomputes only the affected rows and layers) or, with ``fast=False``, knockout hooks."""
+    (recomputes only the affected rows and layers) or, with ``engine=None``, knockout hooks."""
 
-    def __init__(self, model, embedded, fast: bool) -> None:
+    def __init__(self, model, embedded, engine: Engine | None) -> None:
         self.model, self.embedded = model, embedded
-        self.engine = Engine(model) if fast else None
-        self.trace = self.engine.trace(embedded) if fast else None
+        self.engine = engine
+        self.trace = engine.trace(embedded) if engine is not None else None
 
     def full(self) -> torch.Tensor:
         if self.trace is not None:

@@ -101,7 +101,7 @@ def load_benchmark(data, tasks: Sequence[str] | None, samples: int | None):
 def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=None, tomato=None, tasks: Sequence[str] | None = None,
               samples: int | None = None, window: int = 9, select: str = "correct", keywords: Mapping | None = None,
               spec: pathways.PathwaySpec | None = None, device=None, dtype=None, batch_size: int = 8,
-              progress: bool = True, shard="auto") -> Reproduction:  # fmt: skip
+              progress: bool = True, shard="auto", engine: str = "auto") -> Reproduction:  # fmt: skip
     """Run the paper's analyses and write ``out/index.html`` (see the module docstring).
 
     Args:
@@ -119,6 +119,7 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
         dtype: default bfloat16 on a GPU, float32 on the CPU.
         shard: "auto" (default): under ``torchrun`` / ``accelerate launch`` each process runs its
             share of every analysis and process 0 writes the report; None: all samples here.
+        engine: how knockout passes run, as in ``flow.sweep`` ("compiled" for long GPU runs).
     """
     start = time.perf_counter()
     out = Path(out)
@@ -127,7 +128,7 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
     video_model, image_model = load_models(video_model, image_model, device, dtype)
     items = load_benchmark(data, tasks, samples)
     names = {"video": str(video_model.cfg.model_name)} | ({"image": str(image_model.cfg.model_name)} if image_model else {})
-    common = dict(window=window, select=select, batch_size=batch_size, progress=progress)
+    common = dict(window=window, select=select, batch_size=batch_size, progress=progress, engine=engine)
     sweep = _merged(lambda part: flow.sweep(video_model, items, out=out / "video_flow", shard=part, **common), shard)
     image_cf = None
     if image_model is not None:
@@ -142,12 +143,12 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
     keyword_tables = _keywords(lens_run, video_model, keywords)
     spec, source = _pathway_spec(video_model, sweep, spec)
     report = _merged(lambda part: pathways.evaluate(video_model, items, spec, out=out / "pathways", progress=progress,
-                                                    shard=part), shard)  # fmt: skip
+                                                    engine=engine, shard=part), shard)  # fmt: skip
     report_tomato = None
     if tomato is not None:
         tomato_items = load_benchmark(tomato, None, samples)
         report_tomato = _merged(lambda part: pathways.evaluate(video_model, tomato_items, spec, out=out / "pathways_tomato",
-                                                               progress=progress, shard=part), shard)  # fmt: skip
+                                                               progress=progress, engine=engine, shard=part), shard)  # fmt: skip
     result = Reproduction(names, acc, sweep, image_cf, lens_run, keyword_tables, spec, source, report, report_tomato)
     if shard is not None and shard.index != 0:
         return result  # process 0 writes the figures and the report

@@ -509,7 +509,7 @@ ANALYSES = [
     row("flow-window-style-bogus", lambda w: w.sweep(window_style="bogus"), ValueError, "window style must be one of", "got 'bogus'"),
     row("flow-even-window-bogus", lambda w: w.sweep(window=2, even_window="bogus"), ValueError,
         "even must be 'above' or 'below', got 'bogus'"),
-    row("flow-engine-bogus", lambda w: w.sweep(engine="bogus"), ValueError, "engine must be one of ('auto', 'fast', 'hooks'), got 'bogus'"),
+    row("flow-engine-bogus", lambda w: w.sweep(engine="bogus"), ValueError, "engine must be one of ('auto', 'fast', 'compiled', 'hooks'), got 'bogus'"),
     row("flow-duplicate-ids", lambda w: w.sweep(_duplicate_ids(w)), InvalidInputError, "samples: items 0 and 1 share the id 's0'"),
     row("flow-prompt-without-answer", lambda w: w.sweep([w.prompt()]), ValueError, "sample '0' has no answer"),
     row("flow-num-frames-0", lambda w: w.sweep(MCQADataset(w.data), num_frames=0), VideoError, "num_frames must be an integer >= 1, got 0"),

@@ -62,6 +62,12 @@ def test_flow_and_lens_commands(tmp_path):
     again = run(*args)  # resumes: nothing to add
     assert again.returncode == 0, again.stderr
     assert len(load_results(tmp_path / "flow")) == len(rows)
+    hooks = run(*args[:-1], str(tmp_path / "flow_hooks"), "--engine", "hooks")
+    assert hooks.returncode == 0, hooks.stderr
+    by_key = {(r["sample_id"], r["condition"], r["layer"]): r["p_knockout"] for r in rows}
+    assert load_results(tmp_path / "flow_hooks").attrs["settings"]["engine"] == "hooks"
+    for r in load_results(tmp_path / "flow_hooks").to_dict("records"):  # the reference path, the same numbers
+        assert abs(r["p_knockout"] - by_key[(r["sample_id"], r["condition"], r["layer"])]) < 1e-5
 
     prune = run("prune", "--model", str(model), "--data", str(data), "--from-sweep", str(tmp_path / "flow"),
                 "--threshold", "-1000", "--frames", "4", "--out", str(tmp_path / "prune"))  # fmt: skip
@@ -153,3 +159,12 @@ def test_open_ended_flow_command(tmp_path):
     rows = load_results(tmp_path / "oe").to_dict("records") if summary["n_traced"] else []
     assert len(rows) == summary["n_traced"] * 5 * 2  # conditions x layers
     assert "answer" in baseline[0]
+
+
+def test_the_command_lists_equal_the_library_names():
+    """The CLI keeps its own copies so that --help imports no torch."""
+    from hooked_video import cli, flow
+    from hooked_video.zoo.tiny import BUILDERS
+
+    assert cli.TINY_ARCHITECTURES == sorted(BUILDERS)
+    assert cli.ENGINES == list(flow.ENGINES)

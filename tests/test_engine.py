@@ -152,3 +152,106 @@ def test_unhooked_blocks_run_plain_hf_layers_and_hooked_ones_the_bridge(ten_laye
             reference = ten_layers.run_with_hooks(ten_prompt, fwd_hooks=[("blocks.3.hook_resid_post", double)])
     assert len(seen) == 2  # the hook fired in both runs
     torch.testing.assert_close(edited, reference, atol=1e-5, rtol=0)
+
+
+def test_passes_share_lanes_while_their_masks_agree(ten_layers, ten_prompt, monkeypatch):
+    """Windows clamped at layer 0 are one computation until they end; results equal each pass
+    run alone, and the last layer's trimmed MLP gives the same logits."""
+    from hooked_video import engine as engine_module
+
+    tm = ten_prompt.token_map
+    cross, question = knockout.cross_frame(tm).mask, knockout.between(tm.video, tm.question, tm).mask
+    passes = [{l: cross for l in range(3)}, {l: cross for l in range(6)}, {l: question for l in range(3)},
+              {l: cross for l in range(10)}]  # fmt: skip
+    lanes_per_layer = []
+    advance = engine_module._Lanes.advance
+
+    def spy(self, layer, joining, mask_of):
+        masks = advance(self, layer, joining, mask_of)
+        lanes_per_layer.append(len(masks))
+        return masks
+
+    runner = Engine(ten_layers)
+    trace = runner.trace(ten_layers.embed(ten_prompt))
+    monkeypatch.setattr(engine_module._Lanes, "advance", spy)
+    together = dict(zip(*next(runner.run(trace, passes, max_rows=10_000))))
+    assert lanes_per_layer == [2, 2, 2, 3, 3, 3, 4, 4, 4, 4]  # cross-frame windows split at 3 and 6
+    for index, intervention in enumerate(passes):
+        (_, alone), = list(runner.run(trace, [intervention], max_rows=10_000))
+        torch.testing.assert_close(together[index], alone[0], atol=1e-5, rtol=0)
+    with attention.reference_attention():
+        expected = ten_layers.run_with_hooks(ten_layers.embed(ten_prompt), fwd_hooks=knockout.hooks(
+            knockout.EdgeSet(cross), range(10)), logits_to_keep=1)  # fmt: skip
+    torch.testing.assert_close(together[3], expected[0, -1], atol=1e-4, rtol=0)
+
+
+def test_compiled_engine_rows_equal_the_hook_path(ten_layers, ten_prompt, frames):
+    """engine="compiled" (decoder layers through torch.compile) gives the hook path's rows, and a
+    prompt of another length runs on the graphs already compiled."""
+    import warnings
+
+    from torch._dynamo.utils import counters
+
+    kwargs = dict(targets=["cross-frame", "vql-to-ql"], window=5, select="all", batch_size=3, progress=False)
+    graphs = counters["stats"]["unique_graphs"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")
+        compiled = flow.sweep(ten_layers, [ten_prompt], engine="compiled", **kwargs).sort_values(ROW).reset_index(drop=True)
+    assert counters["stats"]["unique_graphs"] > graphs  # it compiled
+    hooks = flow.sweep(ten_layers, [ten_prompt], engine="hooks", **kwargs).sort_values(ROW).reset_index(drop=True)
+    np.testing.assert_allclose(compiled.p_knockout, hooks.p_knockout, atol=1e-5, rtol=0)
+    pd.testing.assert_series_equal(compiled.new_answer_token, hooks.new_answer_token)
+
+    longer = ten_layers.prepare(frames, "what happens first in the video , the ball or the cup ?",
+                                ["the ball falls", "the cup moves", "nothing"], answer=1, num_frames=None)  # fmt: skip
+    assert longer.n_positions != ten_prompt.n_positions
+    graphs = counters["stats"]["unique_graphs"]
+    again = flow.sweep(ten_layers, [longer], engine="compiled", **kwargs).sort_values(ROW).reset_index(drop=True)
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation
+    plain = flow.sweep(ten_layers, [longer], engine="fast", **kwargs).sort_values(ROW).reset_index(drop=True)
+    np.testing.assert_allclose(again.p_knockout, plain.p_knockout, atol=1e-5, rtol=0)
+    with ten_layers.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x)]):
+        with pytest.raises(ValueError, match="engine='compiled' needs"):
+            flow.sweep(ten_layers, [ten_prompt], engine="compiled", **kwargs)
+
+
+def test_a_failed_compilation_falls_back_to_the_uncompiled_engine(ten_layers, ten_prompt, monkeypatch):
+    """Where torch.compile cannot build (here: no C++ compiler), the sweep warns and runs on."""
+    import torch._inductor.config
+
+    from hooked_video import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_COMPILED_RUN_LAYER", None)
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("no-such-compiler",))
+    torch._dynamo.reset()
+    kwargs = dict(targets=["cross-frame"], window=3, select="all", progress=False)
+    with pytest.warns(UserWarning, match="torch.compile failed, so the sweep engine runs uncompiled.*compiler"):
+        compiled = flow.sweep(ten_layers, [ten_prompt], engine="compiled", **kwargs)
+    plain = flow.sweep(ten_layers, [ten_prompt], engine="fast", **kwargs)
+    np.testing.assert_allclose(compiled.p_knockout, plain.p_knockout, atol=1e-6, rtol=0)
+    torch._dynamo.reset()
+
+
+def test_the_last_layer_runs_its_mlp_on_the_last_rows_only(hooked, prompt):
+    """On every architecture: the last layer's MLP sees one row per lane, and the pass's logits
+    are the reference path's."""
+    from hooked_video import engine as engine_module
+
+    runner = Engine(hooked)
+    embedded = hooked.embed(prompt)
+    trace = runner.trace(embedded)
+    name = next(n for n in engine_module._MLP_NAMES if n in runner.layers[-1]._modules)
+    assert isinstance(engine_module._last_layer(runner.layers[-1], 3)._modules[name], engine_module._LastRowsOnly)
+    tm = prompt.token_map
+    edges = knockout.between(tm.video, tm.question, tm)
+    layers = range(hooked.cfg.n_layers)
+    seen = []
+    handle = runner.layers[-1]._modules[name].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[:2]))
+    try:
+        (_, logits), = list(runner.run(trace, [{l: edges.mask for l in layers}], max_rows=10_000))
+    finally:
+        handle.remove()
+    assert seen == [(1, 1)]  # one pack, one lane, its last row
+    with attention.reference_attention():
+        expected = hooked.run_with_hooks(embedded, fwd_hooks=knockout.hooks(edges, layers), logits_to_keep=1)
+    torch.testing.assert_close(logits[0].float().softmax(-1), expected[0, -1].float().softmax(-1), atol=1e-5, rtol=0)

@@ -8,11 +8,11 @@
 from hooked_video.flow.open_ended import anchor_positions, sweep_open_ended
 from hooked_video.flow.records import SELECTIONS, baseline_record, knockout_record, last_position_probs
 from hooked_video.flow.summary import accuracy_under_knockout, bootstrap_ci, summarize
-from hooked_video.flow.sweep import ROW_KEY, Pass, load, plan_passes, sweep
+from hooked_video.flow.sweep import ENGINES, ROW_KEY, Pass, load, plan_passes, sweep
 from hooked_video.flow.targets import OPEN_ENDED_TARGETS, TARGETS, resolve_targets
 
 __all__ = [
-    "OPEN_ENDED_TARGETS", "Pass", "anchor_positions", "sweep_open_ended", "ROW_KEY", "SELECTIONS", "TARGETS", "accuracy_under_knockout", "baseline_record",
+    "ENGINES", "OPEN_ENDED_TARGETS", "Pass", "anchor_positions", "sweep_open_ended", "ROW_KEY", "SELECTIONS", "TARGETS", "accuracy_under_knockout", "baseline_record",
     "bootstrap_ci", "knockout_record", "last_position_probs", "load", "plan_passes", "resolve_targets", "summarize",
     "sweep",
 ]  # fmt: skip

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from hooked_video import attention
 from hooked_video.data.mcqa import identify
-from hooked_video.engine import Engine
 from hooked_video.flow.records import last_position_probs, relative_change
 from hooked_video.flow.sweep import ROW_KEY, choose_engine, plan_passes, run_passes_with_engine, run_passes_with_hooks
 from hooked_video.flow.targets import OPEN_ENDED_TARGETS, resolve_targets
@@ -114,8 +113,7 @@ def sweep_open_ended(
     """
     if isinstance(anchor, bool) or not isinstance(anchor, int) or anchor < 1:
         raise ValueError(f"anchor is 1-based: 1 for the first anchor token, got {anchor!r}")
-    fast = choose_engine(model, engine, ())
-    runner = Engine(model) if fast else None
+    runner = choose_engine(model, engine, ())
     resolved = resolve_targets(targets, OPEN_ENDED_TARGETS)
     n_layers = model.cfg.n_layers
     swept = list(range(n_layers)) if layers is None else list(layers)

@@ -39,7 +39,7 @@ from hooked_video.engine import Engine
 from hooked_video.flow.targets import TARGETS, resolve_targets
 from hooked_video.store import load_results, open_store
 
-ENGINES = ("auto", "fast", "hooks")
+ENGINES = ("auto", "fast", "compiled", "hooks")
 
 ROW_KEY = ("sample_id", "target", "condition", "layer")
 COLUMNS = ["sample_id", "task", "target", "condition", "layer", "window_start", "window_end", "n_blocked_layers",
@@ -97,16 +97,17 @@ def run_passes_with_engine(engine: Engine, trace, passes: Sequence[Pass], edges:
         yield [passes[i] for i in indices], last_position_probs(logits[:, None]).cpu()
 
 
-def choose_engine(model, engine: str, fwd_hooks: Sequence) -> bool:
-    """Whether a sweep runs on the engine: "auto" does when no user hook is involved."""
+def choose_engine(model, engine: str, fwd_hooks: Sequence) -> Engine | None:
+    """The sweep engine a sweep runs on, or None for the hook path: "auto" takes the engine when
+    no user hook is involved; "fast" and "compiled" insist on it (compiled: ``torch.compile``)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "hooks" or (engine == "auto" and fwd_hooks):
-        return False
+        return None
     usable = Engine.usable(model)
-    if engine == "fast" and (fwd_hooks or not usable):
-        raise ValueError("engine='fast' needs a model without registered hooks and no fwd_hooks; use engine='hooks'")
-    return usable
+    if engine in ("fast", "compiled") and (fwd_hooks or not usable):
+        raise ValueError(f"engine={engine!r} needs a model without registered hooks and no fwd_hooks; use engine='hooks'")
+    return Engine(model, compile=engine == "compiled") if usable else None
 
 
 @torch.no_grad()
@@ -154,8 +155,10 @@ def sweep(
         fwd_hooks: extra TransformerLens hooks applied in every pass (baseline included); they
             run on the TransformerLens hook path.
         engine: "auto" (default: the sweep engine, which recomputes only what a knockout
-            changes, unless hooks are involved), "fast" (the engine, or an error) or "hooks"
-            (batched forwards with knockout hooks on ``hook_attn_scores``, the reference).
+            changes, unless hooks are involved), "fast" (the engine, or an error), "compiled"
+            (the engine with its decoder layers through ``torch.compile``: faster on a GPU for
+            long runs, after a compilation of tens of seconds) or "hooks" (batched forwards
+            with knockout hooks on ``hook_attn_scores``, the reference).
         shard: this process's share of a data-parallel run: a ``distributed.Shard``, "i/n", or
             "auto" (torchrun / accelerate's RANK and WORLD_SIZE). It takes every n-th sample and
             writes to its own store under ``out``; ``load(out)`` merges the shards.
@@ -168,8 +171,7 @@ def sweep(
     """
     check_selection(select)
     check_rule(rule)
-    fast = choose_engine(model, engine, fwd_hooks)
-    runner = Engine(model) if fast else None
+    runner = choose_engine(model, engine, fwd_hooks)
     resolved = resolve_targets(targets)
     n_layers = model.cfg.n_layers
     swept = list(range(n_layers)) if layers is None else list(layers)
@@ -179,12 +181,12 @@ def sweep(
     items = identify_all(samples)
     items = shard.take(items) if shard is not None else items
     store = None
-    if out is not None:
+    if out is not None:  # engine "fast" also when compiled: a run may resume either way
         config = {"targets": {t: list(c) for t, c in resolved.items()}, "window": window, "window_style": window_style,
                   "even_window": even_window, "layers": swept, "select": select, "rule": rule, "num_frames": num_frames,
                   "model": str(getattr(model.cfg, "model_name", "")), "n_layers": n_layers,
                   "dtype": str(next(model.hf_model.parameters()).dtype), "extra_hooks": len(fwd_hooks),
-                  "engine": "fast" if fast else "hooks"}  # fmt: skip
+                  "engine": "hooks" if runner is None else "fast"}  # fmt: skip
         store = open_store(out, "flow.sweep", config, [(i, item) for i, _, item in items], key=ROW_KEY,
                            keys={"baseline": ("sample_id",)}, resume=resume, shard=shard)  # fmt: skip
     try:
