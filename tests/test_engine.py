@@ -222,11 +222,11 @@ def test_a_failed_compilation_falls_back_to_the_uncompiled_engine(ten_layers, te
     from hooked_video import engine as engine_module
 
     monkeypatch.setattr(engine_module, "_COMPILED_RUN_LAYER", None)
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("no-such-compiler",))
     torch._dynamo.reset()
     kwargs = dict(targets=["cross-frame"], window=3, select="all", progress=False)
-    with pytest.warns(UserWarning, match="torch.compile failed, so the sweep engine runs uncompiled.*compiler"):
-        compiled = flow.sweep(ten_layers, [ten_prompt], engine="compiled", **kwargs)
+    with torch._inductor.config.patch({"cpp.cxx": ("no-such-compiler",)}):
+        with pytest.warns(UserWarning, match="torch.compile failed, so the sweep engine runs uncompiled.*compiler"):
+            compiled = flow.sweep(ten_layers, [ten_prompt], engine="compiled", **kwargs)
     plain = flow.sweep(ten_layers, [ten_prompt], engine="fast", **kwargs)
     np.testing.assert_allclose(compiled.p_knockout, plain.p_knockout, atol=1e-6, rtol=0)
     torch._dynamo.reset()
