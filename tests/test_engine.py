@@ -255,3 +255,16 @@ def test_the_last_layer_runs_its_mlp_on_the_last_rows_only(hooked, prompt):
     with attention.reference_attention():
         expected = hooked.run_with_hooks(embedded, fwd_hooks=knockout.hooks(edges, layers), logits_to_keep=1)
     torch.testing.assert_close(logits[0].float().softmax(-1), expected[0, -1].float().softmax(-1), atol=1e-5, rtol=0)
+
+
+def test_compiled_engine_equals_the_engine_on_every_architecture(hooked, prompt):
+    """torch.compile traces every family's decoder layer (InternLM2's remote code, Phi-3, Qwen3-VL's
+    DeepStack additions included) without falling back, to the same rows."""
+    import warnings
+
+    kwargs = dict(targets=["cross-frame", "question-and-options-to-last"], window=3, select="all", progress=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")
+        compiled = flow.sweep(hooked, [prompt], engine="compiled", **kwargs)
+    plain = flow.sweep(hooked, [prompt], engine="fast", **kwargs)
+    np.testing.assert_allclose(compiled.p_knockout, plain.p_knockout, atol=1e-6, rtol=0)
