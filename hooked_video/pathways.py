@@ -301,8 +301,9 @@ class _Runner:
             return self.model(self.embedded, logits_to_keep=1)
 
     def knocked_out(self, edges: dict[int, ko.EdgeSet]) -> torch.Tensor:
-        if self.engine is None:
-            return self.model.run_with_hooks(self.embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1)
+        if self.engine is None:  # the reference path throughout, as full()
+            with attention.reference_attention():
+                return self.model.run_with_hooks(self.embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1)
         device = self.trace.resid[0].device
         intervention = {l: e.mask.to(device) for l, e in edges.items()}
         (_, logits), = self.engine.run(self.trace, [intervention], max_rows=self.trace.n_positions)

@@ -268,3 +268,29 @@ def test_compiled_engine_equals_the_engine_on_every_architecture(hooked, prompt)
         compiled = flow.sweep(hooked, [prompt], engine="compiled", **kwargs)
     plain = flow.sweep(hooked, [prompt], engine="fast", **kwargs)
     np.testing.assert_allclose(compiled.p_knockout, plain.p_knockout, atol=1e-6, rtol=0)
+
+
+def test_the_hook_path_runs_every_block_on_the_reference_path(ten_layers, ten_prompt, monkeypatch):
+    """Baseline and knockout passes of engine="hooks" share one arithmetic: no block takes the
+    fast path, not even one outside every window (in half precision the two round differently)."""
+    from hooked_video import pathways
+    from hooked_video.fastpath import FastBlockMixin
+
+    decisions = []
+    use_shadow = FastBlockMixin.use_shadow
+    language_blocks = {id(block) for block in ten_layers.bridge.blocks}  # (the vision tower's blocks may take it)
+
+    def spy(self):
+        decision = use_shadow(self)
+        if id(self) in language_blocks:
+            decisions.append(decision)
+        return decision
+
+    monkeypatch.setattr(FastBlockMixin, "use_shadow", spy)
+    flow.sweep(ten_layers, [ten_prompt], targets=["cross-frame"], window=1, layers=[2], select="all", engine="hooks",
+               progress=False)  # fmt: skip
+    spec = pathways.PathwaySpec(inter=(0, 3), v2q=(3, 6), q2l=(6, 9))
+    pathways.evaluate_prompt(ten_layers, ten_prompt, spec, random_baseline=False, engine="hooks")
+    assert decisions and not any(decisions)
+    ten_layers(ten_prompt)  # the plain forward does take the fast path: the spy sees it
+    assert any(decisions)
