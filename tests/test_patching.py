@@ -91,3 +91,20 @@ def test_layouts_must_match(deep, deep_prompt, frames):
     other = deep.prepare(frames, "what is in this video ?", ["a cat", "a dog"], answer=0, num_frames=None)
     with pytest.raises(ValueError, match="same layout"):
         patching.frame_patching(deep, deep_prompt, other, progress=False)
+
+
+def test_patching_nothing_in_bf16_gives_the_corrupted_metric_exactly(tmp_path, frames):
+    """Clean, corrupted and patched runs share one arithmetic: in bf16 a patch that changes
+    nothing gives the corrupted run's metric to the last bit (a hook on a residual or output
+    point keeps the fast attention, unlike a knockout hook on the scores)."""
+    from hooked_video import HookedVideoLLM
+    from hooked_video.zoo.tiny import TinySizes, build_tiny
+
+    model = HookedVideoLLM.from_pretrained(build_tiny("llava_next_video", tmp_path / "m", TinySizes(n_layers=4), seed=3),
+                                           dtype="bfloat16")  # fmt: skip
+    clean = model.prepare(frames, "what happens first ?", ["the ball falls", "the cup moves", "nothing"], answer=1,
+                          num_frames=None)  # fmt: skip
+    corrupted = patching.reverse_frames(model, clean)
+    result = patching.patch_positions(model, clean, corrupted, [torch.empty(0, dtype=torch.long)], component="resid_post",
+                                      batch_size=1, progress=False)  # fmt: skip
+    assert torch.equal(result.values[:, 0], torch.full((model.cfg.n_layers,), result.corrupted))
