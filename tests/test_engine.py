@@ -1,16 +1,31 @@
 """The sweep engine (recompute only what a knockout changes) against the TransformerLens hook
 path, and the SDPA fast path against the reference attention."""
 
+import contextlib
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch._inductor.config
+from torch._dynamo.utils import counters
 
-from hooked_video import HookedVideoLLM, attention, flow, knockout
+from hooked_video import HookedVideoLLM, attention, flow, knockout, pathways
+from hooked_video import engine as engine_module
 from hooked_video.engine import Engine
+from hooked_video.fastpath import FastBlockMixin
 from hooked_video.zoo.tiny import TinySizes, build_tiny
 
 ROW = ["sample_id", "target", "condition", "layer"]
+
+
+@contextlib.contextmanager
+def compiled_for_real():
+    """A fallback to the uncompiled engine is an error here, not a warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")
+        yield
 
 
 @pytest.fixture(scope="module", params=["llava_next_video", "qwen2_vl"])  # plain RoPE and M-RoPE
@@ -29,9 +44,7 @@ def ten_prompt(ten_layers, frames):
 @pytest.mark.parametrize("packed", [True, False])  # passes side by side in one sequence, or batched
 def test_engine_rows_equal_the_hook_path(ten_layers, ten_prompt, window, packed, monkeypatch):
     """Every row of a four-target sweep over every layer (both ends included)."""
-    from hooked_video import engine
-
-    monkeypatch.setattr(engine, "PACK_ROWS_PER_POSITION", 10.0 if packed else 0.0)
+    monkeypatch.setattr(engine_module, "PACK_ROWS_PER_POSITION", 10.0 if packed else 0.0)
     kwargs = dict(window=window, select="all", batch_size=3, progress=False)
     fast = flow.sweep(ten_layers, [ten_prompt], engine="fast", **kwargs).sort_values(ROW).reset_index(drop=True)
     hooks = flow.sweep(ten_layers, [ten_prompt], engine="hooks", **kwargs).sort_values(ROW).reset_index(drop=True)
@@ -134,8 +147,6 @@ def test_eager_arithmetic_matches_the_reference_path(ten_layers, ten_prompt):
 
 
 def test_unhooked_blocks_run_plain_hf_layers_and_hooked_ones_the_bridge(ten_layers, ten_prompt):
-    from hooked_video.fastpath import FastBlockMixin
-
     blocks = ten_layers.bridge.blocks
     assert all(isinstance(b, FastBlockMixin) for b in blocks) and all(b.use_shadow() for b in blocks)
     seen = []
@@ -157,8 +168,6 @@ def test_unhooked_blocks_run_plain_hf_layers_and_hooked_ones_the_bridge(ten_laye
 def test_passes_share_lanes_while_their_masks_agree(ten_layers, ten_prompt, monkeypatch):
     """Windows clamped at layer 0 are one computation until they end; results equal each pass
     run alone, and the last layer's trimmed MLP gives the same logits."""
-    from hooked_video import engine as engine_module
-
     tm = ten_prompt.token_map
     cross, question = knockout.cross_frame(tm).mask, knockout.between(tm.video, tm.question, tm).mask
     passes = [{l: cross for l in range(3)}, {l: cross for l in range(6)}, {l: question for l in range(3)},
@@ -188,14 +197,9 @@ def test_passes_share_lanes_while_their_masks_agree(ten_layers, ten_prompt, monk
 def test_compiled_engine_rows_equal_the_hook_path(ten_layers, ten_prompt, frames):
     """engine="compiled" (decoder layers through torch.compile) gives the hook path's rows, and a
     prompt of another length runs on the graphs already compiled."""
-    import warnings
-
-    from torch._dynamo.utils import counters
-
     kwargs = dict(targets=["cross-frame", "vql-to-ql"], window=5, select="all", batch_size=3, progress=False)
     graphs = counters["stats"]["unique_graphs"]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="torch.compile failed")
+    with compiled_for_real():
         compiled = flow.sweep(ten_layers, [ten_prompt], engine="compiled", **kwargs).sort_values(ROW).reset_index(drop=True)
     assert counters["stats"]["unique_graphs"] > graphs  # it compiled
     hooks = flow.sweep(ten_layers, [ten_prompt], engine="hooks", **kwargs).sort_values(ROW).reset_index(drop=True)
@@ -217,10 +221,6 @@ def test_compiled_engine_rows_equal_the_hook_path(ten_layers, ten_prompt, frames
 
 def test_a_failed_compilation_falls_back_to_the_uncompiled_engine(ten_layers, ten_prompt, monkeypatch):
     """Where torch.compile cannot build (here: no C++ compiler), the sweep warns and runs on."""
-    import torch._inductor.config
-
-    from hooked_video import engine as engine_module
-
     monkeypatch.setattr(engine_module, "_COMPILED_RUN_LAYER", None)
     torch._dynamo.reset()
     kwargs = dict(targets=["cross-frame"], window=3, select="all", progress=False)
@@ -235,8 +235,6 @@ def test_a_failed_compilation_falls_back_to_the_uncompiled_engine(ten_layers, te
 def test_the_last_layer_runs_its_mlp_on_the_last_rows_only(hooked, prompt):
     """On every architecture: the last layer's MLP sees one row per lane, and the pass's logits
     are the reference path's."""
-    from hooked_video import engine as engine_module
-
     runner = Engine(hooked)
     embedded = hooked.embed(prompt)
     trace = runner.trace(embedded)
@@ -260,11 +258,8 @@ def test_the_last_layer_runs_its_mlp_on_the_last_rows_only(hooked, prompt):
 def test_compiled_engine_equals_the_engine_on_every_architecture(hooked, prompt):
     """torch.compile traces every family's decoder layer (InternLM2's remote code, Phi-3, Qwen3-VL's
     DeepStack additions included) without falling back, to the same rows."""
-    import warnings
-
     kwargs = dict(targets=["cross-frame", "question-and-options-to-last"], window=3, select="all", progress=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="torch.compile failed")
+    with compiled_for_real():
         compiled = flow.sweep(hooked, [prompt], engine="compiled", **kwargs)
     plain = flow.sweep(hooked, [prompt], engine="fast", **kwargs)
     np.testing.assert_allclose(compiled.p_knockout, plain.p_knockout, atol=1e-6, rtol=0)
@@ -273,9 +268,6 @@ def test_compiled_engine_equals_the_engine_on_every_architecture(hooked, prompt)
 def test_the_hook_path_runs_every_block_on_the_reference_path(ten_layers, ten_prompt, monkeypatch):
     """Baseline and knockout passes of engine="hooks" share one arithmetic: no block takes the
     fast path, not even one outside every window (in half precision the two round differently)."""
-    from hooked_video import pathways
-    from hooked_video.fastpath import FastBlockMixin
-
     decisions = []
     use_shadow = FastBlockMixin.use_shadow
     language_blocks = {id(block) for block in ten_layers.bridge.blocks}  # (the vision tower's blocks may take it)
