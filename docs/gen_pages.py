@@ -28,7 +28,7 @@ API_MODULES = [
                   "hooked_video.accuracy", "hooked_video.capture"]),
     ("Speed", ["hooked_video.attention", "hooked_video.engine", "hooked_video.fastpath"]),
     ("Data and results", ["hooked_video.data.mcqa", "hooked_video.data.benchmarks", "hooked_video.data.synthetic",
-                          "hooked_video.store", "hooked_video.distributed"]),
+                          "hooked_video.store", "hooked_video.distributed", "hooked_video.versions"]),
     ("Figures and reports", ["hooked_video.viz.plots", "hooked_video.viz.attention", "hooked_video.viz.blueprint", "hooked_video.viz.html",
                              "hooked_video.report", "hooked_video.reproduce", "hooked_video.demo"]),
     ("Toy models", ["hooked_video.zoo", "hooked_video.zoo.tiny", "hooked_video.zoo.tiny_families",

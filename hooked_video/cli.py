@@ -1,7 +1,8 @@
 """The ``hooked-video`` command.
 
     hooked-video build-tiny ARCH DIR        write a small random-weight model to try things offline
-    hooked-video info MODEL                 architecture, sizes and hook points of a model
+    hooked-video info [MODEL]               installed versions against the tested window; with MODEL,
+                                            its architecture, sizes and hook points
     hooked-video tokens MODEL VIDEO -q Q -o A -o B [--answer 1]
                                             the token map of a prompt: roles, frames, spans
     hooked-video flow --model M --data D --target T [--target T2] --out DIR
@@ -165,7 +166,10 @@ def _analysis_parser(sub, name: str, text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hooked_video import __version__
+
     parser = _Parser(prog="hooked-video", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"hooked-video {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("build-tiny", help="write a small random-weight model and processor")
@@ -173,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
 
-    for name, text in [("info", "architecture, sizes and hook points"), ("tokens", "the token map of a video prompt")]:
-        p = sub.add_parser(name, help=text)
-        p.add_argument("model", help="local folder, hub id or bundled model (toy-video-ft, toy-image)")
+    for name, text in [("info", "installed versions against the tested window; with MODEL, its architecture, "
+                                "sizes and hook points"), ("tokens", "the token map of a video prompt")]:  # fmt: skip
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("model", nargs="?" if name == "info" else None,
+                       help="local folder, hub id or bundled model (toy-video-ft, toy-image)")  # fmt: skip
         _placement_arguments(p)
         if name == "tokens":
             p.add_argument("video", help="video file")

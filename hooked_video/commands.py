@@ -95,6 +95,11 @@ def _sharded(args, call):
 
 
 def run_info(args) -> None:
+    from hooked_video.versions import report
+
+    print(report())
+    if args.model is None:
+        return
     model = _load(args)
     print(model)
     names = sorted(model.hook_dict)

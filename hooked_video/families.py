@@ -47,9 +47,12 @@ class VideoFamily:
     """Base: the video's features replace runs of ``video_token_id`` placeholders, frame by frame
     (one run for the whole clip, or one run per temporal slot), row-major within a frame.
 
-    Text the processor writes between frames (timestamps, ``Frame{i}:``, commas) belongs to the
-    frame that follows it (role "frame_text"); marker tokens (``separator_ids``) and text after
-    the last frame are separators of no frame.
+    Text the processor writes between frames (timestamps, ``Frame{i}:``, commas, text before the
+    first frame) belongs to the frame that follows it (role "frame_text"). Where the processor
+    wraps each frame in markers (``per_frame_markers``: Qwen3-VL's ``<|vision_start|>`` /
+    ``<|vision_end|>``, InternVL's ``<img>`` / ``</img>``), the markers right before and right
+    after a frame's tokens belong to that frame too, so no frame can read another through them.
+    Other marker tokens (``separator_ids``) and text after the last frame are separators of no frame.
     """
 
     name = "base"
@@ -57,6 +60,7 @@ class VideoFamily:
     video_placeholder: str | None = None  # the prompt text of one video, for conversation templates
     trailing_separators = 0  # placeholders at the end of each run that carry no frame
     takes_video_metadata = False  # whether the processor accepts video_metadata (fps)
+    per_frame_markers = False  # whether separator_ids() wrap each frame (then they belong to it)
 
     def __init__(self, config, processor=None) -> None:
         self.config = config
@@ -123,10 +127,27 @@ class VideoFamily:
         for token_id in self.separator_ids():
             separators.append((input_ids == token_id).nonzero().flatten())
         separators = torch.cat(separators).unique()
-        text, slots = self._frame_text(features, cells, separators, region)
+        markers, marker_slots = self._frame_markers(runs, separators, grid[0])
+        separators = separators[~torch.isin(separators, markers)]
+        text, slots = self._frame_text(features, cells, torch.cat([separators, markers]), region)
         after_last = text[slots < 0]
+        text, slots = torch.cat([text[slots >= 0], markers]), torch.cat([slots[slots >= 0], marker_slots])
+        order = text.argsort()
         return VideoLayout(features, cells, torch.cat([separators, after_last]).sort().values, grid,
-                           self.temporal_patch_size(inputs), text[slots >= 0], slots[slots >= 0])  # fmt: skip
+                           self.temporal_patch_size(inputs), text[order], slots[order])  # fmt: skip
+
+    def _frame_markers(self, runs, separators, n_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Separator positions right before or after each frame's run of tokens, and that frame's
+        slot (only for families whose markers wrap each frame, one run per frame)."""
+        positions, slots = [], []
+        if self.per_frame_markers and len(runs) == n_slots:
+            marked = set(separators.tolist())
+            for slot, (start, stop) in enumerate(runs):
+                for p in (start - 1, stop):
+                    if p in marked:
+                        positions.append(p)
+                        slots.append(slot)
+        return torch.tensor(positions, dtype=torch.long), torch.tensor(slots, dtype=torch.long)
 
     def _check_runs(self, runs, grid, sizes: list[int], n_features: int) -> None:
         t, h, w = grid
@@ -254,11 +275,13 @@ class PllavaFamily(VideoFamily):
 
 
 class Qwen3VLFamily(QwenVLFamily):
-    """Qwen3-VL: two input frames per temporal slot, each slot as ``<t seconds>`` text (frame
-    text of that slot) and its patches between vision start/end markers, inside an outer
-    start/end pair. Frames given to ``prepare`` are never resampled by the processor."""
+    """Qwen3-VL: two input frames per temporal slot, each slot as ``<t seconds>`` text and its
+    patches between vision start/end markers (text and markers belong to the slot). transformers
+    before 5.25 keeps the chat template's outer start/end pair around all slots (separators of no
+    frame); 5.25 drops it. Frames given to ``prepare`` are never resampled by the processor."""
 
     name = "qwen3_vl"
+    per_frame_markers = True
 
     def processor_kwargs(self, frames, fps: float | None) -> dict:
         """Timestamps from ``fps`` (default 24, what transformers assumes); no resampling."""
@@ -282,8 +305,9 @@ class InternVLFamily(VideoFamily):
     """InternVL: each frame's InternViT patches pixel-shuffled to ``image_seq_length`` context
     tokens (``<IMG_CONTEXT>``), row-major. transformers' processor writes ``Frame{i}: <img>``
     + the frame's tokens + ``</img>`` per frame, frames joined by newlines (the ``Frame{i}:``
-    text belongs to frame i; ``<img>`` / ``</img>`` are separators); the paper's InternVL-chat
-    models (``InternVLChatProcessor``) take one ``<img>`` block of all frames' tokens."""
+    text and the frame's ``<img>`` / ``</img>`` belong to frame i); the paper's InternVL-chat
+    models (``InternVLChatProcessor``) take one ``<img>`` block of all frames' tokens (its
+    markers are separators of no frame)."""
 
     name = "internvl"
 
@@ -295,6 +319,7 @@ class InternVLFamily(VideoFamily):
             self.default_template, self.video_placeholder = "map-the-flow-phi3", "<img><IMG_CONTEXT></img>"
         else:
             self.video_placeholder = getattr(processor, "video_token", None) or "<video>"
+            self.per_frame_markers = True
         self._placeholder_id = self.video_token_id if self.released else _token_id(tokenizer, self.video_placeholder)
         self._markers = tuple(i for i in (_token_id(tokenizer, "<img>"), _token_id(tokenizer, "</img>")) if i is not None)
 

@@ -2,10 +2,11 @@
 or as the released code's conversation ("map-the-flow"), built with the model's processor, and
 aligned token by token with the text it came from.
 
-The processor expands the single video placeholder into one token per video feature. To know
-which tokens hold the question and each option, the rendered text is tokenized once more with
-character offsets and *without* expansion; that token sequence must equal the processor's with
-each run of video placeholders collapsed to one, which is checked, so every span is exact.
+The processor replaces the single video placeholder by the video's region: one token per video
+feature, and whatever frame text and markers it writes. To know which tokens hold the question
+and each option, the rendered text is tokenized once more with character offsets and *without*
+expansion; outside the region the two token sequences must be equal (only the placeholder and
+special marker tokens next to it may be rewritten), which is checked, so every span is exact.
 """
 
 from __future__ import annotations
@@ -227,41 +228,88 @@ def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, stop: int) -
 class TextAlignment:
     """How the prompt text's own tokens sit in the processor's expanded ids.
 
+    The processor replaces a few tokens of the plain tokenization (the video placeholder, and any
+    markers around it that it rewrites, e.g. an outer ``<|vision_start|>`` / ``<|vision_end|>``)
+    by the video's region; every other token is kept, in order.
+
     Attributes:
         offsets: character offsets of the unexpanded tokens.
-        placeholder: index of the video placeholder among the unexpanded tokens.
-        region: [start, stop) of what the processor wrote for the video, in expanded positions
+        replaced: [start, stop) of the unexpanded tokens the processor replaced (placeholder included).
+        region: [start, stop) of what the processor wrote in their place, in expanded positions
             (placeholders, and any frame text and markers it adds).
     """
 
     offsets: list[tuple[int, int]]
-    placeholder: int
+    replaced: tuple[int, int]
     region: tuple[int, int]
 
     def position(self, token: int) -> int:
-        """The expanded position of unexpanded token ``token`` (not the placeholder itself)."""
-        if token < self.placeholder:
+        """The expanded position of unexpanded token ``token`` (one the processor kept)."""
+        if token < self.replaced[0]:
             return token
-        return token + (self.region[1] - self.region[0]) - 1
+        if token >= self.replaced[1]:
+            return token + (self.region[1] - self.region[0]) - (self.replaced[1] - self.replaced[0])
+        raise PromptLayoutError(
+            f"prompt token {token} was rewritten by the processor together with the video placeholder; "
+            "keep the question and options apart from the video placeholder in the prompt text."
+        )
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    while n < limit and n < len(b) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def replaced_region(ids: list[int], expanded: list[int], placeholder: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The unexpanded tokens [a, b) that hold ``ids[placeholder]`` and the expanded span [a, c)
+    that replaced them: the longest common prefix before the placeholder and the longest common
+    suffix after it are kept text; whatever lies between is the processor's video region."""
+    a = _common_prefix(ids, expanded, placeholder)
+    tail, expanded_tail = ids[placeholder + 1 :][::-1], expanded[a:][::-1]
+    s = _common_prefix(tail, expanded_tail, len(tail))
+    return (a, len(ids) - s), (a, len(expanded) - s)
+
+
+def _marker_ids(tokenizer) -> set[int]:
+    """Special tokens: the only tokens a processor may rewrite beside the placeholder."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids.update(int(i) for i, token in added.items() if getattr(token, "special", False))
+    return ids
 
 
 def align_text(tokenizer, text: str, expanded_ids: list[int], placeholder_id: int) -> TextAlignment:
-    """Tokenize ``text`` with offsets and check that the processor's ``expanded_ids`` are those
-    tokens with the one video placeholder replaced by a region (the video's tokens)."""
+    """Tokenize ``text`` with offsets and align it with the processor's ``expanded_ids``.
+
+    The processor must keep every token of ``text`` except the one video placeholder and marker
+    tokens next to it (special tokens such as ``<|vision_start|>``), which it replaces by
+    the video's region: the longest common prefix and suffix of the two sequences are the kept
+    text. How the processor lays out the video inside the region (per-frame markers, timestamps,
+    text before the first frame) does not matter here; ``VideoFamily.layout`` reads it.
+    """
+    markers = _marker_ids(tokenizer)
+    problem = "the prompt text does not hold the video placeholder exactly once"
     for add_special in (True, False):
         encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special)
         ids = encoded["input_ids"]
         if ids.count(placeholder_id) != 1:
             continue
         k = ids.index(placeholder_id)
-        tail = ids[k + 1 :]
-        stop = len(expanded_ids) - len(tail)
-        if stop > k and expanded_ids[:k] == ids[:k] and expanded_ids[stop:] == tail:
-            return TextAlignment([tuple(o) for o in encoded["offset_mapping"]], k, (k, stop))
+        replaced, region = replaced_region(ids, expanded_ids, k)
+        rewritten = [t for t in ids[replaced[0] : replaced[1]] if t != placeholder_id]
+        if region[1] <= region[0]:
+            problem = "the processor wrote nothing for the video"
+        elif any(t not in markers for t in rewritten):
+            problem = (f"the processor changed text tokens {tokenizer.convert_ids_to_tokens(rewritten)} around the video "
+                       "placeholder, not only the placeholder and its markers")  # fmt: skip
+        else:
+            return TextAlignment([tuple(o) for o in encoded["offset_mapping"]], replaced, region)
     raise PromptLayoutError(
-        "the processor's token ids do not match a plain tokenization of the prompt text with one video "
-        "placeholder, so question and option spans cannot be located; is the tokenizer a fast tokenizer, "
-        "and does the prompt hold the video placeholder exactly once?"
+        f"the processor's token ids do not match a plain tokenization of the prompt text: {problem}, so "
+        "question and option spans cannot be located; is the tokenizer a fast tokenizer, and does the prompt "
+        "hold the video placeholder exactly once?"
     )
 
 

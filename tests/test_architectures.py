@@ -52,7 +52,11 @@ def test_editing_one_frame_changes_output_and_identity_does_not(hooked, prompt):
     torch.testing.assert_close(edited[0, :first_edit], base[0, :first_edit], atol=1e-5, rtol=0)
 
 
-def test_token_map_video_positions_are_the_placeholders(hooked, prompt):
+#: Architectures whose processor wraps each frame in markers (the markers belong to that frame).
+PER_FRAME_MARKERS = {"qwen3_vl", "internvl"}
+
+
+def test_token_map_video_positions_are_the_placeholders(arch, hooked, prompt):
     tm, ids = prompt.token_map, prompt.input_ids[0]
     placeholders = (ids == hooked.family.video_token_id).nonzero().flatten()
     separators_in_run = tm.video_separators[torch.isin(tm.video_separators, placeholders)]
@@ -60,9 +64,14 @@ def test_token_map_video_positions_are_the_placeholders(hooked, prompt):
     assert all(tm.role[i] == "video" for i in tm.video.tolist())
     assert (tm.frame_of[tm.video_separators] == -1).all()
     markers = torch.isin(ids, torch.tensor(hooked.family.separator_ids(), dtype=ids.dtype)).nonzero().flatten()
-    expected = {"LlavaOnevisionFamily": 1}.get(type(hooked.family).__name__, 0) + len(markers)
+    framed = [m for m in markers.tolist() if arch in PER_FRAME_MARKERS and "video" in (tm.role[m - 1], tm.role[m + 1])]
+    for m in framed:  # the frame of the video token beside it
+        beside = m - 1 if tm.role[m - 1] == "video" else m + 1
+        assert tm.role[m] == "frame_text" and int(tm.frame_of[m]) == int(tm.frame_of[beside])
+    assert len(framed) == (2 * tm.n_frames if arch in PER_FRAME_MARKERS else 0)
+    expected = {"LlavaOnevisionFamily": 1}.get(type(hooked.family).__name__, 0) + len(markers) - len(framed)
     assert tm.video_separators.numel() == expected
-    assert torch.isin(markers, tm.video_separators).all()
+    assert torch.isin(markers[~torch.isin(markers, torch.tensor(framed, dtype=torch.long))], tm.video_separators).all()
 
 
 def model_grid(hf_model, prompt):

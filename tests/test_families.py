@@ -92,12 +92,12 @@ def test_internvl_frame_text_belongs_to_its_frame(tmp_path):
     model = HookedVideoLLM.from_pretrained(build_tiny("internvl", tmp_path / "m"))
     prompt = model.prepare(clip(), Q, OPTIONS, answer=1, num_frames=None)
     tm, tok = prompt.token_map, model.tokenizer
-    for i in range(tm.n_frames):
+    for i in range(tm.n_frames):  # each frame's "Frame{i}:" and its <img> / </img> markers
         text = tok.decode(prompt.input_ids[0, tm.frame_text[tm.frame_of[tm.frame_text] == i]])
-        assert text.replace(" ", "").strip("\n") == f"Frame{i + 1}:"
-    markers = tok.convert_tokens_to_ids(["<img>", "</img>"])
-    assert sorted(set(prompt.input_ids[0, tm.video_separators].tolist())) == sorted(markers)
-    assert len(tm.video_separators) == 2 * tm.n_frames
+        assert text.replace(" ", "").strip("\n") == f"Frame{i + 1}:<img></img>"
+        group = tm.frame_group(i)
+        assert tok.convert_ids_to_tokens(prompt.input_ids[0, group[[-len(tm.frame(i)) - 2, -1]]].tolist()) == ["<img>", "</img>"]
+    assert len(tm.video_separators) == 0
 
 
 def test_internvl_chat_uses_the_released_single_block_and_phi3_prompt(tmp_path):
@@ -156,8 +156,9 @@ def test_spans_frames_and_letters_with_a_byte_level_bpe(arch, tmp_path, monkeypa
     assert bool((ids[tm.video] == model.family.video_token_id).all())
     for i in range(tm.n_frames):
         text = decode(tm.frame_text[tm.frame_of[tm.frame_text] == i]).replace(" ", "").replace("\n", "")
-        expected = {"qwen3_vl": f"<{(4 * i + 1) / 4:.1f}seconds>", "video_llama_3": ("," if i else "") + f"Time{i / 2:.1f}s:",
-                    "internvl": f"Frame{i + 1}:"}[arch]  # fmt: skip
+        expected = {"qwen3_vl": f"<{(4 * i + 1) / 4:.1f}seconds><|vision_start|><|vision_end|>",
+                    "video_llama_3": ("," if i else "") + f"Time{i / 2:.1f}s:",
+                    "internvl": f"Frame{i + 1}:<img></img>"}[arch]  # fmt: skip
         assert text == expected
     hf = load_hf(model.hf_model.name_or_path, model)
     with torch.no_grad():
