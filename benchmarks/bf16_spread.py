@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from knockout_sweep import make_confident  # noqa: E402
 from shapes import PRESETS, model_and_prompt, vision_attention  # noqa: E402
 
-from hooked_video import attention  # noqa: E402
+from hooked_video.runtime import attention  # noqa: E402
 
 
 @torch.no_grad()

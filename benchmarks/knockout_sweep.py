@@ -72,7 +72,7 @@ def released_pass(model, prompt, additive, layers) -> torch.Tensor:
     handles = [blocks[l].register_forward_pre_hook(lambda m, a, k: (a, {**k, "attention_mask": mask}), with_kwargs=True)
                for l in layers]  # fmt: skip
     try:
-        from hooked_video import attention
+        from hooked_video.runtime import attention
 
         with attention.reference_attention(), vision_attention(model, "eager"):
             return hf(**inputs).logits[:, -1].float().softmax(-1)
@@ -187,7 +187,7 @@ def main() -> None:
         print(json.dumps({"compiled_vs_fast": result["compiled_vs_fast"]}), flush=True)
 
     if not args.skip_hooks:  # exactness at this shape and dtype
-        from hooked_video import attention
+        from hooked_video.runtime import attention
 
         targets = list(flow.TARGETS)
         hooks = sweep("hooks", targets).sort_values(ROW).reset_index(drop=True)

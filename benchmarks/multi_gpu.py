@@ -35,8 +35,8 @@ from shapes import build, frames_for  # noqa: E402
 
 from hooked_video import flow  # noqa: E402
 from hooked_video.data import Sample  # noqa: E402
-from hooked_video.distributed import Shard, barrier, local_rank  # noqa: E402
-from hooked_video.store import load_results  # noqa: E402
+from hooked_video.runtime.distributed import Shard, barrier, local_rank  # noqa: E402
+from hooked_video.runtime.store import load_results  # noqa: E402
 
 OPTIONS = ["left", "right", "up", "down"]
 

@@ -53,7 +53,7 @@ PRESETS = {
 def tiny_model(preset: str):
     """(tiny HF model, processor) of the preset's architecture and frame size, loaded as users
     load checkpoints (their class, config and processor are the real ones)."""
-    from hooked_video.loading import load_checkpoint
+    from hooked_video.model.loading import load_checkpoint
     from hooked_video.zoo.tiny import TinySizes, build_tiny
 
     arch, _, vision, _, _ = PRESETS[preset]

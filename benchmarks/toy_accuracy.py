@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hooked_video import HookedVideoLLM  # noqa: E402
-from hooked_video.accuracy import accuracy  # noqa: E402
+from hooked_video.analysis.accuracy import accuracy  # noqa: E402
 from hooked_video.data import TVBench, synthetic  # noqa: E402
 
 

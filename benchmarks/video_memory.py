@@ -57,7 +57,7 @@ def _read_all_frames_then_sample(path: str, num_frames: int):
     import av
     import numpy as np
 
-    from hooked_video.video import segment_midpoints
+    from hooked_video.core.video import segment_midpoints
 
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -72,7 +72,7 @@ def measure(path: str, backend: str, num_frames: int) -> dict:
     import decord  # noqa: F401
     import numpy as np  # noqa: F401
 
-    from hooked_video.video import load_video
+    from hooked_video.core.video import load_video
 
     try:  # reset the peak (VmHWM) to the current RSS, so import-time peaks do not hide ours
         with open("/proc/self/clear_refs", "w") as f:

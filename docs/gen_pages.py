@@ -14,25 +14,36 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-#: Modules of the API reference, in reading order (every public name of each is documented).
+#: Modules of the API reference, one section per layer of the package, top-down as a reader meets them
+#: (every public name of each is documented).
 API_MODULES = [
-    ("The model", ["hooked_video.model", "hooked_video.prompt", "hooked_video.tokens", "hooked_video.families",
-                   "hooked_video.embedded", "hooked_video.video", "hooked_video.checks"]),
-    ("Loading checkpoints", ["hooked_video.loading", "hooked_video.models.pllava", "hooked_video.models.pllava_processing",
-                             "hooked_video.models.internvl_chat", "hooked_video.models.internvl_chat_processing",
-                             "hooked_video.models.videollama3_official", "hooked_video.adapters"]),
-    ("Analyses", ["hooked_video.knockout", "hooked_video.flow.sweep", "hooked_video.flow.targets",
-                  "hooked_video.flow.summary", "hooked_video.flow.records", "hooked_video.flow.open_ended",
-                  "hooked_video.lens.core", "hooked_video.lens.run", "hooked_video.lens.answer",
-                  "hooked_video.lens.keywords", "hooked_video.patching", "hooked_video.pathways",
-                  "hooked_video.accuracy", "hooked_video.capture"]),
-    ("Speed", ["hooked_video.attention", "hooked_video.engine", "hooked_video.fastpath"]),
-    ("Data and results", ["hooked_video.data.mcqa", "hooked_video.data.benchmarks", "hooked_video.data.synthetic",
-                          "hooked_video.store", "hooked_video.distributed", "hooked_video.versions"]),
-    ("Figures and reports", ["hooked_video.viz.plots", "hooked_video.viz.attention", "hooked_video.viz.blueprint", "hooked_video.viz.html",
-                             "hooked_video.report", "hooked_video.reproduce", "hooked_video.demo"]),
-    ("Toy models", ["hooked_video.zoo", "hooked_video.zoo.tiny", "hooked_video.zoo.tiny_families",
-                    "hooked_video.zoo.tiny_paper", "hooked_video.zoo.train"]),
+    ("model/: the model side", ["hooked_video.model.hooked", "hooked_video.model.prompt", "hooked_video.model.tokens",
+                                "hooked_video.model.families", "hooked_video.model.embedded"]),
+    ("model/: loading checkpoints", ["hooked_video.model.loading", "hooked_video.model.weights", "hooked_video.model.errors",
+                                     "hooked_video.model.formats.pllava", "hooked_video.model.formats.pllava_processing",
+                                     "hooked_video.model.formats.internvl_chat",
+                                     "hooked_video.model.formats.internvl_chat_processing",
+                                     "hooked_video.model.formats.videollama3_official",
+                                     "hooked_video.model.formats.conversion", "hooked_video.model.adapters"]),
+    ("analysis/: the analyses", ["hooked_video.analysis.knockout", "hooked_video.analysis.flow.sweep",
+                                 "hooked_video.analysis.flow.targets", "hooked_video.analysis.flow.summary",
+                                 "hooked_video.analysis.flow.records", "hooked_video.analysis.flow.open_ended",
+                                 "hooked_video.analysis.lens.core", "hooked_video.analysis.lens.run",
+                                 "hooked_video.analysis.lens.answer", "hooked_video.analysis.lens.keywords",
+                                 "hooked_video.analysis.patching", "hooked_video.analysis.pathways",
+                                 "hooked_video.analysis.accuracy"]),
+    ("data/: datasets", ["hooked_video.data.mcqa", "hooked_video.data.benchmarks", "hooked_video.data.synthetic"]),
+    ("runtime/: how forwards run", ["hooked_video.runtime.edges", "hooked_video.runtime.attention",
+                                    "hooked_video.runtime.fastpath", "hooked_video.runtime.engine",
+                                    "hooked_video.runtime.capture", "hooked_video.runtime.store",
+                                    "hooked_video.runtime.distributed"]),
+    ("core/: checks, video, versions", ["hooked_video.core.checks", "hooked_video.core.video", "hooked_video.core.versions"]),
+    ("viz/ and app/: figures and reports", ["hooked_video.viz.plots", "hooked_video.viz.attention",
+                                            "hooked_video.viz.blueprint", "hooked_video.viz.html",
+                                            "hooked_video.app.report", "hooked_video.app.reproduce",
+                                            "hooked_video.app.demo"]),
+    ("zoo/: toy and tiny models", ["hooked_video.zoo", "hooked_video.zoo.tiny", "hooked_video.zoo.tiny_parts",
+                                   "hooked_video.zoo.tiny_families", "hooked_video.zoo.tiny_paper", "hooked_video.zoo.train"]),
 ]
 
 

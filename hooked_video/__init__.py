@@ -1,39 +1,94 @@
 """hooked_video: TransformerLens for Video LLMs.
 
+The package is layered; each folder's docstring says what belongs there (``docs/design.md``
+draws the diagram). Lower layers never import higher ones:
+
+    core/      input checks and their errors, video decoding, the tested versions
+    runtime/   how forwards run: fast attention and blocks, the sweep engine, capture,
+               the results store, data-parallel shards
+    model/     HookedVideoLLM, prompts and token maps, architecture families, checkpoint
+               loading, TransformerLens adapters, checkpoint formats
+    data/      benchmarks and the synthetic temporal benchmark
+    analysis/  knockout, flow, lens, patching, pathways, accuracy
+    viz/       figures
+    app/       the ``hooked-video`` command, the demo, ``reproduce`` and its report
+    zoo/       the bundled toy models and tiny models of every architecture
+
 The names below are imported on first use, so that ``import hooked_video`` (and the
-``hooked-video`` command's ``--help``) does not wait for torch and transformers.
+``hooked-video`` command's ``--help``) does not wait for torch and transformers. The analyses
+are reachable where they always were: ``hooked_video.flow`` is ``hooked_video.analysis.flow``
+(also for ``import hooked_video.flow`` and ``from hooked_video.flow import ...``).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import pkgutil
+import sys
 
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "EmbeddedPrompt": "hooked_video.embedded",
-    "HookedVideoLLM": "hooked_video.model",
-    "UnsupportedArchitectureError": "hooked_video.model",
-    "PromptTemplate": "hooked_video.prompt",
-    "VideoPrompt": "hooked_video.prompt",
-    "PromptLayoutError": "hooked_video.tokens",
-    "TokenMap": "hooked_video.tokens",
-    "VideoError": "hooked_video.video",
-    "load_video": "hooked_video.video",
-    "save_video": "hooked_video.video",
-    "InvalidInputError": "hooked_video.checks",
-    "load_results": "hooked_video.store",
+    "EmbeddedPrompt": "hooked_video.model.embedded",
+    "HookedVideoLLM": "hooked_video.model.hooked",
+    "UnsupportedArchitectureError": "hooked_video.model.errors",
+    "PromptTemplate": "hooked_video.model.prompt",
+    "VideoPrompt": "hooked_video.model.prompt",
+    "PromptLayoutError": "hooked_video.model.tokens",
+    "TokenMap": "hooked_video.model.tokens",
+    "VideoError": "hooked_video.core.video",
+    "load_video": "hooked_video.core.video",
+    "save_video": "hooked_video.core.video",
+    "InvalidInputError": "hooked_video.core.checks",
+    "load_results": "hooked_video.runtime.store",
 }
-__all__ = sorted(_EXPORTS)
+#: The analyses' short paths: ``hooked_video.<name>`` is ``hooked_video.analysis.<name>``.
+ANALYSES = ("accuracy", "flow", "knockout", "lens", "patching", "pathways")
+__all__ = sorted([*_EXPORTS, *ANALYSES, "viz"])
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hooked_video' has no attribute {name!r}")
+    elif name in ANALYSES:
+        value = importlib.import_module(f"hooked_video.analysis.{name}")
+    else:
+        raise AttributeError(f"module 'hooked_video' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted([*globals(), *__all__])
+
+
+class _AnalysisAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports ``hooked_video.flow`` as the very module ``hooked_video.analysis.flow`` (one module
+    object under two names, so patching either patches both), and registers its submodules under
+    the short name too, so ``import hooked_video.flow.sweep`` finds them without a second copy."""
+
+    def __init__(self) -> None:
+        self._specs: dict = {}
+
+    def find_spec(self, fullname, path=None, target=None):
+        parts = fullname.split(".")
+        if len(parts) != 2 or parts[0] != __name__ or parts[1] not in ANALYSES:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        module = importlib.import_module(spec.name.replace(f"{__name__}.", f"{__name__}.analysis.", 1))
+        self._specs[spec.name] = module.__spec__
+        return module
+
+    def exec_module(self, module) -> None:
+        alias = module.__spec__.name
+        module.__spec__ = self._specs.pop(alias)  # the import machinery set the alias's
+        for info in pkgutil.walk_packages(getattr(module, "__path__", []), f"{module.__name__}."):
+            sys.modules[alias + info.name[len(module.__name__) :]] = importlib.import_module(info.name)
+
+
+if not any(isinstance(finder, _AnalysisAlias) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _AnalysisAlias())  # before the path finder, which would load a second copy

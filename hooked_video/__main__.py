@@ -2,6 +2,6 @@
 
 import sys
 
-from hooked_video.cli import main
+from hooked_video.app.cli import main
 
 sys.exit(main())

@@ -15,15 +15,15 @@ def load_hf(path, hooked):
     import json
     from pathlib import Path
 
-    from hooked_video.models.internvl_chat import is_internvl_chat, load_internvl_chat
+    from hooked_video.model.formats.internvl_chat import is_internvl_chat, load_internvl_chat
 
     if is_internvl_chat(json.loads((Path(path) / "config.json").read_text())):
         return load_internvl_chat(path)[0].eval()
     name = type(getattr(hooked, "hf_model", None) or hooked.original_model).__name__
     if hasattr(transformers, name):
         return getattr(transformers, name).from_pretrained(path, attn_implementation="eager").eval()
-    from hooked_video.loading import pllava_config
-    from hooked_video.models import PllavaForConditionalGeneration
+    from hooked_video.model.loading import pllava_config
+    from hooked_video.model.formats import PllavaForConditionalGeneration
 
     config = pllava_config(transformers.AutoConfig.from_pretrained(path))
     return PllavaForConditionalGeneration.from_pretrained(path, config=config, attn_implementation="eager").eval()

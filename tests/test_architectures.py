@@ -5,7 +5,7 @@ import pytest
 import torch
 from hf_reference import load_hf as hf_reference
 
-from hooked_video.families import FAMILIES, PllavaFamily
+from hooked_video.model.families import FAMILIES, PllavaFamily
 
 
 def test_logits_equal_hf_eager(arch, hooked, prompt, tiny_paths):

@@ -2,7 +2,7 @@
 files, and names the error it must raise and a phrase of its message. The phrase holds what is
 at fault (the file, the entry or sample, the argument), so every message is checked to name it.
 
-The CLI rows call ``hooked_video.cli.main`` in-process: exit code 2, one line on stderr
+The CLI rows call ``hooked_video.app.cli.main`` in-process: exit code 2, one line on stderr
 (progress bars aside), no traceback. Files the user owns are checked byte for byte.
 """
 
@@ -19,13 +19,13 @@ import torch
 
 from hooked_video import HookedVideoLLM, PromptLayoutError, UnsupportedArchitectureError, VideoError, flow, lens, pathways
 from hooked_video import save_video
-from hooked_video.accuracy import accuracy
-from hooked_video.checks import InvalidInputError
-from hooked_video.cli import main
+from hooked_video.analysis.accuracy import accuracy
+from hooked_video.core.checks import InvalidInputError
+from hooked_video.app.cli import main
 from hooked_video.data import TOMATO, AnnotationError, MCQADataset, Sample, TVBench, open_dataset, synthetic
 from hooked_video.data.mcqa import open_questions
-from hooked_video.loading import CheckpointError, ModelNotFoundError
-from hooked_video.store import ResultsCorruptError, ResultsMismatchError, load_results
+from hooked_video.model.loading import CheckpointError, ModelNotFoundError
+from hooked_video.runtime.store import ResultsCorruptError, ResultsMismatchError, load_results
 from hooked_video.zoo.tiny import TinySizes, build_tiny
 
 Q, OPTS = "which way does the ball move ?", ["left", "right"]

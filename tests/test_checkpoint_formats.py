@@ -15,12 +15,12 @@ from safetensors.torch import load_file, save_file
 from transformers import MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM
 
 from hooked_video import load_video, save_video
-from hooked_video.loading import CheckpointError, load_checkpoint
-from hooked_video.models.internvl_chat import LM_RULES, convert_keys, save_internvl_chat, text_config
-from hooked_video.models.internvl_chat_processing import (
+from hooked_video.model.loading import CheckpointError, load_checkpoint
+from hooked_video.model.formats.internvl_chat import LM_RULES, convert_keys, save_internvl_chat, text_config
+from hooked_video.model.formats.internvl_chat_processing import (
     IMAGENET_MEAN, IMAGENET_STD, InternVLChatProcessor, released_image_processor,
 )  # fmt: skip
-from hooked_video.models.videollama3_official import save_videollama3_official
+from hooked_video.model.formats.videollama3_official import save_videollama3_official
 from hooked_video.zoo.tiny import BASE_WORDS, BUILDERS, TinySizes, word_level_tokenizer
 from hooked_video.zoo.tiny_families import internvl_chat
 

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 
 from hooked_video import save_video
-from hooked_video.store import load_results
+from hooked_video.runtime.store import load_results
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "hooked_video.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "hooked_video.app.cli", *args], capture_output=True, text=True)
 
 
 def test_build_info_tokens(tmp_path):
@@ -163,7 +163,8 @@ def test_open_ended_flow_command(tmp_path):
 
 def test_the_command_lists_equal_the_library_names():
     """The CLI keeps its own copies so that --help imports no torch."""
-    from hooked_video import cli, flow
+    from hooked_video import flow
+    from hooked_video.app import cli
     from hooked_video.zoo.tiny import BUILDERS
 
     assert cli.TINY_ARCHITECTURES == sorted(BUILDERS)

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from hooked_video import flow, save_video
-from hooked_video.distributed import Shard, process_gpus
-from hooked_video.store import DATABASE, load_results
+from hooked_video.runtime.distributed import Shard, process_gpus
+from hooked_video.runtime.store import DATABASE, load_results
 
 KEY = list(flow.ROW_KEY)
 FLOW_ARGS = ["--target", "cross-frame", "--target", "vql-to-ql", "--window", "1", "--select", "all", "--frames", "4",
@@ -56,7 +56,7 @@ def single(deep_paths, dataset, tmp_path_factory):
 
 
 def cli(deep_paths, data, out, *extra, env=None):
-    args = [sys.executable, "-m", "hooked_video.cli", "flow", "--model", str(deep_paths["llava_next_video"]),
+    args = [sys.executable, "-m", "hooked_video.app.cli", "flow", "--model", str(deep_paths["llava_next_video"]),
             "--data", str(data), "--out", str(out), *FLOW_ARGS, *extra]  # fmt: skip
     return subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) if env is not None else subprocess.run(args, capture_output=True, text=True)  # fmt: skip

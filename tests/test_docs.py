@@ -35,7 +35,7 @@ def shell_commands(code: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_every_block_runs(page, tmp_path, monkeypatch):
-    from hooked_video.cli import main
+    from hooked_video.app.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -71,8 +71,8 @@ def test_api_reference_lists_every_module():
 
     listed = set(re.findall(r'"(hooked_video[\w.]*)"', (ROOT / "docs" / "gen_pages.py").read_text()))
     packages = {m.name for m in pkgutil.walk_packages(hooked_video.__path__, "hooked_video.") if m.ispkg}
-    exempt = {"hooked_video.__main__", "hooked_video.cli", "hooked_video.commands"}
+    exempt = {"hooked_video.__main__", "hooked_video.app.cli", "hooked_video.app.commands"}
     modules = {m.name for m in pkgutil.walk_packages(hooked_video.__path__, "hooked_video.")}
-    missing = sorted(m for m in modules - listed - packages - exempt if not m.startswith("hooked_video.adapters."))
+    missing = sorted(m for m in modules - listed - packages - exempt if not m.startswith("hooked_video.model.adapters."))
     assert not missing, f"add these modules to API_MODULES in docs/gen_pages.py: {missing}"
     assert not listed - modules - {"hooked_video"}, f"gen_pages.py names modules that do not exist: {listed - modules}"

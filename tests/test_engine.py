@@ -11,10 +11,11 @@ import torch
 import torch._inductor.config
 from torch._dynamo.utils import counters
 
-from hooked_video import HookedVideoLLM, attention, flow, knockout, pathways
-from hooked_video import engine as engine_module
-from hooked_video.engine import Engine
-from hooked_video.fastpath import FastBlockMixin
+from hooked_video import HookedVideoLLM, flow, knockout, pathways
+from hooked_video.runtime import attention
+from hooked_video.runtime import engine as engine_module
+from hooked_video.runtime.engine import Engine
+from hooked_video.runtime.fastpath import FastBlockMixin
 from hooked_video.zoo.tiny import TinySizes, build_tiny
 
 ROW = ["sample_id", "target", "condition", "layer"]

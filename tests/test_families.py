@@ -9,7 +9,7 @@ import torch
 from hf_reference import last_probs, load_hf
 
 from hooked_video import HookedVideoLLM, flow, knockout, lens
-from hooked_video.prompt import PAPER_SYSTEM_PROMPT
+from hooked_video.model.prompt import PAPER_SYSTEM_PROMPT
 from hooked_video.zoo import tiny_families
 from hooked_video.zoo.tiny import BASE_WORDS, build_tiny
 

@@ -12,7 +12,7 @@ import pytest
 
 from hooked_video import flow, knockout
 from hooked_video.data import Sample
-from hooked_video.store import ResultsMismatchError, load_results
+from hooked_video.runtime.store import ResultsMismatchError, load_results
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,9 @@ import pytest
 import torch
 
 from hooked_video import flow, lens, pathways, save_video
-from hooked_video import store as store_module
+from hooked_video.runtime import store as store_module
 from hooked_video.data import Sample
-from hooked_video.store import load_results
+from hooked_video.runtime.store import load_results
 
 N_KILLS = 10
 SQLITE_STEP = 5  # SQLite VM instructions per progress callback (one tick)

@@ -4,8 +4,9 @@ import pytest
 import torch
 from hf_reference import last_probs, load_hf
 
-from hooked_video import attention, flow, knockout
-from hooked_video.tokens import TextSpans, build_token_map
+from hooked_video import flow, knockout
+from hooked_video.runtime import attention
+from hooked_video.model.tokens import TextSpans, build_token_map
 
 
 @pytest.fixture()

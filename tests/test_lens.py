@@ -6,7 +6,7 @@ import torch
 from hf_reference import layer_inputs, load_hf
 
 from hooked_video import lens
-from hooked_video.tokens import TextSpans, build_token_map
+from hooked_video.model.tokens import TextSpans, build_token_map
 
 
 @pytest.fixture(scope="module")

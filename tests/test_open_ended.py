@@ -6,7 +6,7 @@ import torch
 from hf_reference import last_probs, load_hf
 
 from hooked_video import flow
-from hooked_video.prompt import PromptTemplate
+from hooked_video.model.prompt import PromptTemplate
 
 QUESTION = "what happens first ?"
 

@@ -8,7 +8,7 @@ import pytest
 from hf_reference import last_probs, load_hf
 
 from hooked_video import HookedVideoLLM, flow, knockout, lens, pathways, viz
-from hooked_video.accuracy import accuracy
+from hooked_video.analysis.accuracy import accuracy
 from hooked_video.data import Sample
 
 

@@ -11,8 +11,8 @@ from hf_reference import last_probs, load_hf
 
 from hooked_video import knockout, pathways
 from hooked_video.data import Sample
-from hooked_video.store import load_results
-from hooked_video.tokens import TextSpans, build_token_map
+from hooked_video.runtime.store import load_results
+from hooked_video.model.tokens import TextSpans, build_token_map
 
 
 def paper_7b_layout():

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from hooked_video import HookedVideoLLM, UnsupportedArchitectureError
-from hooked_video.loading import pllava_config
-from hooked_video.models import PllavaForConditionalGeneration
-from hooked_video.prompt import PAPER_SYSTEM_PROMPT
+from hooked_video.model.loading import pllava_config
+from hooked_video.model.formats import PllavaForConditionalGeneration
+from hooked_video.model.prompt import PAPER_SYSTEM_PROMPT
 from hooked_video.zoo.tiny import TinySizes, build_tiny
 from hooked_video.zoo.tiny_paper import save_current_layout
 
@@ -161,7 +161,7 @@ def covering_tokens(offsets, start, stop):
 
 
 def test_spans_and_letters_with_a_sentencepiece_bpe(tmp_path):
-    from hooked_video.models import PllavaProcessor
+    from hooked_video.model.formats import PllavaProcessor
     from hooked_video.zoo import tiny_paper
 
     tok = sentencepiece_bpe(tmp_path)

@@ -10,8 +10,8 @@ import torch
 from hf_reference import last_probs, load_hf
 
 from hooked_video import HookedVideoLLM, knockout
-from hooked_video.prompt import align_text, replaced_region
-from hooked_video.tokens import PromptLayoutError
+from hooked_video.model.prompt import align_text, replaced_region
+from hooked_video.model.tokens import PromptLayoutError
 from hooked_video.zoo.tiny import build_tiny
 
 Q, OPTIONS = "which way does the ball move ?", ["left", "right"]

@@ -6,7 +6,7 @@ import torch
 import transformers
 from transformer_lens.model_bridge import TransformerBridge
 
-from hooked_video.adapters import ADAPTERS, NEW_ARCHITECTURES
+from hooked_video.model.adapters import ADAPTERS, NEW_ARCHITECTURES
 
 
 def test_entry_points_resolve_to_the_adapters():

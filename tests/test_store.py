@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from hooked_video.data.mcqa import Sample
-from hooked_video.store import ResultStore, ResultsMismatchError, export, fingerprint, load_results
+from hooked_video.runtime.store import ResultStore, ResultsMismatchError, export, fingerprint, load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 # child processes import the store alone (not the package's models): they start in a blink
@@ -23,7 +23,7 @@ import os, signal, sys, time, types
 package = types.ModuleType("hooked_video")
 package.__path__ = [{str(ROOT / "hooked_video")!r}]
 sys.modules["hooked_video"] = package
-from hooked_video.store import ResultStore
+from hooked_video.runtime.store import ResultStore
 """
 KEY = ("sample_id", "target", "layer")
 SETTINGS = {"window": 9, "layers": [0, 1, 2], "spec": {"rule": "vocab-argmax", "frames": 8}}

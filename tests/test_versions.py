@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hooked_video import versions
-from hooked_video.cli import main
+from hooked_video.core import versions
+from hooked_video.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

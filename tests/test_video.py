@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from hooked_video import load_video
-from hooked_video.video import VideoError, save_video, segment_midpoints
+from hooked_video.core.video import VideoError, save_video, segment_midpoints
 
 N_FRAMES, FPS, STEP = 40, 10, 6
 
@@ -200,7 +200,7 @@ def test_pyav_recounts_when_the_stated_count_is_wrong(noisy_clip, monkeypatch):
 
 @pytest.mark.parametrize("error", [MemoryError(), OSError(12, "Cannot allocate memory")])
 def test_out_of_memory_is_reported_as_such(clip, monkeypatch, error):
-    import hooked_video.video as video
+    import hooked_video.core.video as video
 
     def read(*args):
         raise error

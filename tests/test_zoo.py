@@ -3,7 +3,7 @@
 import pytest
 
 from hooked_video import HookedVideoLLM
-from hooked_video.accuracy import accuracy
+from hooked_video.analysis.accuracy import accuracy
 from hooked_video.data import TVBench, synthetic
 from hooked_video.zoo import MODELS_DIR, ZOO
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
-from hooked_video.checks import InvalidInputError, check_answer, check_options, check_question
-from hooked_video.video import SHORT_WINDOWS, load_video
+from hooked_video.core.checks import InvalidInputError, check_answer, check_options, check_question
+from hooked_video.core.video import SHORT_WINDOWS, load_video
 
 
 class AnnotationError(InvalidInputError):
@@ -182,7 +182,7 @@ def open_questions(path: str | Path) -> list[dict]:
 
 def identify(item, index: int) -> tuple[str, str, object]:
     """(sample id, task, item) for a VideoPrompt (id = its index), a Sample, or a dict entry."""
-    from hooked_video.prompt import VideoPrompt
+    from hooked_video.model.prompt import VideoPrompt
 
     if isinstance(item, VideoPrompt):
         return str(index), "", item
@@ -193,7 +193,7 @@ def identify(item, index: int) -> tuple[str, str, object]:
 
 def identify_all(samples: Iterable) -> list[tuple[str, str, object]]:
     """``identify`` every item, refusing duplicate sample ids (results are keyed by them)."""
-    from hooked_video.checks import check_unique_ids
+    from hooked_video.core.checks import check_unique_ids
 
     items = [identify(item, index) for index, item in enumerate(samples)]
     check_unique_ids([sample_id for sample_id, _, _ in items])

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from hooked_video.video import save_video
+from hooked_video.core.video import save_video
 
 COLOURS = {"red": (220, 50, 50), "green": (50, 190, 70), "blue": (60, 90, 235), "yellow": (235, 215, 50)}
 SHAPES = ("square", "ring")  # distinct even after 2x2 pooling of 8-pixel patches

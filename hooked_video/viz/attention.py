@@ -16,10 +16,10 @@ from jaxtyping import Float
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from hooked_video import attention
-from hooked_video import knockout as ko
-from hooked_video.capture import capture
-from hooked_video.tokens import TokenMap
+from hooked_video.runtime import attention
+from hooked_video.analysis import knockout as ko
+from hooked_video.runtime.capture import capture
+from hooked_video.model.tokens import TokenMap
 from hooked_video.viz.html import InteractiveFigure, StaticFigure
 
 AUTO_AGGREGATE_ABOVE = 512  # positions; longer prompts are grouped per frame by default

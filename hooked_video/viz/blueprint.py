@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from hooked_video.pathways import SWEEP_CONDITIONS, PathwaySpec
+from hooked_video.analysis.pathways import SWEEP_CONDITIONS, PathwaySpec
 from hooked_video.viz.html import StaticFigure
 
 LANES = {"inter": "frames <-> frames\n(cross-frame)", "v2q": "video -> question", "q2l": "question -> last"}

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from hooked_video.flow import summarize
-from hooked_video.lens import KeywordFrequencies, LensResult, first_subtokens
+from hooked_video.analysis.flow import summarize
+from hooked_video.analysis.lens import KeywordFrequencies, LensResult, first_subtokens
 from hooked_video.viz.html import StaticFigure
 
 LINESTYLES = ("-", "--", ":", "-.")

@@ -9,90 +9,18 @@ Used by the tests, the benchmarks (pass real sizes for real shapes) and the toy-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from tokenizers import AddedToken, Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Punctuation, Sequence as PreSequence, WhitespaceSplit
-from transformers import PreTrainedTokenizerFast
 
-#: Words of the multiple-choice template and common test questions.
-BASE_WORDS = (
-    "Question Options Only give the best option Best Answer A B C D E F G H "
-    "( ) : . , ? ! which way does ball move left right up down what is in this video a an "
-    "cat dog red green blue circle square first then before after grows shrinks count how many "
-    "USER ASSISTANT SYSTEM system user assistant Carefully watch and pay attention to cause "
-    "sequence of events detail movement objects action pose persons Based on your observations "
-    "select that accurately addresses question"
-).split()
+from hooked_video.zoo import tiny_families, tiny_paper
+from hooked_video.zoo.tiny_parts import (
+    BASE_WORDS, LLAVA_SPECIALS, QWEN_SPECIALS, VICUNA_TEMPLATE, TinySizes, chatml_template, text_config,
+    word_level_tokenizer,
+)  # fmt: skip
 
-LLAVA_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<video>"]
-QWEN_SPECIALS = [
-    "<pad>", "<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
-]  # fmt: skip
-
-# Chat templates in the style of each family (Vicuna for LLaVA-NeXT-Video, ChatML otherwise).
-VICUNA_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] if m['content'] is string "
-    "else m['content'][0]['text'] }}{{ ' ' }}{% else %}{{ m['role'].upper() + ': ' }}"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'video' %}{{ '<video>\n' }}{% elif c['type'] == 'image' %}{{ '<image>\n' }}"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}{{ ' ' }}"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-
-
-def chatml_template(video: str) -> str:
-    """A ChatML template whose video item renders as `video` (the family's placeholder)."""
-    return (
-        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}"
-        "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-        "{% if c['type'] == 'video' %}{{ '" + video + "' }}"
-        "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-        "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}"
-        "{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-
-
-@dataclass(frozen=True)
-class TinySizes:
-    """Sizes of a tiny model; the defaults make a model of a few hundred kB."""
-
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    d_mlp: int = 128
-    vision_width: int = 32
-    vision_layers: int = 2
-    image_size: int = 32
-    patch_size: int = 8
-    max_positions: int = 2048
-
-
-def word_level_tokenizer(
-    words: Sequence[str], specials: Sequence[str], **named: str
-) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer (whitespace and punctuation split) over `specials` + `words`."""
-    vocab: dict[str, int] = {}
-    for token in [*specials, *words]:
-        vocab.setdefault(token, len(vocab))
-    core = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = PreSequence([WhitespaceSplit(), Punctuation()])
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", **named)
-
-
-def _text_config(s: TinySizes, vocab: int, ids: dict, **extra) -> dict:
-    return dict(
-        vocab_size=vocab, hidden_size=s.d_model, intermediate_size=s.d_mlp,
-        num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads,
-        num_key_value_heads=s.n_kv_heads, max_position_embeddings=s.max_positions, **ids, **extra,
-    )  # fmt: skip
+__all__ = ["AFTER_SAVE", "BASE_WORDS", "BUILDERS", "TinySizes", "build_tiny"]
 
 
 def _llava_next_video(s: TinySizes, words):
@@ -121,7 +49,7 @@ def _llava_next_video(s: TinySizes, words):
             num_hidden_layers=s.vision_layers, num_attention_heads=4, image_size=s.image_size,
             patch_size=s.patch_size, projection_dim=s.vision_width,
         ),
-        text_config=LlamaConfig(**_text_config(
+        text_config=LlamaConfig(**text_config(
             s, len(v), dict(pad_token_id=v["<pad>"], bos_token_id=v["<s>"], eos_token_id=v["</s>"])
         )),
         image_token_index=v["<image>"], video_token_index=v["<video>"],
@@ -158,7 +86,7 @@ def _llava_onevision(s: TinySizes, words):
             num_hidden_layers=s.vision_layers, num_attention_heads=4, image_size=s.image_size,
             patch_size=s.patch_size, vision_use_head=False,
         ),
-        text_config=Qwen2Config(**_text_config(
+        text_config=Qwen2Config(**text_config(
             s, len(v), dict(pad_token_id=v["<pad>"], eos_token_id=v["<|im_end|>"], bos_token_id=None)
         )),
         image_token_index=v["<image>"], video_token_index=v["<video>"],
@@ -186,7 +114,7 @@ def _qwen_vl(s: TinySizes, words, version: str):
     )
     half = s.d_model // s.n_heads // 2  # rotary frequencies per head, split over (t, h, w)
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # Qwen's 16/24/24 at 64
-    text = _text_config(
+    text = text_config(
         s, len(v), dict(pad_token_id=v["<pad>"], eos_token_id=v["<|im_end|>"], bos_token_id=None),
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
     )
@@ -212,31 +140,16 @@ def _qwen_vl(s: TinySizes, words, version: str):
     return model_cls(config), processor
 
 
-def _paper(name: str) -> Callable:
-    def build(s: TinySizes, words):
-        from hooked_video.zoo import tiny_paper
-
-        return getattr(tiny_paper, name)(s, words)
-
-    return build
-
-
-def _released_layout(model, path: Path) -> None:
-    from hooked_video.zoo.tiny_paper import save_released_layout
-
-    save_released_layout(model, path)
-
-
 BUILDERS: dict[str, Callable] = {
     "llava_next_video": _llava_next_video,
     "llava_onevision": _llava_onevision,
     "qwen2_vl": lambda s, w: _qwen_vl(s, w, "2"),
     "qwen2_5_vl": lambda s, w: _qwen_vl(s, w, "2.5"),
-    "pllava": _paper("pllava"),  # the paper's LLaVA-NeXT-Video-FT format, saved in the released layout
-    "llava_next_image": _paper("llava_next_image"),  # a llava-v1.6 image model (the image baseline)
+    **tiny_paper.BUILDERS,  # PLLaVA (the paper's LLaVA-NeXT-Video-FT format) and the llava-v1.6 image baseline
+    **tiny_families.BUILDERS,  # InternVL, VideoLLaMA3, Qwen3-VL and the paper's InternVL-chat / VideoLLaMA3 layouts
 }
-#: Rewrites applied after saving (the PLLaVA fixtures are stored as the released checkpoints are).
-AFTER_SAVE: dict[str, Callable] = {"pllava": _released_layout}
+#: Rewrites applied after saving (the paper's formats are stored as their released checkpoints are).
+AFTER_SAVE: dict[str, Callable] = {**tiny_paper.AFTER_SAVE, **tiny_families.AFTER_SAVE}
 
 
 def build_tiny(
@@ -262,6 +175,3 @@ def build_tiny(
         AFTER_SAVE[arch](model, path)
     return path
 
-
-# Registers InternVL, VideoLLaMA3, Qwen3-VL and the paper's InternVL-chat / official VideoLLaMA3 layouts.
-from hooked_video.zoo import tiny_families  # noqa: E402,F401

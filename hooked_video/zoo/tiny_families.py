@@ -4,8 +4,8 @@ LM) and VideoLLaMA3 in its official release layout, written after saving by ``AF
 
 Each builder is ``(sizes, words) -> (hf_model, processor)`` as in ``tiny.py``; the tokenizers hold
 every word the processors write between frames ("Frame1", "Time", "0s", "seconds", "<", digits) and
-keep "\\n" as a token, as the real tokenizers do. Importing this module registers the builders with
-``tiny.BUILDERS`` / ``tiny.AFTER_SAVE`` (``tiny.py`` imports it at its end).
+keep "\\n" as a token, as the real tokenizers do. ``tiny.BUILDERS`` / ``tiny.AFTER_SAVE`` collect
+this module's ``BUILDERS`` / ``AFTER_SAVE``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hooked_video.zoo import tiny
-from hooked_video.zoo.tiny import QWEN_SPECIALS, TinySizes, _text_config, chatml_template, word_level_tokenizer
+from hooked_video.zoo.tiny_parts import QWEN_SPECIALS, TinySizes, chatml_template, text_config, word_level_tokenizer
 
 #: Words the video processors write: InternVL "Frame{i}:", VideoLLaMA3 "Time 1.5s:" (-> "1" "." "5s"),
 #: Qwen3-VL "<1.5 seconds>" (-> "<" "1" "." "5" "seconds" ">").
@@ -80,7 +79,7 @@ def internvl(s: TinySizes, words):
         video_processor=InternVLVideoProcessor(size=square, do_sample_frames=False),
         image_seq_length=_frame_tokens(s), chat_template=chatml_template("<video>\n"),
     )  # fmt: skip
-    text = _text_config(s, len(v), dict(pad_token_id=v["<pad>"], eos_token_id=v["<|im_end|>"], bos_token_id=None),
+    text = text_config(s, len(v), dict(pad_token_id=v["<pad>"], eos_token_id=v["<|im_end|>"], bos_token_id=None),
                         model_type="qwen2", tie_word_embeddings=False)  # fmt: skip
     config = InternVLConfig(vision_config=_internvl_vision(s), text_config=text, image_token_id=v["<IMG_CONTEXT>"],
                             image_seq_length=_frame_tokens(s), tie_word_embeddings=False)  # fmt: skip
@@ -111,8 +110,8 @@ def internvl_chat(s: TinySizes, words, llm: str = "phi3"):
     T * n context tokens). ``llm="internlm2"`` builds a Llama LM to be stored in the InternLM2 layout."""
     from transformers import InternVLForConditionalGeneration
 
-    from hooked_video.models.internvl_chat import chat_config, hf_config
-    from hooked_video.models.internvl_chat_processing import (
+    from hooked_video.model.formats.internvl_chat import chat_config, hf_config
+    from hooked_video.model.formats.internvl_chat_processing import (
         CHATML_TEMPLATE, PHI3_CHAT_TEMPLATE, InternVLChatProcessor, released_image_processor,
     )  # fmt: skip
 
@@ -151,7 +150,7 @@ def video_llama_3(s: TinySizes, words, official: bool = False):
         VideoLlama3VideoProcessor,
     )  # fmt: skip
 
-    from hooked_video.models.videollama3_official import CHAT_TEMPLATE, OFFICIAL_IMAGE_TOKEN, vl3_sizes
+    from hooked_video.model.formats.videollama3_official import CHAT_TEMPLATE, OFFICIAL_IMAGE_TOKEN, vl3_sizes
 
     specials = [*QWEN_SPECIALS, OFFICIAL_IMAGE_TOKEN] if official else QWEN_SPECIALS
     named = {"extra_special_tokens": {"video_token": OFFICIAL_IMAGE_TOKEN}} if official else {}
@@ -164,7 +163,7 @@ def video_llama_3(s: TinySizes, words, official: bool = False):
                                                   use_token_compression=not official),
         tokenizer=tok, chat_template=CHAT_TEMPLATE if official else chatml_template(video_token + "\n"),
     )  # fmt: skip
-    text = _text_config(s, len(v), dict(pad_token_id=v["<pad>"], eos_token_id=v["<|im_end|>"], bos_token_id=None),
+    text = text_config(s, len(v), dict(pad_token_id=v["<pad>"], eos_token_id=v["<|im_end|>"], bos_token_id=None),
                         model_type="qwen2")  # fmt: skip
     config = VideoLlama3Config(
         vision_config=dict(hidden_size=s.vision_width, intermediate_size=2 * s.vision_width,
@@ -195,7 +194,7 @@ def qwen3_vl(s: TinySizes, words):
     head_dim = s.d_model // s.n_heads
     half = head_dim // 2
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    text = _text_config(s, len(v), dict(pad_token_id=v["<pad>"], eos_token_id=v["<|im_end|>"], bos_token_id=None),
+    text = text_config(s, len(v), dict(pad_token_id=v["<pad>"], eos_token_id=v["<|im_end|>"], bos_token_id=None),
                         head_dim=head_dim, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                             "mrope_section": mrope, "mrope_interleaved": True})  # fmt: skip
     deepstack = list(range(min(s.vision_layers, s.n_layers)))
@@ -210,13 +209,13 @@ def qwen3_vl(s: TinySizes, words):
 
 
 def _internvl_chat_layout(model, path: Path) -> None:
-    from hooked_video.models.internvl_chat import save_internvl_chat
+    from hooked_video.model.formats.internvl_chat import save_internvl_chat
 
     save_internvl_chat(model, path)
 
 
 def _videollama3_layout(model, path: Path) -> None:
-    from hooked_video.models.videollama3_official import save_videollama3_official
+    from hooked_video.model.formats.videollama3_official import save_videollama3_official
 
     save_videollama3_official(model, path)
 
@@ -229,5 +228,3 @@ BUILDERS = {
     "videollama3_official": lambda s, w: video_llama_3(s, w, official=True),  # saved in the official layout
 }
 AFTER_SAVE = {"internvl_chat": _internvl_chat_layout, "videollama3_official": _videollama3_layout}
-tiny.BUILDERS.update(BUILDERS)  # imported at the bottom of tiny.py, so build_tiny knows these
-tiny.AFTER_SAVE.update(AFTER_SAVE)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from hooked_video.zoo.tiny import LLAVA_SPECIALS, VICUNA_TEMPLATE, TinySizes, _text_config, word_level_tokenizer
+from hooked_video.zoo.tiny_parts import LLAVA_SPECIALS, VICUNA_TEMPLATE, TinySizes, text_config, word_level_tokenizer
 
 #: transformers 5.x key prefix -> the transformers 4.x llava layout the released checkpoints use.
 LEGACY_PREFIXES = (
@@ -28,7 +28,7 @@ def _vision_and_text(s: TinySizes, vocab: dict):
         hidden_size=s.vision_width, intermediate_size=2 * s.vision_width, num_hidden_layers=s.vision_layers,
         num_attention_heads=4, image_size=s.image_size, patch_size=s.patch_size, projection_dim=s.vision_width,
     )  # fmt: skip
-    text = LlamaConfig(**_text_config(s, len(vocab), dict(pad_token_id=vocab["<pad>"], bos_token_id=vocab["<s>"],
+    text = LlamaConfig(**text_config(s, len(vocab), dict(pad_token_id=vocab["<pad>"], bos_token_id=vocab["<s>"],
                                                            eos_token_id=vocab["</s>"])))  # fmt: skip
     return vision, text
 
@@ -37,7 +37,7 @@ def pllava(s: TinySizes, words, pooling: tuple[int, int, int] | None = None):
     """A PLLaVA model and processor; pooling (T, h, w) defaults to 4 frames pooled 2x per side."""
     from transformers import CLIPImageProcessor
 
-    from hooked_video.models import PllavaConfig, PllavaForConditionalGeneration, PllavaProcessor
+    from hooked_video.model.formats import PllavaConfig, PllavaForConditionalGeneration, PllavaProcessor
 
     tok = word_level_tokenizer(words, LLAVA_SPECIALS, bos_token="<s>", eos_token="</s>")
     v = tok.get_vocab()
@@ -97,3 +97,9 @@ def save_current_layout(model: torch.nn.Module, path: str | Path) -> Path:
     path = Path(path)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
+
+
+#: Builders of the paper's formats (``tiny.BUILDERS`` collects them): PLLaVA, saved in the released
+#: layout, and a llava-v1.6 image model (the image baseline).
+BUILDERS = {"pllava": pllava, "llava_next_image": llava_next_image}
+AFTER_SAVE = {"pllava": save_released_layout}

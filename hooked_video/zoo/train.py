@@ -152,7 +152,7 @@ def held_out_accuracy(hooked, per_task: int = 64, tasks=None, seed: int = HELD_O
     """Option-letter accuracy per task on held-out clips (in memory, the clips that
     ``synthetic.generate(seed=0)`` writes), prompts from ``hooked.prepare``; the forward runs on
     ``model`` (default: the hooked model's own)."""
-    from hooked_video.model import batch_inputs, inputs_for
+    from hooked_video.model.hooked import batch_inputs, inputs_for
 
     model = model or hooked.hf_model
     model.eval()
@@ -196,7 +196,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-per-task", type=int, default=64)
     args = parser.parse_args(argv)
-    from hooked_video import HookedVideoLLM
+    from hooked_video.model.hooked import HookedVideoLLM
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,312 @@
+"""What each ``hooked-video`` command does (``cli.py`` parses the arguments; heavy libraries are
+imported here, when a command runs, so ``hooked-video --help`` answers at once)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from hooked_video.runtime.distributed import Shard, barrier, local_rank, max_memory_for, process_gpus, set_threads
+
+
+def run_build_tiny(args) -> None:
+    from hooked_video.zoo.tiny import build_tiny
+
+    print(build_tiny(args.arch, args.dir, seed=args.seed))
+
+
+def _summary_path(out) -> Path:
+    """``out/summary.json``, refusing to replace a file hooked-video did not write there."""
+    path = Path(out, "summary.json")
+    if path.exists():
+        try:
+            ours = json.loads(path.read_text()).get("written_by") == "hooked-video"
+        except (ValueError, AttributeError, OSError):
+            ours = False
+        if not ours:
+            raise FileExistsError(f"{path} exists and was not written by hooked-video; move it, or use another --out")
+    return path
+
+
+def _write_summary(out, summary: dict) -> Path:
+    path = _summary_path(out)
+    path.write_text(json.dumps({"written_by": "hooked-video", **summary}, indent=1))
+    return path
+
+
+def _keywords(args):
+    """--keywords, read and checked before the slow work: a word list or {group: [words]}."""
+    if not args.keywords:
+        return None
+    from hooked_video.data.mcqa import read_json
+
+    keywords = read_json(Path(args.keywords)) if Path(args.keywords).is_file() else None
+    if keywords is None:
+        raise FileNotFoundError(f"--keywords file {args.keywords} does not exist")
+    words = lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v)  # noqa: E731
+    if not (words(keywords) or isinstance(keywords, dict) and all(words(v) for v in keywords.values())):
+        raise ValueError(f"--keywords {args.keywords}: expected a list of words or {{group: [words]}}")
+    return keywords
+
+
+def _load(args):
+    """The model, on this process's GPU(s) under a launcher, split by ``--device-map``."""
+    from hooked_video.model.hooked import HookedVideoLLM
+
+    set_threads(getattr(args, "threads", None))
+    kwargs, device = {}, getattr(args, "device", None)
+    device_map = getattr(args, "device_map", None)
+    if device_map:
+        kwargs["device_map"] = device_map
+        per_process = getattr(args, "gpus_per_process", None)
+        if getattr(args, "max_memory", None):
+            kwargs["max_memory"] = args.max_memory
+        elif per_process and Shard.from_environment() is not None:  # this process's group of GPUs only
+            kwargs["max_memory"] = max_memory_for(process_gpus(per_process))
+    elif device is None and Shard.from_environment() is not None:
+        import torch
+
+        device = f"cuda:{local_rank()}" if torch.cuda.is_available() else None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per error: no bars from transformers
+    return HookedVideoLLM.from_pretrained(args.model, device=device, dtype=args.dtype, strict=not args.no_strict, **kwargs)
+
+
+def _shard(args):
+    """``--shard i/n``, else the launcher's (torchrun / accelerate), else None."""
+    return Shard.parse(args.shard) if getattr(args, "shard", None) else Shard.from_environment()
+
+
+def _sharded(args, call):
+    """``call(shard)`` for this process's samples. Returns the results of all samples where this
+    process writes the summary: alone, or as process 0 of a launcher once all are done (read
+    from the stores, nothing recomputed); otherwise None (a job-array shard says what to do)."""
+    shard = _shard(args)
+    result = call(shard)
+    if shard is None:
+        return result
+    if barrier():
+        return call(None) if shard.index == 0 else None
+    print(f"shard {shard} done. Once every shard is done, run the same command without --shard to merge the "
+          "shards and write the summary (nothing is computed again).")  # fmt: skip
+    return None
+
+
+def run_info(args) -> None:
+    from hooked_video.core.versions import report
+
+    print(report())
+    if args.model is None:
+        return
+    model = _load(args)
+    print(model)
+    names = sorted(model.hook_dict)
+    groups = Counter(n.split(".")[0] if not n.startswith("blocks.") else "blocks.{l}" for n in names)
+    print(f"{len(names)} hook points:", ", ".join(f"{g} ({c})" for g, c in sorted(groups.items())))
+    print("video hook: hook_video_embeds (batch, n_video_tokens, d_model)")
+
+
+def run_tokens(args) -> None:
+    model = _load(args)
+    prompt = model.prepare(
+        args.video, args.question, args.option or None, answer=args.answer, num_frames=args.frames
+    )
+    tm = prompt.token_map
+    print(prompt)
+    t, h, w = tm.grid_shape
+    print(f"video: {len(tm.video)} tokens = {t} frames x {h} x {w} (input frames {tm.n_input_frames})")
+    shown = set()
+    for i, (role, token) in enumerate(zip(tm.role, prompt.str_tokens)):
+        frame = int(tm.frame_of[i])
+        if role == "video" and frame in shown:
+            continue  # one line per frame
+        shown.add(frame) if role == "video" else None
+        where = f" frame {frame}" if frame >= 0 else ""
+        print(f"{i:6d}  {role:15s}{where:9s} {token!r}")
+
+
+
+def _dataset(args):
+    from hooked_video.data import open_dataset
+
+    data = open_dataset(args.data, tasks=args.task or None, skip_invalid=args.skip_invalid, short_windows=args.short_windows)
+    return data.samples[: args.samples] if args.samples else data.samples
+
+
+def run_open_ended(args) -> None:
+    from hooked_video.analysis import flow
+    from hooked_video.data.mcqa import open_questions
+
+    questions = open_questions(args.data)
+    if args.task:
+        found = sorted({q["task"] for q in questions})
+        missing = [t for t in args.task if t not in found]
+        if missing:
+            raise ValueError(f"{args.data}: no question has task {missing}; tasks in the file: {found}")
+        questions = [q for q in questions if q["task"] in args.task]
+    questions = questions[: args.samples]
+    _summary_path(args.out)
+    model = _load(args)
+    words = args.anchor_words.split(",") if args.anchor_words else None
+    df = _sharded(args, lambda shard: flow.sweep_open_ended(
+        model, questions, anchor=args.anchor, anchors=words, targets=args.target or ["vqrl-to-qrl"], window=args.window,
+        layers=range(*args.sweep_range) if args.sweep_range else None, max_new_tokens=args.max_new_tokens,
+        num_open_tokens=args.num_open_tokens, out=args.out, resume=not args.fresh, batch_size=args.batch_size,
+        num_frames=args.frames, window_style=args.window_style, even_window=args.even_window, engine=args.engine,
+        shard=shard))  # fmt: skip
+    if df is None:
+        return
+    kept = [b for b in df.attrs["baseline"] if "skipped" not in b]
+    summary = {"n_samples": len(df.attrs["baseline"]), "n_traced": len(kept), "anchor": args.anchor,
+               "rel_change": flow.summarize(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else []}  # fmt: skip
+    _write_summary(args.out, summary)
+    print(f"{len(df.attrs['baseline'])} questions, {len(kept)} with an anchor {args.anchor} traced")
+    if len(df):
+        print(df.groupby(["target", "condition"]).rel_change.agg(["mean", "min"]).round(2).to_string())
+    print(f"results: {args.out}")
+
+
+def run_flow(args) -> None:
+    from hooked_video.analysis import flow
+
+    if args.open_ended:
+        return run_open_ended(args)
+    samples = _dataset(args)  # data and output errors first, before the slow load
+    _summary_path(args.out)
+    model = _load(args)
+    swept = range(*args.sweep_range) if args.sweep_range else None
+    df = _sharded(args, lambda shard: flow.sweep(
+        model, samples, targets=args.target or list(flow.TARGETS), window=args.window, layers=swept, select=args.select,
+        out=args.out, resume=not args.fresh, batch_size=args.batch_size, num_frames=args.frames,
+        window_style=args.window_style, even_window=args.even_window, rule=args.rule, engine=args.engine,
+        shard=shard))  # fmt: skip
+    if df is None:
+        return
+    baseline = df.attrs["baseline"]
+    by_task = {}
+    for b in baseline:
+        by_task.setdefault(b["task"], []).append(bool(b["correct"]))
+    summary = {
+        "n_samples": len(baseline), "rule": args.rule,
+        "baseline_accuracy": {task: sum(c) / len(c) for task, c in sorted(by_task.items())},
+        "knocked_out_samples": int(df.sample_id.nunique()),
+        "rel_change": flow.summarize(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else [],
+        "accuracy_under_knockout": flow.accuracy_under_knockout(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else [],
+    }  # fmt: skip
+    _write_summary(args.out, summary)
+    accuracy = ", ".join(f"{t} {a:.3f}" for t, a in summary["baseline_accuracy"].items())
+    print(f"{len(baseline)} samples; baseline accuracy ({args.rule}): {accuracy}; "
+          f"{summary['knocked_out_samples']} knocked out ({args.select})")  # fmt: skip
+    if len(df):
+        keys = ["target", "condition"] if args.pool_tasks else ["task", "target", "condition"]
+        print(df.groupby(keys).rel_change.agg(["mean", "min"]).round(2).to_string())
+    print(f"results: {args.out}  summary: {Path(args.out, 'summary.json')}")
+
+
+def run_lens(args) -> None:
+    from hooked_video.analysis import lens
+
+    samples, keywords = _dataset(args), _keywords(args)  # data and output errors first, before the slow load
+    _summary_path(args.out)
+    model = _load(args)
+    run = _sharded(args, lambda shard: lens.run(model, samples, variant=args.variant, norm=args.norm, select=args.select,
+                                                rule=args.rule, out=args.out, resume=not args.fresh,
+                                                num_frames=args.frames, shard=shard))  # fmt: skip
+    if run is None:
+        return
+    answer = run.answer_probability
+    summary = {"variant": args.variant, "norm": args.norm, "select": args.select, "rule": args.rule,
+               "n_samples": len(run.baseline), "n_selected": int(answer.sample_id.nunique()) if len(answer) else 0}  # fmt: skip
+    if len(answer):
+        summary["answer_probability"] = answer.groupby(["task", "layer", "is_true"]).prob.mean().reset_index().to_dict("records")
+    print(f"{len(run.baseline)} samples, {summary['n_selected']} selected ({args.select}, rule {args.rule})")
+    if len(run.baseline) and not summary["n_selected"]:
+        print(f"nothing to read: no sample was answered {'correctly' if args.select == 'correct' else 'wrongly'}; use "
+              "--select all, or a model that answers some correctly (e.g. toy-video-ft)")  # fmt: skip
+    if keywords and len(run.top1):
+        tables = run.keyword_frequencies(keywords, model.tokenizer, min_count=args.min_count,
+                                         overlapping_bins=args.overlapping_bins)  # fmt: skip
+        tables = tables if isinstance(tables, dict) else {"keywords": tables}
+        summary["keywords"] = {g: {"raw": t.raw.to_dict("index"), "average": t.average.to_dict(), "dropped": t.dropped}
+                               for g, t in tables.items()}  # fmt: skip
+        for group, table in tables.items():
+            if table.average.empty or table.average.isna().all():
+                print(f"{group}: no keyword reached --min-count {args.min_count} hits (dropped: {', '.join(table.dropped)})")
+            else:
+                shown = table.average.dropna(how="all").dropna(axis=1, how="all").round(3)
+                print(f"{group}: normalised keyword frequency per layer bin\n{shown.fillna('-').to_string()}")
+    _write_summary(args.out, summary)
+    if len(answer):
+        last = answer[answer.layer == answer.layer.max()]
+        print(f"last-layer P(true letter) (norm {args.norm}): {last[last.is_true].prob.mean():.3f}")
+    print(f"results: {args.out}")
+
+
+
+def run_prune(args) -> None:
+    from hooked_video.analysis import flow, pathways
+
+    samples = _dataset(args)
+    if bool(args.preset) == bool(args.from_sweep):
+        raise ValueError("give exactly one of --preset NAME or --from-sweep SWEEP_DIR")
+    if args.preset:
+        spec = pathways.PathwaySpec.preset(args.preset)
+    else:
+        spec = pathways.PathwaySpec.from_sweep(flow.load(args.from_sweep), threshold=args.threshold)
+    fraction = args.random_fraction
+    if fraction == "preset":
+        if spec.random_fraction is None:
+            raise ValueError("--random-fraction preset needs --preset (a sweep-derived spec has no fixed fraction)")
+        fraction = None
+    _summary_path(args.out)
+    model = _load(args)
+    report = _sharded(args, lambda shard: pathways.evaluate(
+        model, samples, spec, random_baseline=not args.no_random, seed=args.seed, random_fraction=fraction,
+        num_frames=args.frames, out=args.out, resume=not args.fresh, rule=args.rule, engine=args.engine,
+        shard=shard))  # fmt: skip
+    if report is None:
+        return
+    summary = {"spec": spec.__dict__, "rule": args.rule, "accuracy": report.accuracy.to_dict("index"),
+               "retention": report.retention.to_dict("index"), "n_samples": len(report.rows)}  # fmt: skip
+    _write_summary(args.out, summary)
+    print(f"pathways: INTER {spec.inter}, V2Q {spec.v2q}, Q2L {spec.q2l} (0-based)")
+    print(f"accuracy ({args.rule}):\n{report.accuracy.round(3).to_string()}")
+    print(report.retention.round(3).to_string())
+    print(f"results: {args.out}")
+
+
+def run_demo(args) -> None:
+    from hooked_video.app import demo
+
+    set_threads(args.threads)
+    data = args.data or Path.home() / ".cache" / "hooked_video" / "synthetic"
+    summary = demo.run(args.out, data=data, samples=args.samples, models=(args.image_model, args.model), device=args.device)
+    print("accuracy per task:")
+    for task, row in summary["accuracy"].items():
+        print(f"  {task:18s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items()))
+    for finding in ("finding1", "finding2", "finding3", "finding4"):
+        print(f"{finding}: reproduces = {summary[finding].get('reproduces')}")
+    print(f"report: {Path(args.out, 'index.html').resolve()}  ({summary['seconds']} s)")
+
+
+def run_reproduce(args) -> None:
+    from hooked_video.app.reproduce import reproduce
+
+    set_threads(args.threads)
+    device = args.device
+    if device is None and Shard.from_environment() is not None:
+        import torch
+
+        device = f"cuda:{local_rank()}" if torch.cuda.is_available() else None
+    result = reproduce(args.model, args.data, out=args.out, image_model=args.image_model, tomato=args.tomato,
+                       tasks=args.task, samples=args.samples, window=args.window, device=device, dtype=args.dtype,
+                       batch_size=args.batch_size, engine=args.engine)  # fmt: skip
+    if Shard.from_environment() is not None and Shard.from_environment().index != 0:
+        return
+    print(f"accuracy ({result.accuracy.attrs.get('rule')}):\n{result.accuracy.round(3).to_string()}")
+    print(f"pathways ({result.spec_source}):\n{result.pathways.accuracy.round(3).to_string()}")
+    print(f"report: {Path(args.out, 'index.html').resolve()}  ({result.seconds} s)")
+
+

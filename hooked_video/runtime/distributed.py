@@ -1,0 +1,144 @@
+"""Data-parallel runs: which samples a process takes, and which GPUs it uses.
+
+One process per GPU (or per group of GPUs holding one split model) runs an analysis over its
+shard of the samples: sample ``j`` belongs to shard ``j % count`` (interleaved, so every shard
+gets every task). Launch with ``torchrun --nproc-per-node N ...`` or ``accelerate launch
+--num_processes N ...`` (their RANK / WORLD_SIZE / LOCAL_RANK variables set the shard and the
+GPU), or run ``--shard i/n`` as one job of a cluster job array. Each shard writes its own
+results store under the output folder (``shard-{i}-of-{n}/``); reading the folder merges them,
+and a shard that is rerun resumes, also with another number of shards.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence, TypeVar
+
+from hooked_video.core.checks import InvalidInputError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise InvalidInputError(f"a shard count must be an integer >= 1, got {self.count!r}")
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index < self.count:
+            raise InvalidInputError(f"shard index must be in 0..{self.count - 1}, got {self.index!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """From ``"i/n"`` (0-based i), e.g. ``"3/8"``."""
+        try:
+            index, count = (int(part) for part in str(text).split("/"))
+        except ValueError:
+            raise InvalidInputError(f"a shard is written i/n (e.g. 0/4, 0-based), got {text!r}") from None
+        return cls(index, count)
+
+    @classmethod
+    def from_environment(cls) -> "Shard | None":
+        """The shard of this process under torchrun / accelerate (RANK, WORLD_SIZE), or None."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        return cls(int(os.environ.get("RANK", "0")), world)
+
+    @property
+    def folder(self) -> str:
+        """The shard's results subfolder."""
+        return f"shard-{self.index}-of-{self.count}"
+
+    def take(self, items: Sequence[T]) -> list[T]:
+        """This shard's items: every ``count``-th from ``index``."""
+        return list(items[self.index :: self.count])
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def resolve_shard(shard: "Shard | str | None") -> "Shard | None":
+    """A Shard from a Shard, "i/n", "auto" (the launcher's, or None alone) or None."""
+    if shard is None or isinstance(shard, Shard):
+        return shard
+    if shard == "auto":
+        return Shard.from_environment()
+    return Shard.parse(shard)
+
+
+def local_rank() -> int:
+    """This process's rank on its host (LOCAL_RANK of torchrun / accelerate; 0 alone)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def process_gpus(gpus_per_process: int = 1, rank: int | None = None) -> list[int]:
+    """The GPU indices of this process: ``gpus_per_process`` consecutive ones from
+    ``local_rank * gpus_per_process``."""
+    rank = local_rank() if rank is None else rank
+    first = rank * gpus_per_process
+    return list(range(first, first + gpus_per_process))
+
+
+def set_threads(requested: int | None = None) -> int:
+    """torch's CPU threads: ``requested``, else $HOOKED_VIDEO_THREADS, else the cores this process
+    may use divided among the processes of a launcher on this host (torch's own default counts
+    every core of the machine, and threads that outnumber free cores slow each other down)."""
+    import torch
+
+    count = requested or int(os.environ.get("HOOKED_VIDEO_THREADS", "0"))
+    if not count:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        count = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(count)
+    return count
+
+
+def max_memory_for(gpus: Sequence[int], per_gpu: str | None = None) -> dict:
+    """An accelerate ``max_memory`` that lets a split model use only ``gpus`` (and no CPU)."""
+    import torch
+
+    budget = {}
+    for index in range(torch.cuda.device_count()):
+        if index in gpus:
+            budget[index] = per_gpu or f"{torch.cuda.get_device_properties(index).total_memory // 2**20 - 2048}MiB"
+        else:
+            budget[index] = 0
+    budget["cpu"] = 0
+    return budget
+
+
+def barrier() -> bool:
+    """Wait for every process of a torchrun / accelerate launch (a gloo group on CPU, NCCL's on
+    GPU is not needed: this only synchronises the end of a run). Returns False when there is no
+    launcher (a lone process or a job array shard)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+    return True
+
+
+def wait_for_rows(store, table: str, sample_ids: Sequence[str], poll: float = 5.0) -> list[dict]:
+    """The rows of ``table`` for all ``sample_ids`` across the folder's shards, once every shard
+    has stored them (polling the store; shards of a job array may start at different times)."""
+    import time
+
+    wanted, announced = set(sample_ids), False
+    while True:
+        rows = [r for r in store.rows(table) if r["sample_id"] in wanted]
+        if {r["sample_id"] for r in rows} >= wanted:
+            return rows
+        if not announced:
+            print(f"waiting for the other shards' {table} rows in {store.folder.parent} "
+                  f"({len(rows)} of {len(wanted)} samples done)", flush=True)  # fmt: skip
+            announced = True
+        time.sleep(poll)
