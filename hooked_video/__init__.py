@@ -17,7 +17,8 @@ draws the diagram). Lower layers never import higher ones:
 The names below are imported on first use, so that ``import hooked_video`` (and the
 ``hooked-video`` command's ``--help``) does not wait for torch and transformers. The analyses
 are reachable where they always were: ``hooked_video.flow`` is ``hooked_video.analysis.flow``
-(also for ``import hooked_video.flow`` and ``from hooked_video.flow import ...``).
+(also for ``import hooked_video.flow`` and ``from hooked_video.flow import ...``), and so is
+every module of the flat layout of 0.2 (``MOVED``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ _EXPORTS = {
 }
 #: The analyses' short paths: ``hooked_video.<name>`` is ``hooked_video.analysis.<name>``.
 ANALYSES = ("accuracy", "flow", "knockout", "lens", "patching", "pathways")
+#: Where the modules of the flat layout (up to 0.2) went: each old path imports the very module
+#: (submodules too, e.g. ``hooked_video.models.pllava``), so code written against it keeps working.
+MOVED = {
+    **{name: f"analysis.{name}" for name in ANALYSES},
+    "checks": "core.checks", "video": "core.video",
+    "attention": "runtime.attention", "fastpath": "runtime.fastpath", "engine": "runtime.engine",
+    "capture": "runtime.capture", "store": "runtime.store", "distributed": "runtime.distributed",
+    "prompt": "model.prompt", "tokens": "model.tokens", "families": "model.families", "embedded": "model.embedded",
+    "loading": "model.loading", "adapters": "model.adapters", "models": "model.formats",
+    "cli": "app.cli", "commands": "app.commands", "demo": "app.demo", "reproduce": "app.reproduce",
+    "report": "app.report",
+}  # fmt: skip
 __all__ = sorted([*_EXPORTS, *ANALYSES, "viz"])
 
 
@@ -64,22 +77,22 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
 
 
-class _AnalysisAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class _MovedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Imports ``hooked_video.flow`` as the very module ``hooked_video.analysis.flow`` (one module
     object under two names, so patching either patches both), and registers its submodules under
-    the short name too, so ``import hooked_video.flow.sweep`` finds them without a second copy."""
+    the old name too, so ``import hooked_video.flow.sweep`` finds them without a second copy."""
 
     def __init__(self) -> None:
         self._specs: dict = {}
 
     def find_spec(self, fullname, path=None, target=None):
         parts = fullname.split(".")
-        if len(parts) != 2 or parts[0] != __name__ or parts[1] not in ANALYSES:
+        if len(parts) != 2 or parts[0] != __name__ or parts[1] not in MOVED:
             return None
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
-        module = importlib.import_module(spec.name.replace(f"{__name__}.", f"{__name__}.analysis.", 1))
+        module = importlib.import_module(f"{__name__}.{MOVED[spec.name.split('.')[1]]}")
         self._specs[spec.name] = module.__spec__
         return module
 
@@ -90,5 +103,5 @@ class _AnalysisAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             sys.modules[alias + info.name[len(module.__name__) :]] = importlib.import_module(info.name)
 
 
-if not any(isinstance(finder, _AnalysisAlias) for finder in sys.meta_path):
-    sys.meta_path.insert(0, _AnalysisAlias())  # before the path finder, which would load a second copy
+if not any(isinstance(finder, _MovedModule) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _MovedModule())  # before the path finder, which would load a second copy

@@ -169,3 +169,26 @@ def test_every_name_of_the_api_reference_imports():
         namespace: dict = {}
         exec(f"from {module} import {name}", namespace)
         assert namespace[name] is not None, f"{module}.{name}"
+
+
+def test_every_name_of_the_flat_layout_imports_from_its_old_path():
+    """Code written against 0.2 (``hooked_video.loading``, ``hooked_video.models.pllava``,
+    ``hooked_video.store``, ...) keeps working: each public name its modules defined (listed from
+    the 0.2 sources in tests/data/api_0_2.json) imports from the old path, as the same object."""
+    import json
+
+    old_api = json.loads((Path(__file__).parent / "data" / "api_0_2.json").read_text())
+    assert len(old_api) > 40 and sum(map(len, old_api.values())) > 400
+    missing = []
+    for module, names in old_api.items():
+        imported = importlib.import_module(module)
+        for name in names:
+            if not hasattr(imported, name):
+                missing.append(f"{module}.{name}")
+    assert not missing, f"names of 0.2 that no longer import from their path: {missing}"
+    import hooked_video.loading
+    import hooked_video.models.pllava
+    from hooked_video.model.formats import pllava
+    from hooked_video.model.loading import load_checkpoint
+
+    assert hooked_video.models.pllava is pllava and hooked_video.loading.load_checkpoint is load_checkpoint

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Bool, Int
 
 from hooked_video.model.tokens import TokenMap
-from hooked_video.runtime.edges import EdgeSet, KnockoutError
+from hooked_video.runtime.edges import EdgeSet, KnockoutError, RowsBuilder  # noqa: F401 (importable here, as in 0.2)
 
 Positions = Int[torch.Tensor, "n"] | Sequence[int]
 

@@ -19,7 +19,9 @@ import torch
 
 from hooked_video.model.adapters import ADAPTERS
 from hooked_video.model.errors import CheckpointError, ModelNotFoundError, UnsupportedArchitectureError
-from hooked_video.model.weights import checkpoint_keys, dtype_of, from_pretrained_checked, read_tensors
+from hooked_video.model.weights import (  # noqa: F401 (check_weights importable here, as in 0.2)
+    check_weights, checkpoint_keys, dtype_of, from_pretrained_checked, read_tensors,
+)  # fmt: skip
 from hooked_video.model.formats.pllava import PllavaConfig, PllavaForConditionalGeneration
 from hooked_video.model.formats.pllava_processing import PllavaProcessor
 
