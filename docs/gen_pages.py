@@ -40,7 +40,7 @@ API_MODULES = [
     ("core/: checks, video, versions", ["hooked_video.core.checks", "hooked_video.core.video", "hooked_video.core.versions"]),
     ("viz/ and app/: figures and reports", ["hooked_video.viz.plots", "hooked_video.viz.attention",
                                             "hooked_video.viz.blueprint", "hooked_video.viz.html",
-                                            "hooked_video.app.report", "hooked_video.app.reproduce",
+                                            "hooked_video.app.report", "hooked_video.app.outputs", "hooked_video.app.reproduce",
                                             "hooked_video.app.demo"]),
     ("zoo/: toy and tiny models", ["hooked_video.zoo", "hooked_video.zoo.tiny", "hooked_video.zoo.tiny_parts",
                                    "hooked_video.zoo.tiny_families", "hooked_video.zoo.tiny_paper", "hooked_video.zoo.train"]),

@@ -174,3 +174,36 @@ def test_generic_dataset_from_dicts(tvbench):
     assert data[0].answer == 1 and data[0].id == "0"
     with pytest.raises(AnnotationError, match="<list>, entry 0: missing field"):
         MCQADataset([{"video": video, "question": "q?"}])
+
+
+@pytest.mark.parametrize("video", ["../../../outside.mp4", "{abs}", "../moving_direction/../../../outside.mp4"])
+def test_tvbench_videos_must_stay_in_the_folder(tvbench, video):
+    outside = tvbench.parent / "outside.mp4"
+    ramp_video(outside)  # a real video: only the path is wrong
+    entry = {"video": video.replace("{abs}", str(outside)), "question": "Which way?", "candidates": ["l", "r"], "answer": "l"}
+    (tvbench / "json" / "moving_direction.json").write_text(json.dumps([entry]))
+    with pytest.raises(AnnotationError, match=r"moving_direction.json, entry 0: video .* points outside the dataset folder"):
+        TVBench(tvbench)
+    sample = TVBench(tvbench, tasks=["Moving Direction"], allow_outside=True)[0]  # the explicit opt-in
+    assert sample.load_frames(8).shape == (8, 32, 32, 3)
+    assert open_dataset(tvbench, tasks=["Moving Direction"], allow_outside=True)[0].video == sample.video
+
+
+def test_a_link_inside_the_folder_may_point_anywhere(tvbench):
+    """Large datasets are often linked in from other disks: the check reads the path, not the link's target."""
+    store = tvbench.parent / "big_disk"
+    store.mkdir()
+    ramp_video(store / "b.mp4")
+    (tvbench / "video" / "moving_direction" / "b.mp4").symlink_to(store / "b.mp4")
+    entry = {"video": "b.mp4", "question": "Which way?", "candidates": ["l", "r"], "answer": "r"}
+    (tvbench / "json" / "moving_direction.json").write_text(json.dumps([entry]))
+    assert TVBench(tvbench, tasks=["Moving Direction"])[0].load_frames(4).shape == (4, 32, 32, 3)
+
+
+@pytest.mark.parametrize("field, value", [("key", "../../../outside"), ("demonstration_type", "../.."),
+                                          ("key", "/etc/passwd")])  # fmt: skip
+def test_tomato_keys_must_stay_in_the_folder(tomato, field, value):
+    entry = {"question": "Which way?", "options": ["a", "b"], "answer": 0, "demonstration_type": "human", "key": "k1"}
+    (tomato / "jsons" / "direction.json").write_text(json.dumps({"q1": {**entry, field: value}}))
+    with pytest.raises(AnnotationError, match="direction.json, entry 'q1': video .* points outside the dataset folder"):
+        TOMATO(tomato)

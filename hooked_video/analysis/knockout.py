@@ -30,7 +30,18 @@ Positions = Int[torch.Tensor, "n"] | Sequence[int]
 
 # ----- constructors from a TokenMap ----------------------------------------------------------
 def _as_positions(group: Positions) -> torch.Tensor:
-    return torch.as_tensor(group, dtype=torch.long).reshape(-1)
+    """Positions as a flat LongTensor; fractions, booleans and negative positions are refused, not coerced."""
+    positions = torch.as_tensor(group)
+    if positions.numel() == 0:
+        return positions.reshape(-1).long()
+    if positions.dtype == torch.bool or positions.is_floating_point() or positions.is_complex():
+        raise KnockoutError(f"positions must be whole numbers (a LongTensor or a list of ints), got {positions.dtype} "
+                            f"values such as {positions.reshape(-1)[0].item()!r}; index with tm.video, tm.frame(i), ...")  # fmt: skip
+    positions = positions.long().reshape(-1)
+    if int(positions.min()) < 0:
+        raise KnockoutError(f"position {int(positions.min())} is negative; positions count from 0 (the last one is "
+                            "tm.n_positions - 1, or tm.last)")  # fmt: skip
+    return positions
 
 
 def _n_of(tm: TokenMap | int | None) -> int | None:

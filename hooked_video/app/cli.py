@@ -45,6 +45,11 @@ def _engine_argument(p) -> None:
                         "seconds of compilation), hooks (TransformerLens hooks, the reference)")
 
 
+def _overwrite_argument(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace report and summary files in --out that hooked-video did not write (default: refuse)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2) that point at ``--help``."""
 
@@ -127,6 +132,23 @@ def _placement_arguments(p) -> None:
     _threads_argument(p)
 
 
+def _check_placement(args) -> None:
+    """Placement options that would be dropped are errors, before anything loads."""
+    if getattr(args, "device_map", None) is None:
+        for option, value in (("--max-memory", "max_memory"), ("--gpus-per-process", "gpus_per_process")):
+            if getattr(args, value, None) is not None:
+                raise ValueError(f"{option} applies only to a model split with --device-map; add --device-map auto, "
+                                 f"or drop {option}")  # fmt: skip
+        return
+    if getattr(args, "device", None) is not None:
+        raise ValueError(f"give either --device {args.device} (the whole model on one device) or --device-map (a model "
+                         "split over GPUs), not both")  # fmt: skip
+    world = os.environ.get("WORLD_SIZE", "1")
+    if getattr(args, "gpus_per_process", None) is not None and not (world.isdigit() and int(world) > 1):
+        raise ValueError("--gpus-per-process applies under torchrun / accelerate launch (several processes, each "
+                         "splitting its model); alone, --device-map already uses every GPU (or set --max-memory)")  # fmt: skip
+
+
 def _threads_argument(p) -> None:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for torch (default: $HOOKED_VIDEO_THREADS, else the cores this process may use, "
@@ -144,6 +166,7 @@ def _analysis_parser(sub, name: str, text: str):
     p.add_argument("--data", required=True, help="a TVBench folder (json/, video/), a TOMATO folder "
                    "(jsons/, videos/) or a JSON file of {video, question, options, answer} entries")
     p.add_argument("--out", required=True, help="results folder (a rerun resumes)")
+    _overwrite_argument(p)
     p.add_argument("--samples", type=_positive_int, default=None, help="use only the first N samples")
     p.add_argument("--task", action="append", help="only this task (repeat)")
     p.add_argument("--frames", type=_positive_int, default=8)
@@ -231,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="a TVBench folder (json/, video/), a TOMATO folder or a JSON file")
     p.add_argument("--tomato", default=None, help="a TOMATO folder for the pathway evaluation")
     p.add_argument("--out", required=True, help="results and report folder (a rerun resumes)")
+    _overwrite_argument(p)
     p.add_argument("--task", action="append", help="only this task (repeat); default: the paper's five TVBench tasks")
     p.add_argument("--samples", type=_positive_int, default=None, help="at most N questions per task")
     p.add_argument("--window", type=_positive_int, default=9)
@@ -246,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="synthetic benchmark folder (default: ~/.cache/hooked_video/synthetic)")
     p.add_argument("--samples", type=_positive_int, default=8, help="questions per task")
     p.add_argument("--out", default="hooked_video_demo", help="report folder")
+    _overwrite_argument(p)
     p.add_argument("--device", default=None)
     _threads_argument(p)
 
@@ -253,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.showwarning = _show_warning
     try:
+        _check_placement(args)
         from hooked_video.app import commands
 
         getattr(commands, "run_" + args.command.replace("-", "_"))(args)

@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from hooked_video.app.outputs import check_writable, write_text
 from hooked_video.runtime.distributed import Shard, barrier, local_rank, max_memory_for, process_gpus, set_threads
 
 
@@ -16,23 +17,14 @@ def run_build_tiny(args) -> None:
     print(build_tiny(args.arch, args.dir, seed=args.seed))
 
 
-def _summary_path(out) -> Path:
-    """``out/summary.json``, refusing to replace a file hooked-video did not write there."""
-    path = Path(out, "summary.json")
-    if path.exists():
-        try:
-            ours = json.loads(path.read_text()).get("written_by") == "hooked-video"
-        except (ValueError, AttributeError, OSError):
-            ours = False
-        if not ours:
-            raise FileExistsError(f"{path} exists and was not written by hooked-video; move it, or use another --out")
-    return path
+def _summary_path(args) -> Path:
+    """``out/summary.json``, refusing (before the slow work) to replace a file hooked-video did not write."""
+    return check_writable(Path(args.out, "summary.json"), getattr(args, "overwrite", False))
 
 
-def _write_summary(out, summary: dict) -> Path:
-    path = _summary_path(out)
-    path.write_text(json.dumps({"written_by": "hooked-video", **summary}, indent=1))
-    return path
+def _write_summary(args, summary: dict) -> Path:
+    return write_text(Path(args.out, "summary.json"), json.dumps({"written_by": "hooked-video", **summary}, indent=1),
+                      getattr(args, "overwrite", False))  # fmt: skip
 
 
 def _keywords(args):
@@ -147,7 +139,7 @@ def run_open_ended(args) -> None:
             raise ValueError(f"{args.data}: no question has task {missing}; tasks in the file: {found}")
         questions = [q for q in questions if q["task"] in args.task]
     questions = questions[: args.samples]
-    _summary_path(args.out)
+    _summary_path(args)
     model = _load(args)
     words = args.anchor_words.split(",") if args.anchor_words else None
     df = _sharded(args, lambda shard: flow.sweep_open_ended(
@@ -161,7 +153,7 @@ def run_open_ended(args) -> None:
     kept = [b for b in df.attrs["baseline"] if "skipped" not in b]
     summary = {"n_samples": len(df.attrs["baseline"]), "n_traced": len(kept), "anchor": args.anchor,
                "rel_change": flow.summarize(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else []}  # fmt: skip
-    _write_summary(args.out, summary)
+    _write_summary(args, summary)
     print(f"{len(df.attrs['baseline'])} questions, {len(kept)} with an anchor {args.anchor} traced")
     if len(df):
         print(df.groupby(["target", "condition"]).rel_change.agg(["mean", "min"]).round(2).to_string())
@@ -174,7 +166,7 @@ def run_flow(args) -> None:
     if args.open_ended:
         return run_open_ended(args)
     samples = _dataset(args)  # data and output errors first, before the slow load
-    _summary_path(args.out)
+    _summary_path(args)
     model = _load(args)
     swept = range(*args.sweep_range) if args.sweep_range else None
     df = _sharded(args, lambda shard: flow.sweep(
@@ -195,7 +187,7 @@ def run_flow(args) -> None:
         "rel_change": flow.summarize(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else [],
         "accuracy_under_knockout": flow.accuracy_under_knockout(df, pool_tasks=args.pool_tasks).to_dict("records") if len(df) else [],
     }  # fmt: skip
-    _write_summary(args.out, summary)
+    _write_summary(args, summary)
     accuracy = ", ".join(f"{t} {a:.3f}" for t, a in summary["baseline_accuracy"].items())
     print(f"{len(baseline)} samples; baseline accuracy ({args.rule}): {accuracy}; "
           f"{summary['knocked_out_samples']} knocked out ({args.select})")  # fmt: skip
@@ -209,7 +201,7 @@ def run_lens(args) -> None:
     from hooked_video.analysis import lens
 
     samples, keywords = _dataset(args), _keywords(args)  # data and output errors first, before the slow load
-    _summary_path(args.out)
+    _summary_path(args)
     model = _load(args)
     run = _sharded(args, lambda shard: lens.run(model, samples, variant=args.variant, norm=args.norm, select=args.select,
                                                 rule=args.rule, out=args.out, resume=not args.fresh,
@@ -235,9 +227,9 @@ def run_lens(args) -> None:
             if table.average.empty or table.average.isna().all():
                 print(f"{group}: no keyword reached --min-count {args.min_count} hits (dropped: {', '.join(table.dropped)})")
             else:
-                shown = table.average.dropna(how="all").dropna(axis=1, how="all").round(3)
-                print(f"{group}: normalised keyword frequency per layer bin\n{shown.fillna('-').to_string()}")
-    _write_summary(args.out, summary)
+                shown = table.average.dropna().round(3)  # a Series: the mean over keywords, per layer bin
+                print(f"{group}: normalised keyword frequency per layer bin\n{shown.to_string()}")
+    _write_summary(args, summary)
     if len(answer):
         last = answer[answer.layer == answer.layer.max()]
         print(f"last-layer P(true letter) (norm {args.norm}): {last[last.is_true].prob.mean():.3f}")
@@ -260,7 +252,7 @@ def run_prune(args) -> None:
         if spec.random_fraction is None:
             raise ValueError("--random-fraction preset needs --preset (a sweep-derived spec has no fixed fraction)")
         fraction = None
-    _summary_path(args.out)
+    _summary_path(args)
     model = _load(args)
     report = _sharded(args, lambda shard: pathways.evaluate(
         model, samples, spec, random_baseline=not args.no_random, seed=args.seed, random_fraction=fraction,
@@ -270,7 +262,7 @@ def run_prune(args) -> None:
         return
     summary = {"spec": spec.__dict__, "rule": args.rule, "accuracy": report.accuracy.to_dict("index"),
                "retention": report.retention.to_dict("index"), "n_samples": len(report.rows)}  # fmt: skip
-    _write_summary(args.out, summary)
+    _write_summary(args, summary)
     print(f"pathways: INTER {spec.inter}, V2Q {spec.v2q}, Q2L {spec.q2l} (0-based)")
     print(f"accuracy ({args.rule}):\n{report.accuracy.round(3).to_string()}")
     print(report.retention.round(3).to_string())
@@ -282,7 +274,8 @@ def run_demo(args) -> None:
 
     set_threads(args.threads)
     data = args.data or Path.home() / ".cache" / "hooked_video" / "synthetic"
-    summary = demo.run(args.out, data=data, samples=args.samples, models=(args.image_model, args.model), device=args.device)
+    summary = demo.run(args.out, data=data, samples=args.samples, models=(args.image_model, args.model), device=args.device,
+                       overwrite=args.overwrite)  # fmt: skip
     print("accuracy per task:")
     for task, row in summary["accuracy"].items():
         print(f"  {task:18s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items()))
@@ -302,7 +295,7 @@ def run_reproduce(args) -> None:
         device = f"cuda:{local_rank()}" if torch.cuda.is_available() else None
     result = reproduce(args.model, args.data, out=args.out, image_model=args.image_model, tomato=args.tomato,
                        tasks=args.task, samples=args.samples, window=args.window, device=device, dtype=args.dtype,
-                       batch_size=args.batch_size, engine=args.engine)  # fmt: skip
+                       batch_size=args.batch_size, engine=args.engine, overwrite=args.overwrite)  # fmt: skip
     if Shard.from_environment() is not None and Shard.from_environment().index != 0:
         return
     print(f"accuracy ({result.accuracy.attrs.get('rule')}):\n{result.accuracy.round(3).to_string()}")

@@ -19,6 +19,7 @@ from hooked_video import viz
 from hooked_video.analysis import lens
 from hooked_video.analysis.accuracy import accuracy
 from hooked_video.data import TVBench, synthetic
+from hooked_video.app.outputs import check_writable, save_figure, write_text
 from hooked_video.app.report import Section, write_report
 from hooked_video.app.reproduce import Reproduction, report_sections, reproduce
 
@@ -35,10 +36,14 @@ def _window(n_layers: int) -> int:
 
 
 def run(out: str | Path = "hooked_video_demo", data: str | Path | None = None, samples: int = 8,
-        models: tuple[str, str] = ("toy-image", "toy-video-ft"), device=None, progress: bool = True) -> dict:  # fmt: skip
-    """Run the whole demo; returns the summary (also written to ``out/summary.json``)."""
+        models: tuple[str, str] = ("toy-image", "toy-video-ft"), device=None, progress: bool = True,
+        overwrite: bool = False) -> dict:  # fmt: skip
+    """Run the whole demo; returns the summary (also written to ``out/summary.json``). Files in ``out``
+    that hooked-video did not write are refused before any work, unless ``overwrite``."""
     start = time.perf_counter()
     out = Path(out)
+    for name in ("index.html", "summary.json", "results/index.html", "results/summary.json"):
+        check_writable(out / name, overwrite)
     root = Path(data) if data else out / "synthetic"
     benchmark = TVBench(synthetic.generate(root, per_task=samples, seed=0, progress=progress))
     temporal_names = sorted({s.task for s in benchmark if s.id.split("/")[0] in synthetic.TEMPORAL_TASKS})
@@ -47,7 +52,8 @@ def run(out: str | Path = "hooked_video_demo", data: str | Path | None = None, s
     video_model, image_model = load_models(models[1], models[0], device, "float32")
     keywords = {task: {"spatial": SPATIAL_WORDS, "temporal": TEMPORAL_WORDS} for task in temporal_names}
     result = reproduce(video_model, list(benchmark), out / "results", image_model=image_model, tasks=temporal_names,
-                       window=_window(video_model.cfg.n_layers), keywords=keywords, progress=progress)  # fmt: skip
+                       window=_window(video_model.cfg.n_layers), keywords=keywords, progress=progress,
+                       overwrite=overwrite)  # fmt: skip
     static = [s for s in benchmark if s.id.split("/")[0] in synthetic.SINGLE_FRAME_TASKS]
     static_acc = pd.concat({name: accuracy(m, static, progress=False).accuracy
                             for name, m in zip(models, (image_model, video_model))}, axis=1)  # fmt: skip
@@ -57,9 +63,9 @@ def run(out: str | Path = "hooked_video_demo", data: str | Path | None = None, s
                    accuracy_single_frame=static_acc.round(4).to_dict("index"))  # fmt: skip
     figure = _keyword_overlay(result, video_model, benchmark)
     if figure is not None:
-        figure.savefig(out / "results" / "finding2_frames.png", dpi=90)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    _write_page(out, result, readings, summary, static_acc)
+        save_figure(figure, out / "results" / "finding2_frames.png", overwrite, dpi=90)
+    write_text(out / "summary.json", json.dumps(summary, indent=1, default=str), overwrite)
+    _write_page(out, result, readings, summary, static_acc, overwrite)
     return summary
 
 
@@ -206,7 +212,8 @@ def findings_markdown(summary: dict) -> str:
     ])  # fmt: skip
 
 
-def _write_page(out: Path, r: Reproduction, readings: dict, summary: dict, static_acc: pd.DataFrame) -> None:
+def _write_page(out: Path, r: Reproduction, readings: dict, summary: dict, static_acc: pd.DataFrame,
+                overwrite: bool = False) -> None:  # fmt: skip
     results = out / "results"
     sections = []
     titles = {"finding1": "Finding 1: cross-frame interactions (image vs video model)",
@@ -226,4 +233,4 @@ def _write_page(out: Path, r: Reproduction, readings: dict, summary: dict, stati
     intro = (f"{summary['models'][1]} (video) and {summary['models'][0]} (image) on {summary['samples_per_task']} synthetic "
              f"questions per task; {summary['seconds']} s. Layers are numbered from 1 in figures and text, from 0 in "
              "raw results and pathway ranges.")  # fmt: skip
-    write_report(out, "Map the Flow on toy VideoLLMs", intro, sections)
+    write_report(out, "Map the Flow on toy VideoLLMs", intro, sections, overwrite=overwrite)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from hooked_video.app.outputs import write_text
+
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
        padding: 0 1.2em; color: #1f2328; line-height: 1.5; }
@@ -36,8 +38,10 @@ class Section:
     caution: str | None = None  # a highlighted warning (too little evidence, ...)
 
 
-def write_report(out: str | Path, title: str, intro: str, sections: list[Section], name: str = "index.html") -> Path:
-    """Write ``out/name``; figures must already be saved in ``out``. All text is escaped."""
+def write_report(out: str | Path, title: str, intro: str, sections: list[Section], name: str = "index.html",
+                 overwrite: bool = False) -> Path:  # fmt: skip
+    """Write ``out/name``; figures must already be saved in ``out``. All text is escaped. A file of
+    that name hooked-video did not write is refused unless ``overwrite`` (``outputs.check_writable``)."""
     out = Path(out)
     body = [f"<h1>{html.escape(title)}</h1>", f"<p class='meta'>{html.escape(intro)}</p>"]
     for section in sections:
@@ -54,6 +58,4 @@ def write_report(out: str | Path, title: str, intro: str, sections: list[Section
             body.append(f'<img src="{html.escape(section.figure)}" alt="{html.escape(section.title)}">')
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>")  # fmt: skip
-    path = out / name
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_text(out / name, page, overwrite)

@@ -26,6 +26,7 @@ from hooked_video.analysis import flow, lens, pathways
 from hooked_video.analysis.accuracy import PAPER_RULE
 from hooked_video.runtime.distributed import barrier, resolve_shard
 from hooked_video.data.benchmarks import PAPER_TVBENCH_TASKS
+from hooked_video.app.outputs import check_writable, save_figure, write_text
 from hooked_video.app.report import Section, write_report
 
 
@@ -102,7 +103,7 @@ def load_benchmark(data, tasks: Sequence[str] | None, samples: int | None):
 def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=None, tomato=None, tasks: Sequence[str] | None = None,
               samples: int | None = None, window: int = 9, select: str = "correct", keywords: Mapping | None = None,
               spec: pathways.PathwaySpec | None = None, device=None, dtype=None, batch_size: int = 8,
-              progress: bool = True, shard="auto", engine: str = "auto") -> Reproduction:  # fmt: skip
+              progress: bool = True, shard="auto", engine: str = "auto", overwrite: bool = False) -> Reproduction:  # fmt: skip
     """Run the paper's analyses and write ``out/index.html`` (see the module docstring).
 
     Args:
@@ -121,9 +122,13 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
         shard: "auto" (default): under ``torchrun`` / ``accelerate launch`` each process runs its
             share of every analysis and process 0 writes the report; None: all samples here.
         engine: how knockout passes run, as in ``flow.sweep`` ("compiled" for long GPU runs).
+        overwrite: replace ``index.html``, ``summary.json`` and figures in ``out`` that hooked-video did
+            not write (default: refuse them, before any work; see ``outputs``).
     """
     start = time.perf_counter()
     out = Path(out)
+    for name in ("index.html", "summary.json"):
+        check_writable(out / name, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     shard = resolve_shard(shard)
     video_model, image_model = load_models(video_model, image_model, device, dtype)
@@ -155,10 +160,10 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
         return result  # process 0 writes the figures and the report
     result.figures = _figures(result)
     for name, figure in result.figures.items():
-        figure.savefig(out / f"{name}.png", dpi=90)
+        save_figure(figure, out / f"{name}.png", overwrite, dpi=90)
     result.seconds = round(time.perf_counter() - start, 1)
-    _write_summary(out, result)
-    write_report(out, "Map the Flow: the paper's analyses", _intro(result), report_sections(result))
+    _write_summary(out, result, overwrite)
+    write_report(out, "Map the Flow: the paper's analyses", _intro(result), report_sections(result), overwrite=overwrite)
     return result
 
 
@@ -260,7 +265,7 @@ def report_sections(r: Reproduction) -> list[Section]:
     return sections
 
 
-def _write_summary(out: Path, r: Reproduction) -> None:
+def _write_summary(out: Path, r: Reproduction, overwrite: bool = False) -> None:
     summary = {
         "models": r.models, "seconds": r.seconds, "rule": PAPER_RULE,
         "accuracy": r.accuracy.round(4).to_dict("index"),
@@ -269,4 +274,4 @@ def _write_summary(out: Path, r: Reproduction) -> None:
                      "retention": r.pathways.retention.retention.round(4).to_dict()},
         "knocked_out_samples": int(r.sweep.sample_id.nunique()) if len(r.sweep) else 0,
     }  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_text(out / "summary.json", json.dumps(summary, indent=1, default=str), overwrite)

@@ -52,9 +52,12 @@ def check_options(options, where: str = "options") -> list[str]:
         raise InvalidInputError(f"{where} has {len(options)} options; at most {MAX_OPTIONS} can be lettered A-Z")
     seen: dict[str, int] = {}
     for i, option in enumerate(options):
-        if option in seen:
-            raise InvalidInputError(f"{where}[{seen[option]}] and {where}[{i}] are both {option!r}; options must differ")
-        seen[option] = i
+        key = " ".join(option.split())  # the prompt shows options without their surrounding or repeated spaces
+        if key in seen:
+            first = options[seen[key]]
+            same = f"both {option!r}" if first == option else f"{first!r} and {option!r}, the same but for spaces"
+            raise InvalidInputError(f"{where}[{seen[key]}] and {where}[{i}] are {same}; options must differ")
+        seen[key] = i
     return options
 
 

@@ -39,9 +39,10 @@ class _Benchmark(SampleList):
     annotation_dir = ""
 
     def __init__(self, root: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False,
-                 short_windows: str = "error") -> None:  # fmt: skip
+                 short_windows: str = "error", allow_outside: bool = False) -> None:  # fmt: skip
         self.root = Path(root)
         self.short_windows = check_short_windows(short_windows)
+        self.inside = None if allow_outside else self.root  # videos must stay in the folder
         folder = self.root / self.annotation_dir
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} does not exist: is {self.root} a {type(self).__name__} folder?")
@@ -101,11 +102,11 @@ class TVBench(_Benchmark):
     annotation_dir = "json"
 
     def __init__(self, root: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False,
-                 short_windows: str = "error", time_windows: str = "bound-tasks") -> None:  # fmt: skip
+                 short_windows: str = "error", time_windows: str = "bound-tasks", allow_outside: bool = False) -> None:  # fmt: skip
         if time_windows not in TIME_WINDOWS:
             raise ValueError(f"time_windows must be one of {TIME_WINDOWS}, got {time_windows!r}")
         self.time_windows = time_windows
-        super().__init__(root, tasks, skip_invalid, short_windows)
+        super().__init__(root, tasks, skip_invalid, short_windows, allow_outside)
 
     def _entries(self, path, entries):
         if not isinstance(entries, list):
@@ -118,7 +119,8 @@ class TVBench(_Benchmark):
         entry = {**entry, "id": f"{stem}/{index}", "task": task}
         if self.time_windows == "none" or (self.time_windows == "bound-tasks" and task not in BOUND_TASKS):
             entry = {k: v for k, v in entry.items() if k not in ("start", "end")}
-        return sample_from_entry(entry, index, str(path), self.root / "video" / stem, short=self.short_windows)
+        return sample_from_entry(entry, index, str(path), self.root / "video" / stem, short=self.short_windows,
+                                 inside=self.inside)  # fmt: skip
 
 
 class TOMATO(_Benchmark):
@@ -134,24 +136,25 @@ class TOMATO(_Benchmark):
     def _sample(self, path, stem, key, entry) -> Sample:
         where = f"{path}, entry {key!r}"
         _require(entry, ("question", "options", "answer", "demonstration_type", "key"), where)
-        video = self.root / "videos" / entry["demonstration_type"] / f"{entry['key']}.mp4"
+        video = Path("videos", str(entry["demonstration_type"]), f"{entry['key']}.mp4")
         entry = {"video": str(video), "question": entry["question"], "options": entry["options"],
                  "answer": entry["answer"], "id": f"{stem}/{key}", "task": stem}  # fmt: skip
         if isinstance(entry["answer"], str) and entry["answer"].isdigit():
             entry["answer"] = int(entry["answer"])
-        return sample_from_entry(entry, key, str(path), None, short=self.short_windows)
+        return sample_from_entry(entry, key, str(path), self.root, short=self.short_windows, inside=self.inside)
 
 
 def open_dataset(path: str | Path, tasks: Sequence[str] | None = None, skip_invalid: bool = False,
-                 short_windows: str = "error"):  # fmt: skip
-    """A TVBench folder, a TOMATO folder, or a JSON file of entries (``MCQADataset``)."""
+                 short_windows: str = "error", allow_outside: bool = False):  # fmt: skip
+    """A TVBench folder, a TOMATO folder, or a JSON file of entries (``MCQADataset``). A folder's
+    videos must stay inside it unless ``allow_outside``."""
     from hooked_video.data.mcqa import MCQADataset
 
     path = Path(path)
     kinds: list[tuple[str, Callable]] = [("json", TVBench), ("jsons", TOMATO)]
     for folder, cls in kinds:
         if (path / folder).is_dir():
-            return cls(path, tasks=tasks, skip_invalid=skip_invalid, short_windows=short_windows)
+            return cls(path, tasks=tasks, skip_invalid=skip_invalid, short_windows=short_windows, allow_outside=allow_outside)
     if path.is_dir():
         raise FileNotFoundError(f"{path} is neither a TVBench (json/) nor a TOMATO (jsons/) folder")
     data = MCQADataset(path, skip_invalid=skip_invalid, short_windows=short_windows)

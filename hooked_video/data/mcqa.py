@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -84,8 +85,10 @@ class Sample:
 
 
 def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | None, task: str = "",
-                      short: str = "error") -> Sample:  # fmt: skip
-    """Validate one annotation entry and build its Sample (errors name ``source`` and the entry)."""
+                      short: str = "error", inside: Path | None = None) -> Sample:  # fmt: skip
+    """Validate one annotation entry and build its Sample (errors name ``source`` and the entry).
+    With ``inside``, the video path must stay in that folder (no absolute path, no ``..`` out of it;
+    links inside it may point anywhere)."""
     where = f"{source}, entry {index!r}" if not isinstance(index, int) else f"{source}, entry {index}"
     if not isinstance(entry, dict):
         raise AnnotationError(f"{where}: expected an object, got {type(entry).__name__}")
@@ -108,6 +111,8 @@ def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | N
         raise AnnotationError(f"{where}: video must be a file path (a string), got {type(video).__name__}")
     if not video.strip():
         raise AnnotationError(f"{where}: video is an empty path; give the video file")
+    if inside is not None:
+        _check_inside(video, video_root or inside, inside, where)
     if video_root is not None and not Path(video).is_absolute():
         video = str(video_root / video)
     _check_video_file(video, where)
@@ -117,6 +122,15 @@ def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | N
         id=str(sample_id), video=video, question=question, options=options, answer=answer, task=task,
         start=start, end=end, short=short,
     )  # fmt: skip
+
+
+def _check_inside(video: str, base: Path, folder: Path, where: str) -> None:
+    """Refuse a video path that leaves ``folder`` (checked on the path's text, before any file is opened)."""
+    joined = os.path.normpath(os.path.join(base, video))
+    root = os.path.normpath(folder)
+    if os.path.isabs(video) or os.path.commonpath([os.path.abspath(joined), os.path.abspath(root)]) != os.path.abspath(root):
+        raise AnnotationError(f"{where}: video {video!r} points outside the dataset folder {folder}; keep the videos "
+                              "inside it (a link inside it may point anywhere), or pass allow_outside=True")  # fmt: skip
 
 
 def _check_video_file(video: str, where: str) -> None:

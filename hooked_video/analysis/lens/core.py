@@ -148,7 +148,10 @@ def top_tokens(model, residuals: list[torch.Tensor], variant: str, top_k: int) -
         probs.append(top.values.cpu())
     top_ids = torch.stack(ids)
     unique = top_ids.unique().tolist()
-    return top_ids, torch.stack(probs), dict(zip(unique, model.tokenizer.convert_ids_to_tokens(unique)))
+    names = model.tokenizer.convert_ids_to_tokens(unique)
+    # rows of the unembedding past the tokenizer's vocabulary (padding rows, e.g. LLaVA-NeXT-7B's 32064 vs 32002)
+    strings = [name if name is not None else f"<no token {i}>" for i, name in zip(unique, names)]
+    return top_ids, torch.stack(probs), dict(zip(unique, strings))
 
 
 def is_correct(model, prompt, last_logits: torch.Tensor, rule: str = PAPER_RULE) -> bool | None:

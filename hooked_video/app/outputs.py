@@ -1,0 +1,86 @@
+"""Files the commands write into a folder that may hold a user's own files: a file is written only
+where nothing is, or where hooked-video wrote it before and nobody changed it since; anything else
+is refused with the file's name, before the slow work where the name is known in advance.
+
+Each folder keeps a small manifest (``.hooked-video-files.json``: file name -> SHA-256 of what was
+written), so a rerun replaces its own report and summary while a user's ``index.html``, or a file of
+ours the user edited, is never replaced without ``overwrite=True`` (CLI: ``--overwrite``). Summaries
+of 0.2 (JSON with ``"written_by": "hooked-video"``) count as ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+MANIFEST = ".hooked-video-files.json"
+
+
+class OutputExistsError(FileExistsError):
+    """A file to be written exists and was not written by hooked-video (or was changed since)."""
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    try:
+        recorded = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _legacy_summary(path: Path) -> bool:
+    """A summary written by hooked-video 0.2 (before manifests)."""
+    if path.suffix != ".json":
+        return False
+    try:
+        return json.loads(path.read_text()).get("written_by") == "hooked-video"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_writable(path: str | Path, overwrite: bool = False) -> Path:
+    """``path``, if hooked-video may write it; else ``OutputExistsError`` naming the file and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a folder, where hooked-video writes a file; move it, or use another --out")
+    if overwrite or not path.exists():
+        return path
+    recorded = _manifest(path.parent).get(path.name)
+    if recorded == _digest(path) or (recorded is None and _legacy_summary(path)):
+        return path
+    why = "was changed after hooked-video wrote it" if recorded else "was not written by hooked-video"
+    raise OutputExistsError(f"{path} exists and {why}; move it, use another --out, or pass --overwrite to replace it")
+
+
+def record(path: str | Path) -> None:
+    """Note in the folder's manifest that hooked-video has just written ``path``."""
+    path = Path(path)
+    manifest = _manifest(path.parent)
+    manifest[path.name] = _digest(path)
+    temporary = path.parent / f"{MANIFEST}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(temporary, path.parent / MANIFEST)
+
+
+def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
+    """Write ``text`` to ``path`` (checked by ``check_writable``) and record it."""
+    path = check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    record(path)
+    return path
+
+
+def save_figure(figure, path: str | Path, overwrite: bool = False, **savefig_kwargs) -> Path:
+    """``figure.savefig(path)`` (checked by ``check_writable``) and record it."""
+    path = check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, **savefig_kwargs)
+    record(path)
+    return path

@@ -1,0 +1,98 @@
+"""Options that would be dropped and values that would be coerced are errors: placement options that
+do not apply (checked before anything loads), knockout positions that are fractions or negative,
+options that differ only by spaces."""
+
+import time
+
+import pytest
+import torch
+
+from hooked_video import InvalidInputError, knockout
+from hooked_video.app.cli import main
+from hooked_video.core.checks import check_options
+from hooked_video.runtime.edges import KnockoutError
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-memory", "0=10GiB"], "--max-memory applies only to a model split with --device-map"),
+    (["--gpus-per-process", "2"], "--gpus-per-process applies only to a model split with --device-map"),
+    (["--device", "cuda", "--device-map", "auto"], "give either --device cuda (the whole model on one device) or --device-map"),
+    (["--device-map", "auto", "--gpus-per-process", "2"], "--gpus-per-process applies under torchrun / accelerate launch"),
+])  # fmt: skip
+def test_placement_options_that_do_not_apply_fail_at_once(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    start = time.perf_counter()
+    assert main(["info", "toy-video-ft", *extra]) == 2
+    assert time.perf_counter() - start < 2  # before any model is loaded
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("positions, message", [
+    ([1.7, 3.0], "positions must be whole numbers"), (torch.tensor([True, False]), "positions must be whole numbers"),
+    ([-1], "position -1 is negative"), (torch.tensor([[2, -3]]), "position -3 is negative"),
+])  # fmt: skip
+def test_knockout_positions_are_not_coerced(positions, message):
+    with pytest.raises(KnockoutError, match=message):
+        knockout.between(positions, [5], 8)
+    with pytest.raises(KnockoutError, match=message):
+        knockout.within(positions, 8)
+
+
+def test_whole_number_positions_of_any_integer_type_still_work():
+    expected = knockout.between([1, 2], [5], 8).mask
+    for same in (torch.tensor([1, 2], dtype=torch.int32), (1, 2), torch.tensor([[1], [2]])):
+        assert torch.equal(knockout.between(same, [5], 8).mask, expected)
+    assert not knockout.between([], [5], 8).mask.any()
+
+
+def test_options_that_differ_only_by_spaces_are_refused():
+    with pytest.raises(InvalidInputError, match=r"options\[0\] and options\[1\] are 'left' and 'left ', the same but for spaces"):
+        check_options(["left", "left ", "right"])
+    with pytest.raises(InvalidInputError, match="the same but for spaces"):
+        check_options(["turn  left", "turn left"])
+    assert check_options(["left", "right"]) == ["left", "right"]
+
+
+def test_lens_keywords_as_a_word_list_print_their_table(tmp_path, capsys):
+    """The documented list form of --keywords: the table is printed, not an error after all the work."""
+    import json
+
+    from hooked_video.data import synthetic
+    from hooked_video.zoo.tiny import BASE_WORDS
+
+    data = synthetic.generate(tmp_path / "data", per_task=1, progress=False)
+    words = tmp_path / "words.json"
+    words.write_text(json.dumps(sorted(set(BASE_WORDS) | {"left", "right", "up", "down", "red", "blue", "green"})))
+    argv = ["lens", "--model", "toy-video-ft", "--data", str(data), "--task", "Moving Direction", "--variant", "embed",
+            "--norm", "released", "--select", "all", "--keywords", str(words), "--min-count", "0", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "keywords: normalised keyword frequency per layer bin" in out, out  # the branch that failed
+    assert "1-5" in out
+
+
+def test_the_lens_names_unembedding_rows_past_the_tokenizer(tmp_path):
+    """LLaVA-NeXT-7B unembeds 32064 rows for 32002 tokens: a top-1 on a padding row is named, not None."""
+    import numpy as np
+    from transformers import LlavaNextVideoForConditionalGeneration
+
+    from hooked_video import HookedVideoLLM, lens
+    from hooked_video.zoo.tiny import build_tiny
+
+    folder = build_tiny("llava_next_video", tmp_path / "m")
+    hf = LlavaNextVideoForConditionalGeneration.from_pretrained(folder)
+    n_tokens = hf.config.text_config.vocab_size
+    hf.resize_token_embeddings(n_tokens + 8)
+    with torch.no_grad():
+        scale = 1000 * hf.lm_head.weight[:n_tokens].std()  # padding rows of either sign: one wins every position
+        hf.lm_head.weight[n_tokens:] = scale * torch.tensor([1.0, -1.0]).repeat(4)[:, None]
+    hf.save_pretrained(folder)
+    model = HookedVideoLLM.from_pretrained(folder)
+    frames = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    prompt = model.prepare(frames, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+    result = lens.logit_lens(model, prompt, variant="unembed")
+    tokens = result.tokens(result.n_layers - 1)
+    assert all(t.startswith("<no token ") for t in tokens) and int(tokens[0].split()[-1][:-1]) >= n_tokens
+    table = lens.keyword_frequencies(result, ["ball", "left"], model.tokenizer, min_count=0, select="all")
+    assert list(table.raw.index) == ["ball", "left", "ALL"]
