@@ -153,8 +153,12 @@ def test_fingerprint(tmp_path):
     for change in ({"answer": 0}, {"question": "How?"}, {"options": ["x", "z"]}, {"id": "q2"}, {"task": "u"}):
         assert fingerprint([{**entry, **change}]) != base, change
     assert fingerprint([entry, entry]) != base
-    os.utime(video, ns=(0, 12345))  # the same file touched: another video
+    os.utime(video, ns=(0, 12345))  # the same file touched: the same video (identity by content)
+    assert fingerprint([entry]) == base
+    video.write_bytes(b"0" * 99 + b"1")  # the same size, other bytes: another video
     assert fingerprint([entry]) != base
+    video.write_bytes(b"0" * 100)
+    assert fingerprint([{**entry, "short": "repeat"}]) != base  # short windows repeated sample other frames
     frames = np.zeros((4, 8, 8, 3), np.uint8)
     in_memory = fingerprint([{**entry, "video": frames}])
     assert in_memory == fingerprint([{**entry, "video": frames.copy()}])

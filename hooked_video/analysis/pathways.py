@@ -31,7 +31,7 @@ from hooked_video.runtime.engine import Engine
 from hooked_video.analysis.flow.sweep import choose_engine
 from hooked_video.data.mcqa import identify_all, to_prompt
 from hooked_video.runtime.distributed import Shard, resolve_shard, wait_for_rows
-from hooked_video.runtime.store import open_store
+from hooked_video.runtime.store import model_identity, open_store
 from hooked_video.model.tokens import TokenMap
 
 Range = tuple[int, int] | None  # inclusive, 0-based; None: closed in every layer
@@ -365,7 +365,7 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
     store = None
     if out is not None:
         config = {"spec": asdict(spec), "random_baseline": random_baseline, "random_fraction": random_fraction, "seed": seed,
-                  "num_frames": num_frames, "rule": rule, "model": str(getattr(model.cfg, "model_name", "")),
+                  "num_frames": num_frames, "rule": rule, "model": model_identity(model),
                   "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
         store = open_store(out, "pathways.evaluate", config, [(i, item) for i, _, item in items], key=("sample_id",),
                            resume=resume, shard=shard)  # fmt: skip

@@ -33,7 +33,7 @@ from typing import Iterable, Mapping, Sequence
 
 
 __all__ = ["FolderStore", "ResultStore", "ResultsCorruptError", "ResultsMismatchError", "check_samples", "fingerprint", "load_results", "export", "open_store",
-           "sample_fingerprint", "DATABASE"]
+           "sample_fingerprint", "DATABASE", "model_identity"]
 
 class ResultsMismatchError(ValueError):
     """The results folder holds a run with other settings, samples or table keys."""
@@ -41,7 +41,8 @@ class ResultsMismatchError(ValueError):
 
 DATABASE = "results.sqlite"
 FILES = (DATABASE, DATABASE + "-wal", DATABASE + "-shm", DATABASE + "-journal")  # all the database may create
-FORMAT = 1
+#: 2 (0.3): models and videos identified by content; 1 (0.2): by name and by path and mtime.
+FORMAT = 2
 ROW = "row_json"  # the column holding each row's JSON
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -227,6 +228,10 @@ class ResultStore:
             return
         where = f"{self.folder} holds results of"
         advice = "use another folder, or resume=False to delete them and start over."
+        if meta.get("format") == 1:
+            raise ResultsMismatchError(f"{where} hooked-video 0.2 (store format 1), which knew models by their name and "
+                                       f"videos by their path, so this version cannot tell whether they are the ones "
+                                       f"given now; {advice}")  # fmt: skip
         if meta.get("format") != FORMAT:
             raise ResultsMismatchError(f"{where} store format {meta.get('format')}, not {FORMAT}; {advice}")
         if meta["kind"] != self.kind:
@@ -283,15 +288,18 @@ def _sample_record(item, index: int) -> list:
     if isinstance(answer, str) and options and answer in options:
         answer = options.index(answer)
     video = get("video", get("frames"))
-    return [str(get("id", index)), get("task", ""), _video_identity(video), get("start"), get("end"),
-            get("question"), options, answer]  # fmt: skip
+    record = [str(get("id", index)), get("task", ""), _video_identity(video), get("start"), get("end"),
+              get("question"), options, answer]  # fmt: skip
+    short = get("short", "error")
+    return record if short == "error" else [*record, {"short_windows": short}]  # other frames for short windows
 
 
 def sample_fingerprint(item, index: int = 0) -> str:
-    """A stable hash of one sample: its id (default: ``index``), task, video (path, size and
-    mtime of a file; a hash of the pixels of in-memory frames), start/end, question, options
-    and answer (an option's text counts as its index). Accepts ``Sample``s, objects with those
-    attributes (a VideoPrompt's ``frames`` stand for its video) and dicts."""
+    """A stable hash of one sample: its id (default: ``index``), task, video (by content: a file's
+    size and a hash of its first and last MiB, wherever it lies; a hash of the pixels of in-memory
+    frames), start/end, short-window handling, question, options and answer (an option's text
+    counts as its index). Accepts ``Sample``s, objects with those attributes (a VideoPrompt's
+    ``frames`` stand for its video) and dicts."""
     return hashlib.sha256(_json(_sample_record(item, index)).encode()).hexdigest()
 
 
@@ -409,12 +417,7 @@ def _video_identity(video):
     if video is None:
         return None
     if isinstance(video, (str, os.PathLike)):
-        path = Path(video)
-        try:
-            stat = path.stat()
-        except OSError:
-            return {"path": str(path.resolve()), "size": None, "mtime_ns": None}
-        return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return _file_identity(Path(video))
     if hasattr(video, "detach"):  # a torch tensor
         video = video.detach().cpu().numpy()
     if hasattr(video, "tobytes") and hasattr(video, "dtype"):  # a numpy array
@@ -428,6 +431,43 @@ def _video_identity(video):
     if isinstance(video, (list, tuple)):
         return [_video_identity(v) for v in video]
     raise TypeError(f"cannot fingerprint a video given as {type(video).__name__}")
+
+
+_ENDS = 1 << 20  # bytes hashed at each end of a file
+
+
+def _file_identity(path: Path) -> dict:
+    """A file by content: its size and a hash of its first and last MiB (a moved, copied or touched
+    file is the same file; a re-encoded or edited one is not). A missing file: its name."""
+    try:
+        size = path.stat().st_size
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            digest.update(f.read(_ENDS))
+            if size > 2 * _ENDS:
+                f.seek(size - _ENDS)
+            digest.update(f.read(_ENDS))
+    except OSError:
+        return {"missing": path.name}
+    return {"size": size, "ends": digest.hexdigest()}
+
+
+def model_identity(model) -> str:
+    """What a model computes with, by content (its name and folder do not count): a hash of its
+    config and of every parameter's name, shape, dtype and a strided sample of its values (the
+    first, last and about a thousand values in between). Weights rebuilt or fine-tuned under the
+    same name differ; the same weights under another name or path are the same model."""
+    import torch
+
+    hf = getattr(model, "hf_model", model)
+    config = {k: v for k, v in hf.config.to_dict().items()
+              if k not in ("_name_or_path", "name_or_path", "transformers_version", "_commit_hash")}  # fmt: skip
+    digest = hashlib.sha256(_json(config).encode())
+    for name, param in hf.named_parameters():
+        flat = param.detach().reshape(-1)
+        sample = torch.cat([flat[:64], flat[:: max(1, flat.numel() // 1024)], flat[-64:]]).float().cpu()
+        digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode() + sample.numpy().tobytes())
+    return "weights " + digest.hexdigest()[:24]
 
 
 # -- reading back -----------------------------------------------------------------------------

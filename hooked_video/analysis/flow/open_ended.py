@@ -31,7 +31,7 @@ from hooked_video.analysis.flow.targets import OPEN_ENDED_TARGETS, resolve_targe
 from hooked_video.model.prompt import PromptTemplate
 from hooked_video.core.checks import check_count, check_unique_ids
 from hooked_video.runtime.distributed import Shard, resolve_shard
-from hooked_video.runtime.store import open_store
+from hooked_video.runtime.store import model_identity, open_store
 
 AnchorRule = Sequence[str] | Callable[[list[str]], list[int]] | None
 
@@ -130,7 +130,7 @@ def sweep_open_ended(
                     "targets": {t: list(c) for t, c in resolved.items()}, "window": window, "layers": swept,
                     "window_style": window_style, "even_window": even_window, "max_new_tokens": max_new_tokens,
                     "num_open_tokens": num_open_tokens, "num_frames": num_frames,
-                    "model": str(getattr(model.cfg, "model_name", "")), "n_layers": n_layers}  # fmt: skip
+                    "model": model_identity(model), "n_layers": n_layers}  # fmt: skip
         store = open_store(out, "flow.sweep_open_ended", settings, [(i, item) for i, _, item in items], key=ROW_KEY,
                            keys={"baseline": ("sample_id",)}, resume=resume, shard=shard)  # fmt: skip
     try:

@@ -37,7 +37,7 @@ from hooked_video.analysis.flow.records import (
 from hooked_video.runtime.distributed import Shard, resolve_shard
 from hooked_video.runtime.engine import Engine
 from hooked_video.analysis.flow.targets import TARGETS, resolve_targets
-from hooked_video.runtime.store import load_results, open_store
+from hooked_video.runtime.store import load_results, model_identity, open_store
 
 ENGINES = ("auto", "fast", "compiled", "hooks")
 
@@ -188,7 +188,7 @@ def sweep(
     if out is not None:  # engine "fast" also when compiled: a run may resume either way
         config = {"targets": {t: list(c) for t, c in resolved.items()}, "window": window, "window_style": window_style,
                   "even_window": even_window, "layers": swept, "select": select, "rule": rule, "num_frames": num_frames,
-                  "model": str(getattr(model.cfg, "model_name", "")), "n_layers": n_layers,
+                  "model": model_identity(model), "n_layers": n_layers,
                   "dtype": str(next(model.hf_model.parameters()).dtype), "extra_hooks": len(fwd_hooks),
                   "engine": "hooks" if runner is None else "fast"}  # fmt: skip
         store = open_store(out, "flow.sweep", config, [(i, item) for i, _, item in items], key=ROW_KEY,

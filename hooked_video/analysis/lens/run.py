@@ -25,7 +25,7 @@ from hooked_video.analysis.flow.records import check_selection, is_selected
 from hooked_video.analysis.lens.answer import answer_names, answer_rows, check_norm
 from hooked_video.analysis.lens.core import VARIANTS, is_correct, lens_names, lens_residuals, top_tokens
 from hooked_video.analysis.lens.keywords import keyword_table
-from hooked_video.runtime.store import open_store
+from hooked_video.runtime.store import model_identity, open_store
 
 
 @dataclass
@@ -121,7 +121,7 @@ def run(model, samples: Iterable, *, variant: str, norm: str, select: str = "cor
     store = None
     if out is not None:
         settings = {"variant": variant, "norm": norm, "select": select, "rule": rule, "num_frames": num_frames,
-                    "model": str(getattr(model.cfg, "model_name", ""))}  # fmt: skip
+                    "model": model_identity(model)}  # fmt: skip
         store = open_store(out, "lens.run", settings, [(i, item) for i, _, item in items], key=("sample_id",),
                            keys={"lens": ("sample_id", "layer"), "answer_probability": ("sample_id", "layer", "option")},
                            resume=resume, shard=shard)  # fmt: skip

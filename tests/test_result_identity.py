@@ -1,0 +1,93 @@
+"""A results folder knows its model and its data by content: the same weights or videos under another
+name, path or mtime resume; other weights under the same name, or the same videos sampled otherwise
+(short windows repeated), are refused, naming what differs."""
+
+import json
+import os
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+
+from hooked_video import HookedVideoLLM, flow, save_video
+from hooked_video.data import MCQADataset
+from hooked_video.runtime.store import DATABASE, ResultsMismatchError, load_results, model_identity
+from hooked_video.zoo.tiny import build_tiny
+
+
+def dataset(folder, n=2, frames=16):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(n):
+        save_video(rng.integers(0, 256, (frames, 32, 32, 3), dtype=np.uint8), folder / f"v{i}.mp4", fps=4)
+        entries.append({"id": f"clip{i}", "video": str(folder / f"v{i}.mp4"), "question": "which way does the ball move ?",
+                        "candidates": ["left", "right"], "answer": "right", "task": "direction",
+                        "start": 0.0, "end": 1.5})  # fmt: skip
+    (folder / "data.json").write_text(json.dumps(entries))
+    return folder / "data.json"
+
+
+def sweep(model, data, out, **kwargs):
+    return flow.sweep(model, MCQADataset(data, **kwargs), targets=["cross-frame"], window=1, select="all",
+                      num_frames=4, out=out, progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny("llava_next_video", tmp_path_factory.mktemp("m") / "tiny")
+
+
+def test_the_same_weights_under_another_path_resume(tiny, tmp_path):
+    data = dataset(tmp_path / "d")
+    first = sweep(HookedVideoLLM.from_pretrained(tiny), data, tmp_path / "out")
+    copy = shutil.copytree(tiny, tmp_path / "elsewhere" / "renamed")
+    again = sweep(HookedVideoLLM.from_pretrained(copy), data, tmp_path / "out")
+    assert len(again) == len(first) == len(load_results(tmp_path / "out"))
+
+
+def test_other_weights_under_the_same_name_are_refused(tiny, tmp_path):
+    data = dataset(tmp_path / "d")
+    folder = shutil.copytree(tiny, tmp_path / "model")
+    before = HookedVideoLLM.from_pretrained(folder)
+    sweep(before, data, tmp_path / "out")
+    build_tiny("llava_next_video", folder, seed=7)  # re-downloaded or retrained, same folder
+    after = HookedVideoLLM.from_pretrained(folder)
+    assert model_identity(after) != model_identity(before)
+    with pytest.raises(ResultsMismatchError, match=r"other settings \(model: stored 'weights [0-9a-f]+', now 'weights"):
+        sweep(after, data, tmp_path / "out")
+
+
+def test_a_moved_and_touched_dataset_resumes(tiny, tmp_path):
+    data = dataset(tmp_path / "d")
+    model = HookedVideoLLM.from_pretrained(tiny)
+    first = sweep(model, data, tmp_path / "out")
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "d", moved)
+    entries = json.loads((moved / "data.json").read_text())
+    for entry in entries:
+        entry["video"] = entry["video"].replace(str(tmp_path / "d"), str(moved))
+        os.utime(entry["video"], (1, 1))  # touched
+    (moved / "data.json").write_text(json.dumps(entries))
+    assert len(sweep(model, moved / "data.json", tmp_path / "out")) == len(first)
+
+
+def test_short_windows_repeated_are_other_samples(tiny, tmp_path):
+    """In a window of num_frames frames or fewer "repeat" samples other frames than the default (which
+    refuses such windows), so a folder made with one is never resumed by the other."""
+    data = dataset(tmp_path / "d")
+    model = HookedVideoLLM.from_pretrained(tiny)
+    sweep(model, data, tmp_path / "out", short_windows="repeat")
+    with pytest.raises(ResultsMismatchError, match="other samples"):
+        sweep(model, data, tmp_path / "out")
+
+
+def test_a_folder_of_0_2_says_why_it_cannot_resume(tiny, tmp_path):
+    data = dataset(tmp_path / "d")
+    model = HookedVideoLLM.from_pretrained(tiny)
+    sweep(model, data, tmp_path / "out")
+    with sqlite3.connect(tmp_path / "out" / DATABASE) as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE name = 'format'")
+    with pytest.raises(ResultsMismatchError, match="hooked-video 0.2 .* knew models by their name"):
+        sweep(model, data, tmp_path / "out")
