@@ -91,3 +91,42 @@ def test_a_folder_of_0_2_says_why_it_cannot_resume(tiny, tmp_path):
         conn.execute("UPDATE meta SET value = '1' WHERE name = 'format'")
     with pytest.raises(ResultsMismatchError, match="hooked-video 0.2 .* knew models by their name"):
         sweep(model, data, tmp_path / "out")
+
+
+# ----- starting over (--fresh, resume=False) ----------------------------------------------------
+def _open(folder, resume=True, shard=None):
+    from hooked_video.runtime.store import open_store
+
+    return open_store(folder, "demo", {"a": 1}, [("s0", {"id": "s0", "video": None})], key=("sample_id",),
+                      resume=resume, shard=shard)  # fmt: skip
+
+
+def test_starting_over_deletes_the_shards_stores_too(tmp_path):
+    from hooked_video.runtime.distributed import Shard
+
+    for index in range(2):
+        store = _open(tmp_path, shard=Shard(index, 2))
+        store.add("rows", [{"sample_id": f"s{index}", "v": index}])
+        store.close()
+    notes = tmp_path / "shard-0-of-2" / "notes.txt"
+    notes.write_text("mine")
+    assert len(load_results(tmp_path)) == 2
+    store = _open(tmp_path, resume=False)
+    assert store.rows("rows") == [] and store.done("rows") == set()
+    store.close()
+    assert load_results(tmp_path).empty and notes.read_text() == "mine"  # only database files go
+
+
+def test_starting_over_is_refused_while_another_process_writes(tmp_path):
+    from hooked_video.runtime.store import ResultsBusyError
+
+    writer = _open(tmp_path)  # a run still writing (another open of the lock file conflicts as another process would)
+    writer.add("rows", [{"sample_id": "s0", "v": 1}])
+    with pytest.raises(ResultsBusyError, match=f"{tmp_path} is being written by another process"):
+        _open(tmp_path, resume=False)
+    reader = _open(tmp_path)  # resuming beside it is fine
+    assert reader.done("rows") == {("s0",)}
+    reader.close()
+    writer.close()
+    _open(tmp_path, resume=False).close()  # once it is done, starting over works
+    assert load_results(tmp_path).empty

@@ -33,7 +33,7 @@ from typing import Iterable, Mapping, Sequence
 
 
 __all__ = ["FolderStore", "ResultStore", "ResultsCorruptError", "ResultsMismatchError", "check_samples", "fingerprint", "load_results", "export", "open_store",
-           "sample_fingerprint", "DATABASE", "model_identity"]
+           "sample_fingerprint", "DATABASE", "model_identity", "ResultsBusyError", "lock_folder"]
 
 class ResultsMismatchError(ValueError):
     """The results folder holds a run with other settings, samples or table keys."""
@@ -388,8 +388,47 @@ class FolderStore:
         return self.own.add(table, rows)
 
     def close(self) -> None:
-        """Close this shard's database."""
+        """Close this shard's database (and let go of the folder's lock)."""
         self.own.close()
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.close()
+
+
+class ResultsBusyError(RuntimeError):
+    """Another process is writing the results folder that was to be started over."""
+
+
+LOCK = ".hooked-video.lock"
+
+
+def lock_folder(folder: Path, exclusive: bool = False):
+    """An open lock file on the results folder (``folder/.hooked-video.lock``): every process that
+    writes the folder (its own store or a shard's) holds it shared for as long as its store is
+    open; starting over (``resume=False``) needs it alone, without waiting, else
+    ``ResultsBusyError``. The system drops the lock when its process ends, even killed. None where
+    file locks do not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock on Windows
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+    except BlockingIOError:
+        handle.close()
+        raise ResultsBusyError(f"{folder} is being written by another process (it holds {folder / LOCK}); starting "
+                               "over (--fresh, resume=False) would delete its results under it: let it finish or "
+                               "stop it, then run again") from None  # fmt: skip
+    return handle
+
+
+def _delete_results(folder: Path) -> None:
+    """The database files of ``folder`` and of its shards' subfolders (nothing else)."""
+    for database in [folder / DATABASE, *folder.glob(f"*/{DATABASE}")]:
+        for name in FILES:
+            (database.parent / name).unlink(missing_ok=True)
 
 
 def open_store(folder, kind: str, settings: Mapping, samples: Iterable[tuple[str, object]], key: Sequence[str],
@@ -402,13 +441,27 @@ def open_store(folder, kind: str, settings: Mapping, samples: Iterable[tuple[str
         raise ValueError("resume=False (--fresh) cannot be combined with shards: delete the folder's results (or use a "
                          "new folder) before launching the shards")  # fmt: skip
     own_folder = folder / shard.folder if shard is not None else folder
-    own = ResultStore(own_folder, kind, settings=settings, key=key, keys={"samples": ("sample_id",), **(keys or {})},
-                      resume=resume)  # fmt: skip
+    lock = lock_folder(folder, exclusive=not resume)
+    try:
+        if not resume:  # alone in the folder now: its shards' stores go too, or their rows would come back
+            _delete_results(folder)
+            if lock is not None:
+                import fcntl
+
+                fcntl.flock(lock, fcntl.LOCK_SH)  # a writer like the others from here on
+        own = ResultStore(own_folder, kind, settings=settings, key=key, keys={"samples": ("sample_id",), **(keys or {})})
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
     try:
         store = FolderStore(own, folder)
+        store.lock = lock
         check_samples(store, samples)
     except BaseException:
         own.close()
+        if lock is not None:
+            lock.close()
         raise
     return store
 
