@@ -221,6 +221,53 @@ def test_peft_adapter_merges_on_load(released, tmp_path):
     assert not torch.allclose(expected, base, atol=1e-3)  # the adapter changes the model
 
 
+def lora_adapter(released, folder, **config):
+    """A peft adapter on the language model's q/v projections, with lora_B drawn so that it matters."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(plain(released), LoraConfig(target_modules=r".*language_model.*\.(q_proj|v_proj)", **config))
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def test_rank_and_alpha_patterns_merge_as_peft_merges(released, tmp_path):
+    """Per-module ranks and alphas: the merged model equals peft's own merge_and_unload to 1e-5."""
+    from peft import PeftModel
+
+    adapter = lora_adapter(released, tmp_path / "adapter", r=4, lora_alpha=8, rank_pattern={"layers.0.self_attn.q_proj": 2},
+                           alpha_pattern={"v_proj": 32})  # fmt: skip
+    hooked = HookedVideoLLM.from_pretrained(adapter)
+    reference = PeftModel.from_pretrained(plain(released), adapter).merge_and_unload().eval()
+    prompt = hooked.prepare(video(), QUESTION, OPTIONS, answer=0, num_frames=None)
+    with torch.no_grad():
+        torch.testing.assert_close(hooked(prompt), reference(**prompt.inputs).logits, atol=1e-5, rtol=0)
+        uniform = lora_adapter(released, tmp_path / "uniform", r=4, lora_alpha=8)
+        assert not torch.allclose(HookedVideoLLM.from_pretrained(uniform)(prompt), hooked(prompt), atol=1e-3)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"modules_to_save": ["multi_modal_projector"]}, "modules_to_save=.*multi_modal_projector.*merge it with peft"),
+    ({"use_rslora": True}, "use_rslora=True"),
+])  # fmt: skip
+def test_adapters_the_loader_cannot_merge_exactly_are_refused_by_name(released, tmp_path, config, message):
+    adapter = lora_adapter(released, tmp_path / "adapter", r=4, lora_alpha=8, **config)
+    with pytest.raises(ValueError, match=message):
+        HookedVideoLLM.from_pretrained(adapter)
+
+
+def test_lora_alpha_and_base_model_are_checked(released, tmp_path):
+    adapter = lora_adapter(released, tmp_path / "adapter", r=4, lora_alpha=8)
+    with pytest.raises(ValueError, match="the LoRA alpha must be a positive number, got -1"):
+        HookedVideoLLM.from_pretrained(adapter, lora_alpha=-1)
+    other = shutil.copytree(released, tmp_path / "other-base")
+    with pytest.warns(UserWarning, match=f"the adapter was trained on '{released}'; merging it into '{other}'"):
+        HookedVideoLLM.from_pretrained(adapter, base_model=other)
+
+
 def test_released_lora_checkpoint_merges_onto_its_base(released, tmp_path):
     """The released training saves only the LoRA tensors (inside the peft-wrapped language
     model) and the projector; the base model is given separately."""

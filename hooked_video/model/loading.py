@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +138,20 @@ def _module_name(model: torch.nn.Module, adapter_path: str) -> str:
     raise CheckpointError(f"the LoRA weights name {adapter_path!r}, which matches no linear layer of the model")
 
 
+def _pattern_value(pattern: dict | None, module: str, default):
+    """peft's per-module override: the value of the first key matching the end of the module name."""
+    for key, value in (pattern or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
 @torch.no_grad()
-def merge_lora(model: torch.nn.Module, tensors: dict[str, torch.Tensor], alpha: float, rank: int | None = None) -> int:
-    """W += alpha / r * B @ A for every (lora_A, lora_B) pair in ``tensors``; returns the count."""
+def merge_lora(model: torch.nn.Module, tensors: dict[str, torch.Tensor], alpha: float, rank: int | None = None,
+               rank_pattern: dict | None = None, alpha_pattern: dict | None = None) -> int:  # fmt: skip
+    """W += alpha / r * B @ A for every (lora_A, lora_B) pair in ``tensors``, with peft's per-module
+    ``rank_pattern`` / ``alpha_pattern`` (keys matched against the end of the adapter's module name,
+    first match wins); returns the count."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         match = _LORA_KEY.match(key)
@@ -150,19 +162,38 @@ def merge_lora(model: torch.nn.Module, tensors: dict[str, torch.Tensor], alpha: 
         if set(pair) != {"A", "B"}:
             raise CheckpointError(f"LoRA weights of {adapter_path!r} lack lora_{'A' if 'A' not in pair else 'B'}")
         linear = modules[_module_name(model, adapter_path)]
-        r = rank or pair["A"].shape[0]
-        delta = (alpha / r) * (pair["B"].float() @ pair["A"].float())
+        name = adapter_path.replace("base_model.model.", "")
+        r = _pattern_value(rank_pattern, name, rank or pair["A"].shape[0])
+        scale = _pattern_value(alpha_pattern, name, alpha) / r
+        delta = scale * (pair["B"].float() @ pair["A"].float())
         linear.weight += delta.to(linear.weight.dtype).to(linear.weight.device)
     return len(pairs)
 
 
+#: adapter_config.json fields whose value changes the merge beyond W += alpha / r * B @ A (with
+#: rank_pattern and alpha_pattern, which are applied): refused by name, never ignored.
+_UNMERGED_PEFT_FIELDS = ("use_dora", "use_rslora", "fan_in_fan_out", "lora_bias", "modules_to_save",
+                         "trainable_token_indices", "target_parameters", "layer_replication")  # fmt: skip
+
+
 def _peft_settings(path: Path) -> tuple[dict, str | None]:
     settings = _read_config(path / "adapter_config.json")
-    unsupported = [k for k in ("use_dora", "use_rslora") if settings.get(k)]
-    if settings.get("peft_type", "LORA") != "LORA" or unsupported:
-        raise CheckpointError(f"{path}: only plain LoRA adapters are merged on load (found {settings.get('peft_type')} "
-                              f"{' '.join(unsupported)})")  # fmt: skip
+    if settings.get("peft_type", "LORA") != "LORA":
+        raise CheckpointError(f"{path}: only LoRA adapters are merged on load (found {settings.get('peft_type')})")
+    unmerged = [k for k in _UNMERGED_PEFT_FIELDS if settings.get(k) not in (None, False, [], {})]
+    if unmerged:
+        raise CheckpointError(
+            f"{path}: the adapter sets {', '.join(f'{k}={settings[k]!r}' for k in unmerged)}, which this loader does not "
+            "merge; merge it with peft (PeftModel.from_pretrained(base, folder).merge_and_unload(), then "
+            "save_pretrained) and load the merged folder"
+        )  # fmt: skip
     return settings, settings.get("base_model_name_or_path")
+
+
+def _positive_alpha(path: Path, alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise CheckpointError(f"{path}: the LoRA alpha must be a positive number, got {alpha!r} (pass lora_alpha=...)")
+    return float(alpha)
 
 
 def _base_missing(path: Path, base) -> CheckpointError:
@@ -258,16 +289,23 @@ def _read_config(file: Path) -> dict:
 
 
 def _load_lora(path: Path, kind: str, dtype, device, video_pooling, base_model, lora_alpha, strict, **kwargs):
-    rank = None
+    rank, patterns = None, {}
     if kind == "peft":
         settings, named_base = _peft_settings(path)
-        base, alpha, rank = base_model or named_base, lora_alpha or settings.get("lora_alpha"), settings.get("r")
+        base = base_model or named_base
+        alpha = lora_alpha if lora_alpha is not None else settings.get("lora_alpha")
+        rank = settings.get("r")
+        patterns = {"rank_pattern": settings.get("rank_pattern"), "alpha_pattern": settings.get("alpha_pattern")}
+        if base_model is not None and named_base is not None and str(base_model) != str(named_base):
+            warnings.warn(f"{path}: the adapter was trained on {named_base!r}; merging it into {str(base_model)!r} as "
+                          "asked (base_model=)", stacklevel=3)  # fmt: skip
     else:
         base, alpha = base_model, lora_alpha
     if base is None:
         raise _base_missing(path, base)
     if alpha is None:
         raise CheckpointError(f"{path}: the LoRA alpha is not recorded; pass lora_alpha=... (the released training used 32)")
+    alpha = _positive_alpha(path, alpha)
     try:
         hf_model, processor = load_checkpoint(base, dtype, device, video_pooling, strict=strict, **kwargs)
     except (OSError, ModelNotFoundError) as err:
@@ -284,5 +322,5 @@ def _load_lora(path: Path, kind: str, dtype, device, video_pooling, base_model, 
         if unknown:
             raise CheckpointError(f"{path}: weights {unknown[:3]} match nothing in the base model {base}")
         hf_model.load_state_dict(renamed, strict=False)
-    merge_lora(hf_model, tensors, float(alpha), rank)
+    merge_lora(hf_model, tensors, alpha, rank, **patterns)
     return hf_model, processor
