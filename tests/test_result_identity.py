@@ -130,3 +130,63 @@ def test_starting_over_is_refused_while_another_process_writes(tmp_path):
     writer.close()
     _open(tmp_path, resume=False).close()  # once it is done, starting over works
     assert load_results(tmp_path).empty
+
+
+# ----- waiting, and reading while others write -------------------------------------------------
+def test_a_held_write_lock_is_announced_and_given_up_on(tmp_path):
+    import time
+
+    from hooked_video.runtime.store import ResultsBusyError, ResultStore
+
+    ResultStore(tmp_path, "demo").close()
+    holder = sqlite3.connect(tmp_path / DATABASE, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a writer stopped in the middle of a batch
+    start = time.monotonic()
+    with pytest.warns(UserWarning, match=f"waiting for the write lock of {tmp_path / DATABASE}.*giving up after 1 s"):
+        with pytest.raises(ResultsBusyError, match=r"gave up after [12] s waiting for the write lock"):
+            ResultStore(tmp_path, "demo", timeout=1.0)
+    assert time.monotonic() - start < 15
+    holder.execute("ROLLBACK")
+    store = ResultStore(tmp_path, "demo", timeout=1.0)  # free again
+    store.close()
+
+
+def test_a_shard_waiting_for_the_others_says_so_and_gives_up(tmp_path, capsys):
+    from hooked_video.runtime.distributed import Shard, wait_for_rows
+
+    store = _open(tmp_path, shard=Shard(0, 2))
+    store.add("rows", [{"sample_id": "s0"}])
+    with pytest.raises(TimeoutError, match=r"gave up after 0 s waiting for the other shards' rows .*1 of 2 samples"):
+        wait_for_rows(store, "rows", ["s0", "s1"], poll=0.01, timeout=0.05)
+    out = capsys.readouterr().out
+    assert "start the other shards with the same command and their --shard i/n" in out
+    store.close()
+
+
+def test_readers_skip_a_database_being_created_and_warn_of_missing_shards(tmp_path):
+    from hooked_video.runtime.distributed import Shard
+
+    store = _open(tmp_path, shard=Shard(0, 3))
+    store.add("rows", [{"sample_id": "s0", "v": 1}])
+    store.close()
+    (tmp_path / "shard-1-of-3").mkdir()
+    sqlite3.connect(tmp_path / "shard-1-of-3" / DATABASE).close()  # another shard has just created its file
+    with pytest.warns(UserWarning, match=r"shard\(s\) \[1, 2\] of 3 have no results there"):
+        rows = load_results(tmp_path)
+    assert rows.to_dict("records") == [{"sample_id": "s0", "v": 1}]
+
+
+def test_shards_of_other_data_are_not_read_as_one_run(tmp_path):
+    from hooked_video.runtime.store import open_store
+    from hooked_video.runtime.distributed import Shard
+
+    from hooked_video.runtime.store import ResultStore
+
+    store = open_store(tmp_path, "demo", {"a": 1}, [("s0", {"id": "s0", "video": None, "question": "which way ?"})],
+                       key=("sample_id",), shard=Shard(0, 2))  # fmt: skip
+    store.close()
+    other = ResultStore(tmp_path / "shard-1-of-2", "demo", {"a": 1}, key=("sample_id",), keys={"samples": ("sample_id",)})
+    other.add("samples", [{"sample_id": "s0", "fingerprint": "of another dataset"}])  # written elsewhere, copied in
+    other.close()
+    with pytest.raises(ResultsMismatchError, match="hold results of different data under the sample id 's0'"):
+        load_results(tmp_path)

@@ -127,18 +127,32 @@ def barrier() -> bool:
     return True
 
 
-def wait_for_rows(store, table: str, sample_ids: Sequence[str], poll: float = 5.0) -> list[dict]:
+#: How long a shard waits for the other shards' rows before giving up (seconds; shards of a job
+#: array may start hours apart).
+WAIT_FOR_SHARDS = 6 * 3600
+
+
+def wait_for_rows(store, table: str, sample_ids: Sequence[str], poll: float = 5.0,
+                  timeout: float = WAIT_FOR_SHARDS) -> list[dict]:  # fmt: skip
     """The rows of ``table`` for all ``sample_ids`` across the folder's shards, once every shard
-    has stored them (polling the store; shards of a job array may start at different times)."""
+    has stored them (polling the store; shards of a job array may start at different times). Says
+    at once what it waits for and how not to; gives up after ``timeout`` seconds (TimeoutError)."""
     import time
 
-    wanted, announced = set(sample_ids), False
+    wanted, announced, deadline = set(sample_ids), False, time.monotonic() + timeout
     while True:
         rows = [r for r in store.rows(table) if r["sample_id"] in wanted]
         if {r["sample_id"] for r in rows} >= wanted:
             return rows
+        waiting = (f"the other shards' {table} rows in {store.folder.parent} ({len({r['sample_id'] for r in rows})} of "
+                   f"{len(wanted)} samples stored)")  # fmt: skip
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {waiting}: start the missing shards (the same "
+                               "command with their --shard i/n), or run without shards")  # fmt: skip
         if not announced:
-            print(f"waiting for the other shards' {table} rows in {store.folder.parent} "
-                  f"({len(rows)} of {len(wanted)} samples done)", flush=True)  # fmt: skip
+            print(f"waiting for {waiting}: this shard needs every sample's rows before it can go on (e.g. prune's "
+                  "random fraction over the whole run); start the other shards with the same command and their "
+                  f"--shard i/n, or use --random-fraction sample or a number; giving up after {timeout:.0f} s",
+                  flush=True)  # fmt: skip
             announced = True
         time.sleep(poll)

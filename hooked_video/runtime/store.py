@@ -27,6 +27,7 @@ import os
 import re
 import sqlite3
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -44,6 +45,7 @@ FILES = (DATABASE, DATABASE + "-wal", DATABASE + "-shm", DATABASE + "-journal") 
 #: 2 (0.3): models and videos identified by content; 1 (0.2): by name and by path and mtime.
 FORMAT = 2
 ROW = "row_json"  # the column holding each row's JSON
+WAIT_STEP = 5.0  # seconds SQLite waits for a lock before this module says that it is waiting
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -114,9 +116,10 @@ class ResultStore:
         if not resume:
             for name in FILES:
                 (self.folder / name).unlink(missing_ok=True)
-        self._conn = sqlite3.connect(self.folder / DATABASE, timeout=timeout, isolation_level=None)
+        self.timeout = timeout
+        self._conn = sqlite3.connect(self.folder / DATABASE, timeout=min(timeout, WAIT_STEP), isolation_level=None)
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            self._conn.execute(f"PRAGMA busy_timeout = {int(min(timeout, WAIT_STEP) * 1000)}")
             self._retry_locked(lambda: self._conn.execute("PRAGMA journal_mode = WAL"), timeout)
             self._conn.execute("PRAGMA synchronous = FULL")  # a committed batch survives a power cut too
             with self._transaction():
@@ -210,8 +213,28 @@ class ResultStore:
 
     @contextmanager
     def _transaction(self):
-        """BEGIN IMMEDIATE (take the write lock at once) ... COMMIT, or ROLLBACK on an error."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE (take the write lock at once) ... COMMIT, or ROLLBACK on an error. While
+        another process holds the lock: one warning that says so, then ResultsBusyError after
+        ``timeout`` seconds."""
+        start, warned = time.monotonic(), False
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) and "busy" not in str(err):
+                    raise
+                if not warned:
+                    warnings.warn(f"waiting for the write lock of {self.folder / DATABASE}, which another process holds; "
+                                  f"giving up after {self.timeout:.0f} s", stacklevel=3)  # fmt: skip
+                    warned = True
+                waited = time.monotonic() - start
+                if waited >= self.timeout:
+                    raise ResultsBusyError(
+                        f"gave up after {waited:.0f} s waiting for the write lock of {self.folder / DATABASE}: another "
+                        "process holds it (a writer stopped with Ctrl-Z, or a stuck file system?); stop it, or run "
+                        "again when it is done"
+                    ) from None  # fmt: skip
         try:
             yield
         except BaseException:
@@ -556,10 +579,15 @@ def _read_meta(path: Path) -> dict:
 
 
 def _read_database(path: Path, table: str) -> tuple[dict, tuple[str, ...] | None, list[dict]]:
-    """(meta, key of ``table``, rows)."""
+    """(meta, key of ``table``, rows); ({}, None, []) for a database another process is creating."""
     conn = sqlite3.connect(path, timeout=600)
     try:
-        meta = {n: json.loads(v) for n, v in conn.execute("SELECT name, value FROM meta")}
+        try:
+            meta = {n: json.loads(v) for n, v in conn.execute("SELECT name, value FROM meta")}
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):  # a run is starting: no tables yet
+                return {}, None, []
+            raise
         key = meta.get("table:" + table)
         if key is None:
             return meta, None, []
@@ -600,14 +628,19 @@ def load_results(folders: str | os.PathLike | Sequence[str | os.PathLike], table
     databases = [db for f in folders for db in _databases(f)]
     if not databases and not legacy:
         raise FileNotFoundError(f"no results in {[str(f) for f in folders]} (no {DATABASE}, nor {table}.jsonl)")
-    attrs, merged = {}, {}
+    attrs, merged, first, samples = {}, {}, None, {}
     for db in databases:
         meta, key, rows = _read_database(db, table)
+        if not meta:
+            continue  # being created by a run that has just started
         if attrs:
-            _check_same_run(databases[0], attrs, db, meta)
+            _check_same_run(first, attrs, db, meta)
+        first = first or db
         attrs = attrs or {"kind": meta["kind"], "settings": meta["settings"], "fingerprint": meta["fingerprint"]}
+        _check_same_samples(samples, db, _read_database(db, "samples")[2])
         for row in rows:
             merged.setdefault(tuple(_json(row.get(f)) for f in key), row)
+    _warn_missing_shards(folders)
     rows = list(merged.values())
     for path in legacy:
         rows += _read_jsonl(path)
@@ -616,6 +649,35 @@ def load_results(folders: str | os.PathLike | Sequence[str | os.PathLike], table
     df = pd.DataFrame(rows)
     df.attrs.update({k: v for k, v in attrs.items() if k != "fingerprint"})
     return df
+
+
+def _check_same_samples(seen: dict, db: Path, rows: list[dict]) -> None:
+    """Stores read together must agree on every sample id they share (``seen``: id -> (fingerprint, db))."""
+    for row in rows:
+        fingerprint, where = seen.setdefault(row["sample_id"], (row["fingerprint"], db))
+        if fingerprint != row["fingerprint"]:
+            raise ResultsMismatchError(f"{where} and {db} hold results of different data under the sample id "
+                                       f"{row['sample_id']!r} (other video, question, options or answer); read them "
+                                       "separately")  # fmt: skip
+
+
+_SHARD = re.compile(r"shard-(\d+)-of-(\d+)\Z")
+
+
+def _warn_missing_shards(folders: Sequence[Path]) -> None:
+    """A loud warning for every data-parallel run of which only some shards have results."""
+    for folder in folders:
+        found: dict[int, set[int]] = {}
+        for db in folder.glob(f"*/{DATABASE}"):
+            match = _SHARD.match(db.parent.name)
+            if match and _read_meta(db):  # a shard's database without tables is a shard just starting
+                found.setdefault(int(match[2]), set()).add(int(match[1]))
+        for count, indices in sorted(found.items()):
+            missing = sorted(set(range(count)) - indices)
+            if missing and not (folder / DATABASE).is_file():
+                warnings.warn(f"{folder}: shard(s) {missing} of {count} have no results there, so these results may "
+                              f"miss samples; run the missing shard(s) (--shard i/{count}) before reading the whole "
+                              "run", stacklevel=3)  # fmt: skip
 
 
 def _check_same_run(first_db: Path, first: dict, db: Path, meta: dict) -> None:
