@@ -929,6 +929,6 @@ def test_an_analysis_leaves_the_users_files_alone(w, name):
     run(out=out, resume=False)  # starting over deletes the database only
     after = snapshot(out)
     assert {k: after[k] for k in before} == before
-    assert set(after) - set(before) <= {"results.sqlite", "results.sqlite-wal", "results.sqlite-shm"}
+    assert set(after) - set(before) <= {"results.sqlite", "results.sqlite-wal", "results.sqlite-shm", ".hooked-video.lock"}
     table = {"flow": "rows", "lens": "lens", "prune": "rows"}[name]
     assert "mine" not in set(load_results(out, table).sample_id)  # the user's rows.jsonl is not read as results

@@ -190,3 +190,32 @@ def test_shards_of_other_data_are_not_read_as_one_run(tmp_path):
     other.close()
     with pytest.raises(ResultsMismatchError, match="hold results of different data under the sample id 's0'"):
         load_results(tmp_path)
+
+
+def test_a_run_fraction_of_other_samples_is_not_mixed_into_the_random_baseline(tiny, tmp_path):
+    from hooked_video import pathways
+
+    model = HookedVideoLLM.from_pretrained(tiny)
+    spec = pathways.PathwaySpec(inter=(0, 0), v2q=(0, 1), q2l=(1, 1), n_layers=2)
+    data = json.loads(dataset(tmp_path / "d", n=3).read_text())
+    for entry, question in zip(data, ["which way does the ball move ?", "what is in this video ?", "how many ?"]):
+        entry["question"] = question  # other prompt lengths: other retention per sample
+    first = pathways.evaluate(model, data[:2], spec, random_fraction="run", num_frames=4, out=tmp_path / "out", progress=False)
+    assert first.rows.random_fraction.nunique() == 1
+    with pytest.raises(ResultsMismatchError, match=r"holds random-baseline rows that prune r = 0\.\d+ .* these samples give r ="):
+        pathways.evaluate(model, data, spec, random_fraction="run", num_frames=4, out=tmp_path / "out", progress=False)
+
+
+@pytest.mark.parametrize("environment, message", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5 is outside WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK='-1' is not a whole number"),
+])  # fmt: skip
+def test_launcher_variables_that_make_no_sense_are_named(monkeypatch, environment, message):
+    from hooked_video import InvalidInputError
+    from hooked_video.runtime.distributed import Shard
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidInputError, match=message):
+        Shard.from_environment()

@@ -31,7 +31,7 @@ from hooked_video.runtime.engine import Engine
 from hooked_video.analysis.flow.sweep import choose_engine
 from hooked_video.data.mcqa import identify_all, to_prompt
 from hooked_video.runtime.distributed import Shard, resolve_shard, wait_for_rows
-from hooked_video.runtime.store import model_identity, open_store
+from hooked_video.runtime.store import ResultsMismatchError, model_identity, open_store
 from hooked_video.model.tokens import TokenMap
 
 Range = tuple[int, int] | None  # inclusive, 0-based; None: closed in every layer
@@ -380,6 +380,7 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
                 fraction = 1 - sum(r["pathways_retained"] for r in every) / sum(r["pathways_baseline"] for r in every)
             else:
                 fraction = random_fraction
+            _check_stored_fraction(store, fraction)
             random_rows = _run_phase(model, items, store, "random", "random baseline", progress,
                                      lambda prompt, sid: random_prompt(model, prompt, fraction, seed, sid, rule, engine=engine),
                                      num_frames)  # fmt: skip
@@ -393,6 +394,20 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
             if f"{setting}_pred" in row:
                 row[f"{setting}_correct"] = row[f"{setting}_pred"] == row["answer"]
     return PathwayReport(pd.DataFrame(rows), spec, rule)
+
+
+def _check_stored_fraction(store, fraction: float) -> None:
+    """Random-baseline rows stored with another pruned share (a "run" fraction over other samples)
+    must not be mixed with new ones."""
+    if store is None:
+        return
+    stored = sorted({r["random_fraction"] for r in store.rows("random") if abs(r["random_fraction"] - fraction) > 1e-9})
+    if stored:
+        raise ResultsMismatchError(
+            f"{store.folder} holds random-baseline rows that prune r = {stored[0]:.6f} of the edges, but these samples "
+            f"give r = {fraction:.6f} (random_fraction='run' is 1 - the retention over all of the run's samples, and "
+            "they changed); use another folder, start over (--fresh, resume=False), or a fixed --random-fraction"
+        )  # fmt: skip
 
 
 @torch.no_grad()

@@ -435,6 +435,8 @@ def lock_folder(folder: Path, exclusive: bool = False):
         import fcntl
     except ImportError:  # pragma: no cover - no flock on Windows
         return None
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"the results folder {folder} is a file; give a folder (new or one of this run)")
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / LOCK, "a+")
     try:
