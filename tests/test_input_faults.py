@@ -96,3 +96,35 @@ def test_the_lens_names_unembedding_rows_past_the_tokenizer(tmp_path):
     assert all(t.startswith("<no token ") for t in tokens) and int(tokens[0].split()[-1][:-1]) >= n_tokens
     table = lens.keyword_frequencies(result, ["ball", "left"], model.tokenizer, min_count=0, select="all")
     assert list(table.raw.index) == ["ball", "left", "ALL"]
+
+
+def test_frames_without_pixels_or_of_different_sizes_are_named():
+    import numpy as np
+    from PIL import Image
+
+    from hooked_video import VideoError, load_video
+
+    with pytest.raises(VideoError, match="frames of 0 x 0 pixels hold no image"):
+        load_video(np.zeros((4, 0, 0, 3), np.uint8), num_frames=None)
+    images = [Image.new("RGB", (32, 32)), Image.new("RGB", (16, 24))]
+    with pytest.raises(VideoError, match=r"the PIL frames differ in size \(\(H, W\) \(24, 16\) and \(32, 32\)\)"):
+        load_video(images, num_frames=None)
+    assert load_video([Image.new("RGB", (8, 6))] * 3, num_frames=None).shape == (3, 6, 8, 3)
+
+
+def test_patching_layers_and_positions_outside_the_model_are_named():
+    import numpy as np
+
+    from hooked_video import HookedVideoLLM, patching
+
+    model = HookedVideoLLM.from_pretrained("toy-video-ft")
+    frames = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    clean = model.prepare(frames, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+    corrupted = patching.reverse_frames(model, clean)
+    n = clean.n_positions
+    with pytest.raises(ValueError, match=rf"layers \[99\] are not layers of this model \(0..{model.cfg.n_layers - 1}\)"):
+        patching.patch_positions(model, clean, corrupted, [clean.token_map.frame(0)], layers=[0, 99], progress=False)
+    with pytest.raises(ValueError, match=rf"position set 1 holds position\(s\) \[{n}\] outside the prompt's {n} positions"):
+        patching.patch_positions(model, clean, corrupted, [[0], [n]], layers=[0], progress=False)
+    with pytest.raises(ValueError, match="position set 0 holds torch.float32 values"):
+        patching.patch_positions(model, clean, corrupted, [[1.5]], layers=[0], progress=False)

@@ -81,6 +81,19 @@ class PatchingResult:
 
 
 @torch.no_grad()
+def _position_set(positions, n_positions: int, index: int) -> torch.Tensor:
+    """Position set ``index`` as a flat LongTensor of positions inside the prompt (never coerced)."""
+    tensor = torch.as_tensor(positions)
+    if tensor.numel() and (tensor.dtype == torch.bool or tensor.is_floating_point()):
+        raise ValueError(f"position set {index} holds {tensor.dtype} values; give whole positions (e.g. tm.frame(2))")
+    tensor = tensor.long().reshape(-1)
+    outside = tensor[(tensor < 0) | (tensor >= n_positions)]
+    if len(outside):
+        raise ValueError(f"position set {index} holds position(s) {outside[:5].tolist()} outside the prompt's "
+                         f"{n_positions} positions (0..{n_positions - 1})")  # fmt: skip
+    return tensor
+
+
 def patch_positions(
     model,
     clean,
@@ -112,6 +125,10 @@ def patch_positions(
             "corrupt the video (reverse_frames, shuffle_frames, with_frames), not the text."
         )
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    bad_layers = [l for l in layers if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < model.cfg.n_layers]
+    if bad_layers:
+        raise ValueError(f"layers {bad_layers} are not layers of this model (0..{model.cfg.n_layers - 1})")
+    sets = [_position_set(s, clean.n_positions, i) for i, s in enumerate(position_sets)]
     names = {layer: hook_name(component, layer) for layer in layers}
     clean_embedded, corrupted_embedded = model.embed(clean), model.embed(corrupted)
     keep = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
@@ -119,7 +136,6 @@ def patch_positions(
     clean_metric = float(metric(clean_logits, clean)[0])
     corrupted_metric = float(metric(model(corrupted_embedded, **keep), clean)[0])
 
-    sets = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in position_sets]
     values = torch.zeros(len(layers), len(sets))
     jobs = [(li, si) for li in range(len(layers)) for si in range(len(sets))]
     for start in tqdm(range(0, len(jobs), batch_size), desc=f"patching {component}", disable=not progress):

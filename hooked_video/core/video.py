@@ -184,14 +184,22 @@ def _as_array(source) -> Frames:
         array = source
     else:
         try:
-            array = np.stack([np.asarray(image.convert("RGB")) for image in source])
+            images = [np.asarray(image.convert("RGB")) for image in source]
         except (AttributeError, TypeError) as exc:
             raise VideoError(
                 f"cannot read frames from {type(source).__name__}: give a path, a (T, H, W, 3) "
                 "uint8 array or tensor, or a list of PIL images."
             ) from exc
+        sizes = sorted({image.shape[:2] for image in images})
+        if len(sizes) > 1:
+            raise VideoError(f"the PIL frames differ in size ((H, W) {sizes[0]} and {sizes[-1]}); resize them to one "
+                             "size first, e.g. [image.resize((W, H)) for image in frames]")  # fmt: skip
+        array = np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
     if array.ndim != 4 or array.shape[-1] != 3:
         raise VideoError(f"frames must have shape (T, H, W, 3), got {tuple(array.shape)}.")
+    if len(array) and 0 in array.shape[1:3]:
+        raise VideoError(f"frames of {array.shape[1]} x {array.shape[2]} pixels hold no image; give frames of at least "
+                         "1 x 1 pixels (the model's processor resizes them)")  # fmt: skip
     if array.dtype != np.uint8:
         raise VideoError(f"frames must be uint8 in 0..255, got dtype {array.dtype}.")
     return array
