@@ -54,15 +54,23 @@ def check_png(fig, path, min_coloured=0.01):
 
 
 def screenshot(html_path, png_path):
-    """Render a page in headless Chromium; return the screenshot as an RGB array."""
+    """Render a page in headless Chromium; return the screenshot as an RGB array. Headless Chromium
+    now and then never exits after writing nothing (seen once in a CI run, 180 s): a second try,
+    with a fresh profile, is made before failing."""
     chromium = CHROMIUM or "chromium"
-    subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={png_path.parent / 'chromium-profile'}", "--virtual-time-budget=15000",
-         "--window-size=1200,900", f"--screenshot={png_path}", html_path.as_uri()],
-        check=True, capture_output=True, timeout=180,
-    )  # fmt: skip
+    for attempt in range(2):
+        try:
+            subprocess.run(
+                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={png_path.parent / f'chromium-profile-{attempt}'}", "--virtual-time-budget=15000",
+                 "--window-size=1200,900", f"--screenshot={png_path}", html_path.as_uri()],
+                check=True, capture_output=True, timeout=90,
+            )  # fmt: skip
+            break
+        except subprocess.TimeoutExpired:
+            if attempt:
+                raise
     return np.asarray(Image.open(png_path).convert("RGB")).astype(int)
 
 
