@@ -143,8 +143,9 @@ def _check_placement(args) -> None:
     if getattr(args, "device", None) is not None:
         raise ValueError(f"give either --device {args.device} (the whole model on one device) or --device-map (a model "
                          "split over GPUs), not both")  # fmt: skip
-    world = os.environ.get("WORLD_SIZE", "1")
-    if getattr(args, "gpus_per_process", None) is not None and not (world.isdigit() and int(world) > 1):
+    from hooked_video.runtime.distributed import environment_number  # light: no torch
+
+    if getattr(args, "gpus_per_process", None) is not None and environment_number("WORLD_SIZE", 1) <= 1:
         raise ValueError("--gpus-per-process applies under torchrun / accelerate launch (several processes, each "
                          "splitting its model); alone, --device-map already uses every GPU (or set --max-memory)")  # fmt: skip
 

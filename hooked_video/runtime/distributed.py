@@ -45,10 +45,10 @@ class Shard:
     @classmethod
     def from_environment(cls) -> "Shard | None":
         """The shard of this process under torchrun / accelerate (RANK, WORLD_SIZE), or None."""
-        world = _environment_number("WORLD_SIZE", 1)
+        world = environment_number("WORLD_SIZE", 1)
         if world <= 1:
             return None
-        rank = _environment_number("RANK", 0)
+        rank = environment_number("RANK", 0)
         if not 0 <= rank < world:
             raise InvalidInputError(f"RANK={rank} is outside WORLD_SIZE={world} (ranks 0..{world - 1}); a variable left "
                                     "from another launch? unset RANK and WORLD_SIZE, or launch with torchrun")  # fmt: skip
@@ -67,7 +67,7 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-def _environment_number(name: str, default: int) -> int:
+def environment_number(name: str, default: int) -> int:
     """A whole number from the environment variable ``name`` (``default`` when unset)."""
     value = os.environ.get(name, "").strip()
     if not value:
@@ -89,7 +89,7 @@ def resolve_shard(shard: "Shard | str | None") -> "Shard | None":
 
 def local_rank() -> int:
     """This process's rank on its host (LOCAL_RANK of torchrun / accelerate; 0 alone)."""
-    return _environment_number("LOCAL_RANK", 0)
+    return environment_number("LOCAL_RANK", 0)
 
 
 def process_gpus(gpus_per_process: int = 1, rank: int | None = None) -> list[int]:
@@ -106,10 +106,10 @@ def set_threads(requested: int | None = None) -> int:
     every core of the machine, and threads that outnumber free cores slow each other down)."""
     import torch
 
-    count = requested or _environment_number("HOOKED_VIDEO_THREADS", 0)
+    count = requested or environment_number("HOOKED_VIDEO_THREADS", 0)
     if not count:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        count = max(1, cores // max(1, _environment_number("LOCAL_WORLD_SIZE", 1)))
+        count = max(1, cores // max(1, environment_number("LOCAL_WORLD_SIZE", 1)))
     torch.set_num_threads(count)
     return count
 
@@ -134,7 +134,7 @@ def barrier() -> bool:
     launcher (a lone process or a job array shard)."""
     import torch.distributed as dist
 
-    if _environment_number("WORLD_SIZE", 1) <= 1 or "MASTER_ADDR" not in os.environ:
+    if environment_number("WORLD_SIZE", 1) <= 1 or "MASTER_ADDR" not in os.environ:
         return False
     if not dist.is_initialized():
         dist.init_process_group("gloo")
