@@ -36,6 +36,8 @@ API_MODULES = [
     ("runtime/: how forwards run", ["hooked_video.runtime.edges", "hooked_video.runtime.attention",
                                     "hooked_video.runtime.fastpath", "hooked_video.runtime.engine",
                                     "hooked_video.runtime.capture", "hooked_video.runtime.store",
+                                    "hooked_video.runtime.store_format", "hooked_video.runtime.identity",
+                                    "hooked_video.runtime.results",
                                     "hooked_video.runtime.distributed"]),
     ("core/: checks, video, versions", ["hooked_video.core.checks", "hooked_video.core.video", "hooked_video.core.versions"]),
     ("viz/ and app/: figures and reports", ["hooked_video.viz.plots", "hooked_video.viz.attention",

@@ -128,3 +128,36 @@ def test_patching_layers_and_positions_outside_the_model_are_named():
         patching.patch_positions(model, clean, corrupted, [[0], [n]], layers=[0], progress=False)
     with pytest.raises(ValueError, match="position set 0 holds torch.float32 values"):
         patching.patch_positions(model, clean, corrupted, [[1.5]], layers=[0], progress=False)
+
+
+def test_another_models_tokenizer_and_words_it_lacks_are_named(tmp_path):
+    """Ids past the embedding (a larger tokenizer of another model) are an error naming both sizes;
+    question words that become ``<unk>`` (a tokenizer that lacks them) are a warning naming them."""
+    import shutil
+
+    import numpy as np
+
+    from hooked_video import HookedVideoLLM
+    from hooked_video.zoo.tiny import BASE_WORDS, build_tiny
+
+    folder = build_tiny("llava_next_video", tmp_path / "m")
+    other = build_tiny("llava_next_video", tmp_path / "other", words=[f"w{i}" for i in range(300)] + list(BASE_WORDS))
+    frames = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    model = HookedVideoLLM.from_pretrained(folder)
+    with pytest.warns(UserWarning, match=r"the tokenizer has no token for \['zebra'\]: the model reads '<unk>'"):
+        model.prepare(frames, "which way does the zebra move ?", ["left", "right"], answer=1, num_frames=None)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(other / name, folder / name)
+    model = HookedVideoLLM.from_pretrained(folder)
+    rows = model.hf_model.get_input_embeddings().num_embeddings
+    with pytest.raises(InvalidInputError, match=rf"but the model's embedding has {rows} rows: the tokenizer \(\d+ tokens\) is not this model's"):
+        model.prepare(frames, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+
+
+def test_a_max_memory_too_small_for_the_model_is_named(capsys, monkeypatch):
+    """accelerate leaves what does not fit on disk (meta tensors); the first forward would fail deep in torch."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["info", "toy-video-ft", "--device-map", "auto", "--max-memory", "cpu=10KiB"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the model does not fit in the memory it was given" in err[0], err
+    assert "weights (" in err[0] and "give more memory (--max-memory" in err[0]

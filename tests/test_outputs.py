@@ -57,3 +57,26 @@ def test_commands_refuse_before_any_work(tmp_path, capsys, command, name):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{out / name} exists and was not written by hooked-video" in err[0], err
     assert (out / name).read_text() == "mine" and sorted(p.name for p in out.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("layout", ["results.sqlite", "video_flow/results.sqlite", "results/video_flow/results.sqlite"])
+def test_reports_of_0_1_beside_their_results_count_as_ours(tmp_path, layout):
+    """0.1 and 0.2 wrote summaries and report pages without a manifest, next to their results
+    (flow: the folder; reproduce: a subfolder per analysis; demo: ``results/<analysis>``)."""
+    (tmp_path / layout).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / layout).write_bytes(b"")
+    (tmp_path / "summary.json").write_text(json.dumps({"n_samples": 3, "rule": "paper"}))
+    (tmp_path / "index.html").write_text("<!DOCTYPE html><html><title>hooked-video</title></html>")
+    outputs.write_text(tmp_path / "summary.json", "{}")
+    outputs.write_text(tmp_path / "index.html", "<!DOCTYPE html>")
+    (tmp_path / "finding2_frames.png").write_bytes(b"png")  # a figure: 0.1's, or the user's own; not guessed
+    with pytest.raises(OutputExistsError, match="written by you or by a hooked-video before 0.3"):
+        outputs.check_writable(tmp_path / "finding2_frames.png")
+
+
+def test_a_users_summary_without_results_beside_it_is_still_refused(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"my": "notes"}))
+    (tmp_path / "index.html").write_text("<!DOCTYPE html><p>my page</p>")
+    for name in ("summary.json", "index.html"):
+        with pytest.raises(OutputExistsError, match="was not written by hooked-video"):
+            outputs.check_writable(tmp_path / name)

@@ -268,6 +268,29 @@ def test_lora_alpha_and_base_model_are_checked(released, tmp_path):
         HookedVideoLLM.from_pretrained(adapter, base_model=other)
 
 
+def test_a_lora_on_a_base_of_other_sizes_is_named(released, tmp_path):
+    adapter = lora_adapter(released, tmp_path / "adapter", r=4, lora_alpha=8)
+    wider = build_tiny("pllava", tmp_path / "wider", TinySizes(n_layers=3, d_model=96), seed=4)
+    with pytest.raises(ValueError, match=r"the LoRA weights of '.*q_proj' \(lora_B \[64, 4\] @ lora_A \[4, 64\]\) do not "
+                                         r"fit the base model's layer of shape \[96, 96\].*base_model="):  # fmt: skip
+        with pytest.warns(UserWarning, match="the adapter was trained on"):
+            HookedVideoLLM.from_pretrained(adapter, base_model=wider)
+
+
+def test_a_checkpoint_whose_tensors_have_other_shapes_names_them(released, tmp_path):
+    """transformers points at a report in its log; the error itself names each tensor and both shapes."""
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(released, tmp_path / "damaged")
+    tensors = load_file(str(folder / "model.safetensors"))
+    name = next(k for k in tensors if k.endswith("layers.0.self_attn.q_proj.weight"))
+    tensors[name] = torch.zeros(68, tensors[name].shape[1])
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"1 mismatched weights \(.*layers.0.self_attn.q_proj.weight \(checkpoint \[68, 64\], "
+                                         r"model \[64, 64\]\)\).*other sizes than config.json gives"):  # fmt: skip
+        HookedVideoLLM.from_pretrained(folder)
+
+
 def test_released_lora_checkpoint_merges_onto_its_base(released, tmp_path):
     """The released training saves only the LoRA tensors (inside the peft-wrapped language
     model) and the projector; the base model is given separately."""

@@ -224,3 +224,23 @@ def test_export_round_trips(tmp_path):
     assert pd.read_parquet(tmp_path / "baseline.parquet").probs[0].tolist() == [0.25, 0.75]
     with pytest.raises(ValueError, match="parquet"):
         export(tmp_path / "run", tmp_path / "rows.xlsx")
+
+
+def test_a_damaged_page_found_after_opening_names_the_file(tmp_path):
+    """SQLite finds a damaged page only when it reads it, long after the store was opened: the
+    error still names the database file."""
+    from hooked_video.runtime.store import DATABASE, ResultsCorruptError
+
+    with ResultStore(tmp_path, "sweep", key=("i",)) as store:
+        store.add("rows", [{"i": i, "text": "x" * 200} for i in range(400)])
+    database = tmp_path / DATABASE
+    data = bytearray(database.read_bytes())
+    page = 4096
+    assert len(data) > 20 * page
+    data[-10 * page : -2 * page] = b"\xff" * (8 * page)  # pages of the rows table, not the schema or meta
+    database.write_bytes(bytes(data))
+    with pytest.raises(ResultsCorruptError, match=f"{database} is not a readable results database"):
+        with ResultStore(tmp_path, "sweep", key=("i",)) as store:
+            store.rows("rows")
+    with pytest.raises(ResultsCorruptError, match=f"{database} is not a readable results database"):
+        load_results(tmp_path)

@@ -5,7 +5,7 @@ is refused with the file's name, before the slow work where the name is known in
 Each folder keeps a small manifest (``.hooked-video-files.json``: file name -> SHA-256 of what was
 written), so a rerun replaces its own report and summary while a user's ``index.html``, or a file of
 ours the user edited, is never replaced without ``overwrite=True`` (CLI: ``--overwrite``). Summaries
-of 0.2 (JSON with ``"written_by": "hooked-video"``) count as ours.
+and report pages of 0.1 and 0.2, which kept no manifest, count as ours (see ``_earlier_report``).
 """
 
 from __future__ import annotations
@@ -34,14 +34,24 @@ def _manifest(folder: Path) -> dict[str, str]:
     return recorded if isinstance(recorded, dict) else {}
 
 
-def _legacy_summary(path: Path) -> bool:
-    """A summary written by hooked-video 0.2 (before manifests)."""
-    if path.suffix != ".json":
-        return False
+def _earlier_results(folder: Path) -> bool:
+    """``folder`` holds a results database of hooked-video (0.1 and 0.2 wrote no manifest)."""
+    return any(next(folder.glob(pattern + "results.sqlite"), None) for pattern in ("", "*/", "*/*/"))
+
+
+def _earlier_report(path: Path) -> bool:
+    """A summary or report page that hooked-video 0.1 or 0.2 wrote (before manifests): a JSON
+    object marked ``"written_by": "hooked-video"`` (0.2), or the ``summary.json`` / ``index.html``
+    of a folder that holds a hooked-video results database (0.1 and 0.2)."""
     try:
-        return json.loads(path.read_text()).get("written_by") == "hooked-video"
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json" and json.loads(text).get("written_by") == "hooked-video":
+            return True
     except (OSError, ValueError, AttributeError):
         return False
+    if path.name == "summary.json":
+        return text.lstrip().startswith("{") and _earlier_results(path.parent)
+    return path.name == "index.html" and text.lstrip().lower().startswith("<!doctype html>") and _earlier_results(path.parent)
 
 
 def check_writable(path: str | Path, overwrite: bool = False) -> Path:
@@ -52,9 +62,14 @@ def check_writable(path: str | Path, overwrite: bool = False) -> Path:
     if overwrite or not path.exists():
         return path
     recorded = _manifest(path.parent).get(path.name)
-    if recorded == _digest(path) or (recorded is None and _legacy_summary(path)):
+    if recorded == _digest(path) or (recorded is None and _earlier_report(path)):
         return path
-    why = "was changed after hooked-video wrote it" if recorded else "was not written by hooked-video"
+    if recorded:
+        why = "was changed after hooked-video wrote it"
+    elif _earlier_results(path.parent):
+        why = "was written by you or by a hooked-video before 0.3 (which kept no record of its files)"
+    else:
+        why = "was not written by hooked-video"
     raise OutputExistsError(f"{path} exists and {why}; move it, use another --out, or pass --overwrite to replace it")
 
 

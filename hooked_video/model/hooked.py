@@ -11,6 +11,7 @@ Anything not defined here is looked up on the bridge, so ``model.cfg``, ``model.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -349,6 +350,7 @@ class HookedVideoLLM:
             n_input_frames=len(frames), temporal_patch_size=layout.temporal_patch_size,
             answer=answer_index, cells=layout.cells, frame_text=(layout.frame_text, layout.frame_text_slots),
         )  # fmt: skip
+        self._check_token_ids(ids, token_map.question, [question, *options])
         letters = letter_token_ids(self.tokenizer, text, len(options)) if options else []
         return VideoPrompt(
             inputs=inputs, token_map=token_map, str_tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),
@@ -399,6 +401,29 @@ class HookedVideoLLM:
                 f"the prompt has {n_positions} tokens, more than the model's context of {n_ctx}; "
                 f"use fewer frames (num_frames=...) or smaller frames, or a shorter question."
             )
+
+    def _check_token_ids(self, ids: torch.Tensor, question: torch.Tensor, texts: list[str]) -> None:
+        """Every id has an embedding row (else: the tokenizer is another model's), and no word of
+        the question or options became the unknown token without a word (a tokenizer that lacks
+        them: the model would read ``<unk>``)."""
+        rows = self.hf_model.get_input_embeddings().num_embeddings
+        if int(ids.max()) >= rows:
+            bad = int(ids.max())
+            raise InvalidInputError(
+                f"the prompt holds token id {bad} ({self.tokenizer.convert_ids_to_tokens(bad)!r}) but the model's "
+                f"embedding has {rows} rows: the tokenizer ({len(self.tokenizer)} tokens) is not this model's; load "
+                "the checkpoint's own tokenizer (its folder's tokenizer files)"
+            )  # fmt: skip
+        unknown = getattr(self.tokenizer, "unk_token_id", None)
+        if unknown is None or unknown not in ids[question].tolist():
+            return
+        words = sorted({w for text in texts for w in text.split()
+                        if unknown in self.tokenizer(w, add_special_tokens=False)["input_ids"]})  # fmt: skip
+        warnings.warn(
+            f"the tokenizer has no token for {words or 'part of the prompt'}: the model reads "
+            f"{self.tokenizer.unk_token!r} there, so its answers to this prompt say little; use words of its "
+            "vocabulary, or the model's own tokenizer", stacklevel=3
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -21,7 +21,7 @@ import torch
 from hooked_video.model.adapters import ADAPTERS
 from hooked_video.model.errors import CheckpointError, ModelNotFoundError, UnsupportedArchitectureError
 from hooked_video.model.weights import (  # noqa: F401 (check_weights importable here, as in 0.2)
-    check_weights, checkpoint_keys, dtype_of, from_pretrained_checked, read_tensors,
+    check_nothing_offloaded, check_weights, checkpoint_keys, dtype_of, from_pretrained_checked, read_tensors,
 )  # fmt: skip
 from hooked_video.model.formats.pllava import PllavaConfig, PllavaForConditionalGeneration
 from hooked_video.model.formats.pllava_processing import PllavaProcessor
@@ -165,6 +165,13 @@ def merge_lora(model: torch.nn.Module, tensors: dict[str, torch.Tensor], alpha: 
         name = adapter_path.replace("base_model.model.", "")
         r = _pattern_value(rank_pattern, name, rank or pair["A"].shape[0])
         scale = _pattern_value(alpha_pattern, name, alpha) / r
+        shape = (pair["B"].shape[0], pair["A"].shape[-1])
+        if pair["A"].shape[0] != pair["B"].shape[-1] or shape != tuple(linear.weight.shape):
+            raise CheckpointError(
+                f"the LoRA weights of {name!r} (lora_B {list(pair['B'].shape)} @ lora_A {list(pair['A'].shape)}) do "
+                f"not fit the base model's layer of shape {list(linear.weight.shape)}: the adapter was trained on a "
+                "base of other sizes; pass the base it was trained on (base_model=...)"
+            )  # fmt: skip
         delta = scale * (pair["B"].float() @ pair["A"].float())
         linear.weight += delta.to(linear.weight.dtype).to(linear.weight.device)
     return len(pairs)
@@ -235,6 +242,7 @@ def load_checkpoint(name_or_path, dtype=None, device=None, video_pooling=None, b
     if converted is not None:  # InternVL-chat / official VideoLLaMA3 folders, converted on load
         if device is not None and "device_map" not in kwargs:
             converted[0].to(device)
+        check_nothing_offloaded(converted[0], kwargs)
         return converted
     torch_dtype = dtype_of(dtype)
     config = _config(path)
@@ -261,6 +269,7 @@ def load_checkpoint(name_or_path, dtype=None, device=None, video_pooling=None, b
     if device is not None and "device_map" not in kwargs:
         hf_model.to(device)
     return hf_model.eval(), processor
+
 
 
 def _load_original_layout(path: Path, dtype, strict: bool, **kwargs):
@@ -318,9 +327,14 @@ def _load_lora(path: Path, kind: str, dtype, device, video_pooling, base_model, 
     if kind == "released":  # the folder also holds the trained projector
         rest = {k: v for k, v in tensors.items() if "lora_" not in k}
         renamed = {("model." + k if k.startswith("multi_modal_projector.") else k): v for k, v in rest.items()}
-        unknown = [k for k in renamed if k not in hf_model.state_dict()]
+        state = hf_model.state_dict()
+        unknown = [k for k in renamed if k not in state]
         if unknown:
             raise CheckpointError(f"{path}: weights {unknown[:3]} match nothing in the base model {base}")
+        other = [f"{k} ({list(v.shape)}, base {list(state[k].shape)})" for k, v in renamed.items() if v.shape != state[k].shape]
+        if other:
+            raise CheckpointError(f"{path}: weights {', '.join(other[:3])} do not fit the base model {base}: the adapter "
+                                  "was trained on a base of other sizes; pass the base it was trained on (base_model=...)")  # fmt: skip
         hf_model.load_state_dict(renamed, strict=False)
     merge_lora(hf_model, tensors, alpha, rank, **patterns)
     return hf_model, processor

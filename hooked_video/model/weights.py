@@ -19,9 +19,16 @@ def _key_report(info: dict) -> dict[str, list[str]]:
     """{"missing": [...], "unexpected": [...], "mismatched": [...]} from transformers' loading info."""
     report = {}
     for kind in ("missing", "unexpected", "mismatched"):
-        keys = [k if isinstance(k, str) else str(k[0]) for k in info.get(f"{kind}_keys") or []]
+        keys = [k if isinstance(k, str) else _with_shapes(k) for k in info.get(f"{kind}_keys") or []]
         report[kind] = sorted(k for k in keys if not _BENIGN_KEY.search(k))
     return report
+
+
+def _with_shapes(entry) -> str:
+    """``name (checkpoint [68, 64], model [64, 64])`` from transformers' (name, stored, expected)."""
+    if len(entry) == 3:
+        return f"{entry[0]} (checkpoint {list(entry[1])}, model {list(entry[2])})"
+    return str(entry[0])
 
 
 def _describe_keys(report: dict[str, list[str]], limit: int = 6) -> str:
@@ -52,8 +59,21 @@ def check_weights(model: torch.nn.Module, info: dict, path, strict: bool = True)
     message = f"{path}: " + "; ".join(problems)
     if strict:
         raise CheckpointError(message + ". The files are incomplete or corrupt (re-download them), or belong to "
-                              "another architecture. Pass strict=False (CLI: --no-strict) to load anyway.")  # fmt: skip
+                              "another architecture or other sizes than config.json gives. Pass strict=False (CLI: --no-strict) to load anyway.")  # fmt: skip
     warnings.warn(message + "; loading anyway (strict=False).", stacklevel=3)
+
+
+def check_nothing_offloaded(hf_model: torch.nn.Module, kwargs: dict) -> None:
+    """A device map that leaves weights on disk (the meta device) is refused: the forward would fail
+    deep inside torch on the first weight it reads."""
+    offloaded = [name for name, p in hf_model.named_parameters() if p.device.type == "meta"]
+    if offloaded:
+        more = f" and {len(offloaded) - 3} more" if len(offloaded) > 3 else ""
+        raise CheckpointError(
+            f"the model does not fit in the memory it was given (device_map={kwargs.get('device_map')!r}, "
+            f"max_memory={kwargs.get('max_memory')!r}): {len(offloaded)} weights ({', '.join(offloaded[:3])}{more}) were "
+            "left on disk, which hooked-video does not run; give more memory (--max-memory / max_memory=) or more GPUs"
+        )  # fmt: skip
 
 
 def unreadable_weights(file, err: Exception) -> CheckpointError:
@@ -66,9 +86,17 @@ def from_pretrained_checked(cls, path, strict: bool, **kwargs):
     from safetensors import SafetensorError
 
     try:
-        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+        try:
+            model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+        except RuntimeError as err:
+            if "ignore_mismatched_sizes" not in str(err):
+                raise
+            # transformers points at a report in its log, which may be hidden: load again, keeping
+            # the mismatches in the loading info, so that check_weights names them with their shapes
+            model, info = cls.from_pretrained(path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
     except SafetensorError as err:
         raise unreadable_weights(path, err) from None
+    check_nothing_offloaded(model, kwargs)
     check_weights(model, info, path, strict)
     return model
 

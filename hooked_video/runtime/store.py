@@ -21,67 +21,57 @@ other ones raises ``ResultsMismatchError``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import sqlite3
 import time
 import warnings
+import functools
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from hooked_video.runtime.identity import fingerprint, model_identity, sample_fingerprint
+from hooked_video.runtime.results import export, load_results
+from hooked_video.runtime.store_format import (
+    _NAME,
+    DATABASE,
+    FILES,
+    FORMAT,
+    ROW,
+    WAIT_STEP,
+    ResultsCorruptError,
+    ResultsMismatchError,
+    _corrupt,
+    _databases,
+    _differences,
+    _hashable,
+    _json,
+    _normal,
+    _quote,
+    _read_database,
+    _read_meta,
+)
 
-__all__ = ["FolderStore", "ResultStore", "ResultsCorruptError", "ResultsMismatchError", "check_samples", "fingerprint", "load_results", "export", "open_store",
-           "sample_fingerprint", "DATABASE", "model_identity", "ResultsBusyError", "lock_folder"]
-
-class ResultsMismatchError(ValueError):
-    """The results folder holds a run with other settings, samples or table keys."""
-
-
-DATABASE = "results.sqlite"
-FILES = (DATABASE, DATABASE + "-wal", DATABASE + "-shm", DATABASE + "-journal")  # all the database may create
-#: 2 (0.3): models and videos identified by content; 1 (0.2): by name and by path and mtime.
-FORMAT = 2
-ROW = "row_json"  # the column holding each row's JSON
-WAIT_STEP = 5.0  # seconds SQLite waits for a lock before this module says that it is waiting
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-def _json(value) -> str:
-    """Compact JSON; numpy and torch scalars and arrays become Python numbers and lists."""
-    return json.dumps(value, separators=(",", ":"), default=_plain)
-
-
-def _plain(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} {value!r} cannot be stored: results and settings must be JSON-able")
-
-
-def _normal(value):
-    """``value`` as it reads back from JSON (tuples as lists, and the like)."""
-    return json.loads(_json(value))
+__all__ = ["DATABASE", "FolderStore", "ResultStore", "ResultsBusyError", "ResultsCorruptError", "ResultsMismatchError",
+           "check_samples", "export", "fingerprint", "load_results", "lock_folder", "model_identity", "open_store",
+           "sample_fingerprint"]  # fmt: skip
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def _names_its_file(method):
+    """``method`` of a ResultStore, with SQLite's "database disk image is malformed" and the like
+    (found when a damaged page is read, long after the store was opened) naming the file."""
 
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, sqlite3.OperationalError) and ("locked" in str(err) or "busy" in str(err)):
+                raise
+            raise _corrupt(self.folder / DATABASE, err) from None
 
-def _hashable(value):
-    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
-
-
-def _differences(saved, now, path: str = "") -> list[str]:
-    """'name: stored X, now Y' for each differing setting (nested dicts by dotted name)."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        out = []
-        for k in sorted(set(saved) | set(now), key=str):
-            missing = "<not set>"
-            out += _differences(saved.get(k, missing), now.get(k, missing), f"{path}{k}.")
-        return out
-    return [] if saved == now else [f"{path.rstrip('.')}: stored {saved!r}, now {now!r}"]
+    return wrapped
 
 
 class ResultStore:
@@ -124,8 +114,10 @@ class ResultStore:
             self._conn.execute("PRAGMA synchronous = FULL")  # a committed batch survives a power cut too
             with self._transaction():
                 self._check_meta()
-        except sqlite3.DatabaseError as err:
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as err:
             self._conn.close()
+            if isinstance(err, ResultsMismatchError):
+                raise
             raise _corrupt(self.folder / DATABASE, err) from None
         except BaseException:
             self._conn.close()
@@ -137,10 +129,12 @@ class ResultStore:
         """The fields that identify a row of ``table``."""
         return self._keys.get(table, self._default_key)
 
+    @_names_its_file
     def tables(self) -> list[str]:
         """The tables that hold rows."""
         return [r[0][len("table:"):] for r in self._conn.execute("SELECT name FROM meta WHERE name LIKE 'table:%'")]
 
+    @_names_its_file
     def done(self, table: str) -> set[tuple]:
         """The keys stored in ``table``, as tuples in the order of its key fields."""
         if not self._exists(table):
@@ -149,6 +143,7 @@ class ResultStore:
         rows = self._conn.execute(f"SELECT {columns} FROM {_quote(table)}")
         return {tuple(_hashable(json.loads(v)) for v in r) for r in rows}
 
+    @_names_its_file
     def rows(self, table: str) -> list[dict]:
         """The rows of ``table``, in the order they were stored."""
         if not self._exists(table):
@@ -156,6 +151,7 @@ class ResultStore:
         self._table(table)  # checks the key
         return [json.loads(r[0]) for r in self._conn.execute(f"SELECT {ROW} FROM {_quote(table)} ORDER BY rowid")]
 
+    @_names_its_file
     def add(self, table: str, rows: Iterable[Mapping]) -> int:
         """Store ``rows`` in one transaction; rows whose key is already stored are skipped.
         Returns the number of rows stored."""
@@ -299,39 +295,6 @@ class ResultStore:
         self._tables[table] = fields
         return fields
 
-
-# -- data fingerprint -------------------------------------------------------------------------
-
-
-def _sample_record(item, index: int) -> list:
-    get = item.get if isinstance(item, Mapping) else (lambda name, default=None: getattr(item, name, default))
-    options = get("options", get("candidates"))
-    options = list(options) if options is not None else None
-    answer = get("answer")
-    if isinstance(answer, str) and options and answer in options:
-        answer = options.index(answer)
-    video = get("video", get("frames"))
-    record = [str(get("id", index)), get("task", ""), _video_identity(video), get("start"), get("end"),
-              get("question"), options, answer]  # fmt: skip
-    short = get("short", "error")
-    return record if short == "error" else [*record, {"short_windows": short}]  # other frames for short windows
-
-
-def sample_fingerprint(item, index: int = 0) -> str:
-    """A stable hash of one sample: its id (default: ``index``), task, video (by content: a file's
-    size and a hash of its first and last MiB, wherever it lies; a hash of the pixels of in-memory
-    frames), start/end, short-window handling, question, options and answer (an option's text
-    counts as its index). Accepts ``Sample``s, objects with those attributes (a VideoPrompt's
-    ``frames`` stand for its video) and dicts."""
-    return hashlib.sha256(_json(_sample_record(item, index)).encode()).hexdigest()
-
-
-def fingerprint(items: Iterable) -> str:
-    """A stable hash of all the samples (see ``sample_fingerprint``), in order."""
-    digest = hashlib.sha256()
-    for index, item in enumerate(items):
-        digest.update(_json(_sample_record(item, index)).encode() + b"\n")
-    return digest.hexdigest()
 
 
 def check_samples(store, samples: Iterable[tuple[str, object]]) -> None:
@@ -489,220 +452,3 @@ def open_store(folder, kind: str, settings: Mapping, samples: Iterable[tuple[str
             lock.close()
         raise
     return store
-
-
-def _video_identity(video):
-    if video is None:
-        return None
-    if isinstance(video, (str, os.PathLike)):
-        return _file_identity(Path(video))
-    if hasattr(video, "detach"):  # a torch tensor
-        video = video.detach().cpu().numpy()
-    if hasattr(video, "tobytes") and hasattr(video, "dtype"):  # a numpy array
-        import numpy as np
-
-        video = np.ascontiguousarray(video)
-        return {"array": hashlib.sha256(video.tobytes()).hexdigest(), "shape": list(video.shape),
-                "dtype": str(video.dtype)}  # fmt: skip
-    if hasattr(video, "tobytes") and hasattr(video, "mode"):  # a PIL image
-        return {"image": hashlib.sha256(video.tobytes()).hexdigest(), "size": list(video.size), "mode": video.mode}
-    if isinstance(video, (list, tuple)):
-        return [_video_identity(v) for v in video]
-    raise TypeError(f"cannot fingerprint a video given as {type(video).__name__}")
-
-
-_ENDS = 1 << 20  # bytes hashed at each end of a file
-
-
-def _file_identity(path: Path) -> dict:
-    """A file by content: its size and a hash of its first and last MiB (a moved, copied or touched
-    file is the same file; a re-encoded or edited one is not). A missing file: its name."""
-    try:
-        size = path.stat().st_size
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            digest.update(f.read(_ENDS))
-            if size > 2 * _ENDS:
-                f.seek(size - _ENDS)
-            digest.update(f.read(_ENDS))
-    except OSError:
-        return {"missing": path.name}
-    return {"size": size, "ends": digest.hexdigest()}
-
-
-def model_identity(model) -> str:
-    """What a model computes with, by content (its name and folder do not count): a hash of its
-    config and of every parameter's name, shape, dtype and a strided sample of its values (the
-    first, last and about a thousand values in between). Weights rebuilt or fine-tuned under the
-    same name differ; the same weights under another name or path are the same model."""
-    import torch
-
-    hf = getattr(model, "hf_model", model)
-    config = {k: v for k, v in hf.config.to_dict().items()
-              if k not in ("_name_or_path", "name_or_path", "transformers_version", "_commit_hash")}  # fmt: skip
-    digest = hashlib.sha256(_json(config).encode())
-    for name, param in hf.named_parameters():
-        flat = param.detach().reshape(-1)
-        sample = torch.cat([flat[:64], flat[:: max(1, flat.numel() // 1024)], flat[-64:]]).float().cpu()
-        digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode() + sample.numpy().tobytes())
-    return "weights " + digest.hexdigest()[:24]
-
-
-# -- reading back -----------------------------------------------------------------------------
-
-
-def _databases(folder: Path) -> list[Path]:
-    """The result databases of ``folder``: its own, and its subfolders' (shards)."""
-    return [db for db in [folder / DATABASE, *sorted(folder.glob(f"*/{DATABASE}"))] if db.is_file()]
-
-
-class ResultsCorruptError(ValueError):
-    """A results file cannot be read; the message names it."""
-
-
-def _corrupt(path: Path, err: Exception) -> ResultsCorruptError:
-    return ResultsCorruptError(f"{path} is not a readable results database ({err}); move it away, "
-                               "or use another folder")  # fmt: skip
-
-
-def _read_meta(path: Path) -> dict:
-    """The meta table of a results database."""
-    conn = sqlite3.connect(path, timeout=600)
-    try:
-        return {n: json.loads(v) for n, v in conn.execute("SELECT name, value FROM meta")}
-    except sqlite3.OperationalError as err:
-        if "no such table" in str(err):  # being created by another process
-            return {}
-        raise _corrupt(path, err) from None
-    except sqlite3.DatabaseError as err:
-        raise _corrupt(path, err) from None
-    finally:
-        conn.close()
-
-
-def _read_database(path: Path, table: str) -> tuple[dict, tuple[str, ...] | None, list[dict]]:
-    """(meta, key of ``table``, rows); ({}, None, []) for a database another process is creating."""
-    conn = sqlite3.connect(path, timeout=600)
-    try:
-        try:
-            meta = {n: json.loads(v) for n, v in conn.execute("SELECT name, value FROM meta")}
-        except sqlite3.OperationalError as err:
-            if "no such table" in str(err):  # a run is starting: no tables yet
-                return {}, None, []
-            raise
-        key = meta.get("table:" + table)
-        if key is None:
-            return meta, None, []
-        rows = [json.loads(r[0]) for r in conn.execute(f"SELECT {ROW} FROM {_quote(table)} ORDER BY rowid")]
-        return meta, tuple(key), rows
-    except sqlite3.DatabaseError as err:
-        raise _corrupt(path, err) from None
-    finally:
-        conn.close()
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """The complete lines of a legacy JSONL file (a torn last line is skipped, the file untouched)."""
-    data = path.read_bytes()
-    rows = []
-    for number, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ResultsCorruptError(f"{path}, line {number}: not a JSON result row ({err})") from None
-    return rows
-
-
-def load_results(folders: str | os.PathLike | Sequence[str | os.PathLike], table: str = "rows"):
-    """The rows of ``table`` as a pandas DataFrame, from one results folder or several.
-
-    Reads ``results.sqlite`` of each folder and of its subfolders (shards of a multi-node run),
-    merged with each key once; the stores must hold the same kind of run with the same settings
-    and data. Folders without a database are read as legacy JSONL folders (``{table}.jsonl``,
-    as hooked_video 0.1 wrote them). ``df.attrs`` holds the kind and settings.
-    """
-    import pandas as pd
-
-    folders = [Path(folders)] if isinstance(folders, (str, os.PathLike)) else [Path(f) for f in folders]
-    legacy = [f / f"{table}.jsonl" for f in folders if not _databases(f) and (f / f"{table}.jsonl").is_file()]
-    databases = [db for f in folders for db in _databases(f)]
-    if not databases and not legacy:
-        raise FileNotFoundError(f"no results in {[str(f) for f in folders]} (no {DATABASE}, nor {table}.jsonl)")
-    attrs, merged, first, samples = {}, {}, None, {}
-    for db in databases:
-        meta, key, rows = _read_database(db, table)
-        if not meta:
-            continue  # being created by a run that has just started
-        if attrs:
-            _check_same_run(first, attrs, db, meta)
-        first = first or db
-        attrs = attrs or {"kind": meta["kind"], "settings": meta["settings"], "fingerprint": meta["fingerprint"]}
-        _check_same_samples(samples, db, _read_database(db, "samples")[2])
-        for row in rows:
-            merged.setdefault(tuple(_json(row.get(f)) for f in key), row)
-    _warn_missing_shards(folders)
-    rows = list(merged.values())
-    for path in legacy:
-        rows += _read_jsonl(path)
-        if not attrs and (path.parent / "config.json").is_file():
-            attrs = {"kind": "legacy", "settings": json.loads((path.parent / "config.json").read_text())}
-    df = pd.DataFrame(rows)
-    df.attrs.update({k: v for k, v in attrs.items() if k != "fingerprint"})
-    return df
-
-
-def _check_same_samples(seen: dict, db: Path, rows: list[dict]) -> None:
-    """Stores read together must agree on every sample id they share (``seen``: id -> (fingerprint, db))."""
-    for row in rows:
-        fingerprint, where = seen.setdefault(row["sample_id"], (row["fingerprint"], db))
-        if fingerprint != row["fingerprint"]:
-            raise ResultsMismatchError(f"{where} and {db} hold results of different data under the sample id "
-                                       f"{row['sample_id']!r} (other video, question, options or answer); read them "
-                                       "separately")  # fmt: skip
-
-
-_SHARD = re.compile(r"shard-(\d+)-of-(\d+)\Z")
-
-
-def _warn_missing_shards(folders: Sequence[Path]) -> None:
-    """A loud warning for every data-parallel run of which only some shards have results."""
-    for folder in folders:
-        found: dict[int, set[int]] = {}
-        for db in folder.glob(f"*/{DATABASE}"):
-            match = _SHARD.match(db.parent.name)
-            if match and _read_meta(db):  # a shard's database without tables is a shard just starting
-                found.setdefault(int(match[2]), set()).add(int(match[1]))
-        for count, indices in sorted(found.items()):
-            missing = sorted(set(range(count)) - indices)
-            if missing and not (folder / DATABASE).is_file():
-                warnings.warn(f"{folder}: shard(s) {missing} of {count} have no results there, so these results may "
-                              f"miss samples; run the missing shard(s) (--shard i/{count}) before reading the whole "
-                              "run", stacklevel=3)  # fmt: skip
-
-
-def _check_same_run(first_db: Path, first: dict, db: Path, meta: dict) -> None:
-    """Stores read together must hold one run: same kind, settings and (if recorded) data."""
-    differences = _differences({"kind": first["kind"], "settings": first["settings"]},
-                               {"kind": meta["kind"], "settings": meta["settings"]})  # fmt: skip
-    if None not in (first["fingerprint"], meta["fingerprint"]) and first["fingerprint"] != meta["fingerprint"]:
-        differences.append("the samples differ (data fingerprint)")
-    if differences:
-        raise ResultsMismatchError(f"{first_db} and {db} hold different runs ({'; '.join(differences)}); "
-                                   "read them separately.")  # fmt: skip
-
-
-def export(folders: str | os.PathLike | Sequence[str | os.PathLike], path: str | os.PathLike,
-           table: str = "rows") -> Path:  # fmt: skip
-    """Write ``load_results(folders, table)`` to ``path``: Parquet (.parquet, .pq) or CSV (.csv)."""
-    path = Path(path)
-    df = load_results(folders, table)
-    df.attrs = {}  # pandas would store attrs as Parquet metadata; the settings stay in the store
-    if path.suffix in (".parquet", ".pq"):
-        df.to_parquet(path, index=False)
-    elif path.suffix == ".csv":
-        df.to_csv(path, index=False)
-    else:
-        raise ValueError(f"export writes .parquet, .pq or .csv files, got {path.name!r}")
-    return path

@@ -18,7 +18,7 @@ BASE_WORDS = (
     "cat dog red green blue circle square first then before after grows shrinks count how many "
     "USER ASSISTANT SYSTEM system user assistant Carefully watch and pay attention to cause "
     "sequence of events detail movement objects action pose persons Based on your observations "
-    "select that accurately addresses question"
+    "select that accurately addresses question happens cup falls moves nothing"
 ).split()
 
 
