@@ -142,6 +142,12 @@ def test_reproduce_command(tmp_path):
     assert "derived" in summary["spec"]["source"] or "no correctly" in summary["spec"]["source"]
     page = (tmp_path / "paper" / "index.html").read_text()
     assert "Effective pathways" in page and "Accuracy per task" in page
+    # the released settings, and the report says which it used
+    settings = summary["settings"]
+    assert settings["keyword lens"] == "embed" and settings["keyword min count"] == 100
+    assert settings["keyword bins"] == "disjoint" and settings["prompt template"] == "map-the-flow"
+    assert "Settings: prompt template map-the-flow" in page
+    assert load_results(tmp_path / "paper" / "lens", "baseline").attrs["settings"]["variant"] == "embed"
 
 
 def test_open_ended_flow_command(tmp_path):

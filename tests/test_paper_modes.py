@@ -173,3 +173,96 @@ def test_evaluate_uses_the_presets_fraction(deep, frames, arch):
     n = prompt.n_positions
     assert row.random_fraction == 0.58
     assert (row.random_baseline - row.random_retained) / deep.cfg.n_layers == int(0.58 * n * (n + 1) / 2)
+
+
+def released_token_range(tokens: list[str], substring: str) -> tuple[int, int]:
+    """The released analyses' span rule: the first token range whose joined text covers the first
+    occurrence of ``substring`` (spaces removed: these tokens are decoded one by one)."""
+    text, substring = "".join(tokens), substring.replace(" ", "")
+    where, start, length = text.index(substring), None, 0
+    for i, token in enumerate(tokens):
+        length += len(token)
+        if start is None and length > where:
+            start = i
+        if length >= where + len(substring):
+            return start, i + 1
+    raise AssertionError(substring)
+
+
+def test_videollama3_spans_are_the_released_spans(tiny_paths, frames):
+    """The released VideoLLaMA3 analysis finds ``"{q}\\n"`` and ``"(X) {option}\\n"`` after the video's
+    closing newline; the question block runs from there to the end of the last span."""
+    from hooked_video import HookedVideoLLM
+
+    model = HookedVideoLLM.from_pretrained(tiny_paths["video_llama_3"])
+    question, options = "which way does the ball move ?", ["left", "right", "up"]
+    prompt = model.prepare(frames, question, options, answer=1, num_frames=None)
+    ids, newline = prompt.input_ids[0].tolist(), model.tokenizer.convert_tokens_to_ids("\n")
+    start = [i for i, t in enumerate(ids) if t == newline][1] + 1  # after "user\n" and the video's "\n"
+    tokens = prompt.str_tokens[start:]
+
+    def span(text):
+        a, b = released_token_range(tokens, text)
+        return list(range(start + a, start + b))
+
+    tm = prompt.token_map
+    assert tm.question_without_options.tolist() == span(question + "\n")
+    assert tm.true_option.tolist() == span("(B) right\n")
+    assert tm.false_options.tolist() == span("(A) left\n") + span("(C) up\n")
+    assert tm.question.tolist() == list(range(start, span("(C) up\n")[-1] + 1))
+
+
+def released_videollama3_grid(height: int, width: int, n_frames: int, max_tokens: int, factor: int, min_tokens: int):
+    """The released VideoLLaMA3 image processor's frame size (``simple_batched_resize``) with its
+    whole-clip ``max_tokens``: every frame keeps at most max_tokens / n_frames merged tokens."""
+    import math
+
+    max_pixels, min_pixels = max_tokens * factor * factor // n_frames, min_tokens * factor * factor
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    if h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return n_frames, h // factor, w // factor
+
+
+def test_videollama3_video_budget_is_the_released_one(tiny_paths):
+    """8 x 12 x 12 merged tokens for the clip, as the released scripts' --max_visual_tokens; None
+    gives the checkpoint's own budget."""
+    from hooked_video import HookedVideoLLM
+
+    model = HookedVideoLLM.from_pretrained(tiny_paths["video_llama_3"])
+    assert model.family.max_visual_tokens == 8 * 12 * 12
+    frames = np.random.default_rng(0).integers(0, 256, (8, 480, 640, 3), dtype=np.uint8)
+    video = model.processor.video_processor
+    factor = video.patch_size * video.merge_size
+    expected = released_videollama3_grid(480, 640, 8, 8 * 12 * 12, factor, video.size["shortest_edge"] // factor**2)
+    prompt = model.prepare(frames, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+    assert tuple(prompt.token_map.grid.shape) == expected and expected[1] * expected[2] <= 144
+    assert len(prompt.token_map.video) == expected[0] * expected[1] * expected[2]
+    small = frames[:, :176, :240]  # 11 x 15 cells: over the budget of 144 a frame, within the checkpoint's
+    capped = model.prepare(small, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+    assert tuple(capped.token_map.grid.shape) == released_videollama3_grid(176, 240, 8, 8 * 12 * 12, factor, 16) == (8, 10, 14)
+    model.family.max_visual_tokens = None
+    uncapped = model.prepare(small, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+    assert tuple(uncapped.token_map.grid.shape) == (8, 11, 15)
+
+
+def test_option_prediction_follows_the_papers_rule_by_default(steered, frames):
+    """A top token outside the option letters is no answer under the paper's rule (the released
+    code decodes the argmax over the whole vocabulary), while the letter rule still picks one."""
+    from hooked_video.analysis.accuracy import option_prediction
+
+    import torch
+
+    model = steered
+    prompt = model.prepare(frames, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+    logits = torch.zeros(1, 1, model.cfg.d_vocab)
+    logits[0, 0, prompt.option_token_ids[1]] = 2.0
+    logits[0, 0, model.tokenizer.convert_tokens_to_ids("ball")] = 5.0  # a word, not a letter, on top
+    assert option_prediction(logits, prompt, model.tokenizer) is None
+    assert option_prediction(logits, prompt, rule="option-argmax") == 1
+    with pytest.raises(ValueError, match="pass the tokenizer"):
+        option_prediction(logits, prompt)

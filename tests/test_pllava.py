@@ -330,3 +330,43 @@ def test_adapter_without_its_base_says_so(tmp_path):
         {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": str(tmp_path / "gone")}))  # fmt: skip
     with pytest.raises(ValueError, match="holds a LoRA adapter.*base_model="):
         HookedVideoLLM.from_pretrained(tmp_path / "adapter")
+
+
+def released_clip_pixels(frames: np.ndarray, size: int, mean, std) -> np.ndarray:
+    """The released PLLaVA preprocessing, written out with PIL: the processor's long/short resize,
+    then transformers 4's CLIP processor (PIL bicubic resize of the short side, centre crop,
+    rescale, normalise)."""
+    from PIL import Image
+
+    out = []
+    for frame in frames:
+        height, width = frame.shape[:2]
+        ratio = max(height, width) / min(height, width)
+        short = max(size, min(min(height, width), int(min(640, max(height, width)) / ratio)))
+        long = int(short * ratio)
+        image = Image.fromarray(frame).resize((short, long) if width < height else (long, short), Image.BICUBIC)
+        w, h = image.size
+        new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        image = np.asarray(image.resize(new, Image.BICUBIC))
+        top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+        crop = image[top : top + size, left : left + size].astype(np.float32) / 255
+        out.append(((crop - np.array(mean, np.float32)) / np.array(std, np.float32)).transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def test_pixels_are_the_released_pil_pixels(released):
+    """PIL's bicubic resize as released, not transformers 5's torchvision backend (which differs by
+    a few grey levels on the same frames)."""
+    from transformers import CLIPImageProcessor
+
+    hooked = HookedVideoLLM.from_pretrained(released)
+    frames = np.random.default_rng(3).integers(0, 256, (4, 50, 70, 3), dtype=np.uint8)
+    pixels = hooked.prepare(frames, QUESTION, OPTIONS, answer=0, num_frames=None).inputs["pixel_values_videos"][0]
+    processor = hooked.processor.image_processor
+    size = processor.crop_size.height
+    expected = released_clip_pixels(frames, size, processor.image_mean, processor.image_std)
+    np.testing.assert_allclose(pixels.numpy(), expected, atol=1e-5, rtol=0)
+    torchvision = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                     image_mean=processor.image_mean, image_std=processor.image_std)  # fmt: skip
+    other = torchvision(list(frames), return_tensors="np")["pixel_values"]  # the frames are already at the first step's size
+    assert np.abs(other - released_clip_pixels(frames, size, processor.image_mean, processor.image_std)).max() > 1e-3

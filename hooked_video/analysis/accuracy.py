@@ -54,8 +54,12 @@ def predicted_option(last_logits: Float[torch.Tensor, "vocab"], prompt, tokenize
     return next((i for i, letter in enumerate(LETTERS[: len(prompt.options)]) if letter.casefold() == top), None)
 
 
-def option_prediction(logits: torch.Tensor, prompt, tokenizer=None, rule: str = "option-argmax") -> int | None:
-    """``predicted_option`` of the last position of batch item 0 of ``logits`` (batch, pos, vocab)."""
+def option_prediction(logits: Float[torch.Tensor, "batch pos vocab"], prompt, tokenizer=None, rule: str = PAPER_RULE) -> int | None:
+    """``predicted_option`` of the last position of batch item 0 of ``logits``, by the paper's rule
+    unless ``rule="option-argmax"`` (which needs no tokenizer)."""
+    if tokenizer is None and check_rule(rule) == "vocab-argmax":
+        raise ValueError("the paper's rule (vocab-argmax) decodes the top token: pass the tokenizer (model.tokenizer), "
+                         "or rule='option-argmax' to pick the best option letter")  # fmt: skip
     return predicted_option(logits[0, -1], prompt, tokenizer, rule)
 
 

@@ -46,6 +46,7 @@ class Reproduction:
     pathways_tomato: pathways.PathwayReport | None
     figures: dict = field(default_factory=dict)
     seconds: float = 0.0
+    settings: dict = field(default_factory=dict)
 
 
 def default_dtype(device) -> str:
@@ -103,7 +104,9 @@ def load_benchmark(data, tasks: Sequence[str] | None, samples: int | None):
 def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=None, tomato=None, tasks: Sequence[str] | None = None,
               samples: int | None = None, window: int = 9, select: str = "correct", keywords: Mapping | None = None,
               spec: pathways.PathwaySpec | None = None, device=None, dtype=None, batch_size: int = 8,
-              progress: bool = True, shard="auto", engine: str = "auto", overwrite: bool = False) -> Reproduction:  # fmt: skip
+              progress: bool = True, shard="auto", engine: str = "auto", overwrite: bool = False,
+              lens_variant: str = "embed", keyword_min_count: int | None = 100,
+              overlapping_bins: bool = False) -> Reproduction:  # fmt: skip
     """Run the paper's analyses and write ``out/index.html`` (see the module docstring).
 
     Args:
@@ -116,6 +119,13 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
         window: k of the knockout window. select: samples knocked out / probed.
         keywords: ``{task: {"spatial": [...], "temporal": [...]}}`` for the lens keyword
             figure (default: the paper's bags, for the tasks that have them).
+        lens_variant: the lens of the keyword figure: "embed" (default: the released analysis
+            projects video positions on the input embedding W_E), or "unembed" (TransformerLens'
+            final norm and W_U). Answer probabilities use W_U either way.
+        keyword_min_count: keywords with fewer top-1 hits are dropped (released: 100); None:
+            half the selected samples of the task (for small runs).
+        overlapping_bins: the released figure's off-by-one 5-layer bins (each bin also counts
+            the next bin's first layer); default: disjoint bins.
         spec: pathway ranges (default: the model's preset if it is one of the paper's models,
             else derived from the sweep).
         dtype: default bfloat16 on a GPU, float32 on the CPU.
@@ -141,12 +151,12 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
         image_cf = _merged(lambda part: flow.sweep(image_model, items, targets=["cross-frame"], out=out / "image_flow",
                                                    shard=part, **common), shard)  # fmt: skip
     norm = released_norm(video_model)
-    lens_run = _merged(lambda part: lens.run(video_model, items, variant="unembed", norm=norm, select=select,
+    lens_run = _merged(lambda part: lens.run(video_model, items, variant=lens_variant, norm=norm, select=select,
                                              out=out / "lens", progress=progress, shard=part), shard)  # fmt: skip
     acc = pd.concat({"video": baseline_accuracy(sweep).accuracy}
                     | ({"image": baseline_accuracy(image_cf).accuracy} if image_model else {}), axis=1)  # fmt: skip
     acc.attrs["rule"] = PAPER_RULE
-    keyword_tables = _keywords(lens_run, video_model, keywords)
+    keyword_tables = _keywords(lens_run, video_model, keywords, keyword_min_count, overlapping_bins)
     spec, source = _pathway_spec(video_model, sweep, spec)
     report = _merged(lambda part: pathways.evaluate(video_model, items, spec, out=out / "pathways", progress=progress,
                                                     engine=engine, shard=part), shard)  # fmt: skip
@@ -156,6 +166,7 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
         report_tomato = _merged(lambda part: pathways.evaluate(video_model, tomato_items, spec, out=out / "pathways_tomato",
                                                                progress=progress, engine=engine, shard=part), shard)  # fmt: skip
     result = Reproduction(names, acc, sweep, image_cf, lens_run, keyword_tables, spec, source, report, report_tomato)
+    result.settings = _settings(video_model, window, select, engine, norm, lens_variant, keyword_min_count, overlapping_bins)
     if shard is not None and shard.index != 0:
         return result  # process 0 writes the figures and the report
     result.figures = _figures(result)
@@ -194,7 +205,8 @@ def baseline_accuracy(sweep: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _keywords(run: lens.LensRun, model, keywords: Mapping | None) -> dict | None:
+def _keywords(run: lens.LensRun, model, keywords: Mapping | None, min_count: int | None,
+              overlapping_bins: bool) -> dict | None:  # fmt: skip
     """Keyword frequencies per task with a keyword bag (selected samples of that task only)."""
     bags = dict(keywords) if keywords is not None else lens.PAPER_KEYWORDS
     tables = {}
@@ -204,7 +216,9 @@ def _keywords(run: lens.LensRun, model, keywords: Mapping | None) -> dict | None
         if len(rows):
             counts = lens.LensRun(run.baseline, rows, run.answer_probability, run.variant, run.norm, run.select,
                                   run.rule, run.n_layers).counts()  # fmt: skip
-            tables[task] = lens.keyword_table(counts, groups, model.tokenizer, min_count=max(1, len(ids) // 2))
+            threshold = max(1, len(ids) // 2) if min_count is None else min_count
+            tables[task] = lens.keyword_table(counts, groups, model.tokenizer, overlapping_bins=overlapping_bins,
+                                              min_count=threshold)  # fmt: skip
     return tables or None
 
 
@@ -234,10 +248,25 @@ def _figures(r: Reproduction) -> dict:
     return figures
 
 
+def _settings(model, window, select, engine, norm, lens_variant, keyword_min_count, overlapping_bins) -> dict:
+    """What the run used, for the report and summary.json (docs/method.md lists the released ones)."""
+    template = model.family.default_template or "default"
+    settings = {"prompt template": template, "frames": "8, segment midpoints", "knockout window": window,
+                "selected samples": select, "accuracy rule": PAPER_RULE, "engine": engine,
+                "answer-probability norm": norm, "keyword lens": lens_variant,
+                "keyword min count": "half the selected samples" if keyword_min_count is None else keyword_min_count,
+                "keyword bins": "overlapping (released)" if overlapping_bins else "disjoint"}  # fmt: skip
+    budget = getattr(model.family, "max_visual_tokens", None)
+    if budget is not None:
+        settings["video token budget"] = budget
+    return settings
+
+
 def _intro(r: Reproduction) -> str:
     models = ", ".join(f"{role}: {name}" for role, name in r.models.items())
     return (f"{models}. {len(r.lens.baseline)} questions; accuracy rule {r.accuracy.attrs.get('rule')}; "
-            f"{r.seconds} s. Layers are numbered from 1 in figures and from 0 in the raw results.")  # fmt: skip
+            f"{r.seconds} s. Layers are numbered from 1 in figures and from 0 in the raw results. Settings: "
+            + "; ".join(f"{k} {v}" for k, v in r.settings.items()) + ".")  # fmt: skip
 
 
 def report_sections(r: Reproduction) -> list[Section]:
@@ -273,5 +302,6 @@ def _write_summary(out: Path, r: Reproduction, overwrite: bool = False) -> None:
         "pathways": {"accuracy": r.pathways.accuracy.round(4).to_dict("index"),
                      "retention": r.pathways.retention.retention.round(4).to_dict()},
         "knocked_out_samples": int(r.sweep.sample_id.nunique()) if len(r.sweep) else 0,
+        "settings": r.settings,
     }  # fmt: skip
     write_text(out / "summary.json", json.dumps(summary, indent=1, default=str), overwrite)

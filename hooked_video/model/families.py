@@ -351,6 +351,10 @@ class InternVLFamily(VideoFamily):
         return self._markers
 
 
+#: The released VideoLLaMA3 scripts' video budget: 8 frames x 12 x 12 merged tokens.
+PAPER_VIDEOLLAMA3_TOKENS = 8 * 12 * 12
+
+
 class VideoLlama3Family(VideoFamily):
     """VideoLLaMA3: each frame's SigLIP patches merged 2x2 (``video_grid_thw`` / merge size), as
     ``Time {t:.1f}s:`` + the frame's tokens, frames joined by commas (timestamps and commas
@@ -362,6 +366,9 @@ class VideoLlama3Family(VideoFamily):
     name = "video_llama_3"
     default_template = "map-the-flow-videollama3"
     takes_video_metadata = True
+    #: merged video tokens of a whole clip, shared by its frames (the released scripts'
+    #: ``--max_visual_tokens`` = 8 frames x 12 x 12); None: the checkpoint's own budget
+    max_visual_tokens: int | None = PAPER_VIDEOLLAMA3_TOKENS
 
     def __init__(self, config, processor=None) -> None:
         super().__init__(config, processor)
@@ -388,7 +395,13 @@ class VideoLlama3Family(VideoFamily):
     def processor_kwargs(self, frames, fps: float | None) -> dict:
         """Timestamps from ``fps`` (default 1 frame per second, as transformers assumes); no
         token compression."""
-        return {"video_metadata": [_metadata(frames, fps or 1.0)], "use_token_compression": False}
+        kwargs = {"video_metadata": [_metadata(frames, fps or 1.0)], "use_token_compression": False}
+        video = getattr(self.processor, "video_processor", None)
+        if self.max_visual_tokens is not None and video is not None:
+            factor = video.patch_size * video.merge_size  # frames shrink until (H/f)(W/f) <= budget / T
+            kwargs["size"] = {"shortest_edge": video.size["shortest_edge"],
+                              "longest_edge": self.max_visual_tokens * factor * factor}  # fmt: skip
+        return kwargs
 
 
 FAMILIES = {

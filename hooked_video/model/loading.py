@@ -87,8 +87,10 @@ def pllava_config(config, video_pooling=None) -> PllavaConfig:
 
 
 def clip_image_processor(path, image_size: int):
-    """The CLIP image processor of a PLLaVA-format folder (its mean/std), at ``image_size``."""
-    from transformers import AutoImageProcessor, CLIPImageProcessor
+    """The CLIP image processor of a PLLaVA-format folder (its mean/std), at ``image_size``: PIL's
+    bicubic resize, as the released code ran it (transformers 5's default torchvision backend
+    differs by up to 2 grey levels, enough to flip near-tie answers)."""
+    from transformers import AutoImageProcessor, CLIPImageProcessorPil
 
     mean, std = CLIP_MEAN, CLIP_STD
     try:
@@ -97,8 +99,8 @@ def clip_image_processor(path, image_size: int):
     except (OSError, ValueError, KeyError):
         pass  # no image-processor file: the released checkpoints use OpenAI CLIP's statistics
     square = {"height": image_size, "width": image_size}
-    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square, image_mean=mean, image_std=std,
-                              do_convert_rgb=True)  # fmt: skip
+    return CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size=square, image_mean=mean, image_std=std,
+                                 do_convert_rgb=True)  # fmt: skip
 
 
 def pllava_processor(path, config: PllavaConfig) -> PllavaProcessor:

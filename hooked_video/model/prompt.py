@@ -59,6 +59,9 @@ class PromptTemplate:
     system_prompt: str | None = PAPER_SYSTEM_PROMPT
     conversation: str = "chat-template"
     roles: tuple[str, str] = ("USER: ", "ASSISTANT:")
+    #: the question's and each option's span take the newline that follows them (the released
+    #: VideoLLaMA3 analysis finds ``"{q}\n"`` and ``"(A) {c0}\n"`` in the prompt)
+    spans_take_newline: bool = False
 
     def __post_init__(self) -> None:
         if self.conversation not in CONVERSATIONS:
@@ -100,6 +103,11 @@ class PromptTemplate:
         spans["options"] = option_spans
         spans["block_stop"] = len(text)
         text += self.instruction
+        if self.spans_take_newline:
+            spans["question"], *option_spans = [(a, b + 1) if text[b : b + 1] == "\n" else (a, b)
+                                                for a, b in [spans["question"], *option_spans]]  # fmt: skip
+            spans["options"] = option_spans
+            spans["block_stop"] = max(b for _, b in [spans["question"], *option_spans])
         return text, spans
 
     def render_conversation(self, user_text: str, video: str) -> str:
@@ -123,7 +131,8 @@ TEMPLATES = {
     "map-the-flow-phi3-open-ended": lambda: PromptTemplate(question_label="", instruction="", answer_prefix="",
                                                            system_prompt=OPEN_ENDED_SYSTEM_PROMPT,
                                                            conversation="map-the-flow", roles=PHI3_ROLES),
-    "map-the-flow-videollama3": lambda: PromptTemplate(instruction=VIDEOLLAMA3_INSTRUCTION, answer_prefix="", system_prompt=None),
+    "map-the-flow-videollama3": lambda: PromptTemplate(instruction=VIDEOLLAMA3_INSTRUCTION, answer_prefix="", system_prompt=None,
+                                                       spans_take_newline=True),
     "free-form": PromptTemplate.free_form,
 }
 
