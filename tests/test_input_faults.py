@@ -161,3 +161,15 @@ def test_a_max_memory_too_small_for_the_model_is_named(capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the model does not fit in the memory it was given" in err[0], err
     assert "weights (" in err[0] and "give more memory (--max-memory" in err[0]
+
+
+@pytest.mark.parametrize("times, message", [
+    ([0.0, 1.0], "frame_times has 2 values for 4 frames"), ("0 1 2 3", "must be a list of seconds"),
+    ([0, 1, float("nan"), 3], "non-negative numbers of seconds, got nan"), ([0, 2, 1, 3], "must not decrease"),
+])  # fmt: skip
+def test_frame_times_are_checked(times, message):
+    from hooked_video.core.checks import check_frame_times
+
+    with pytest.raises(InvalidInputError, match=message):
+        check_frame_times(times, 4)
+    assert check_frame_times([0, 0.5, 1, 1.5], 4) == [0.0, 0.5, 1.0, 1.5]

@@ -266,3 +266,40 @@ def test_option_prediction_follows_the_papers_rule_by_default(steered, frames):
     assert option_prediction(logits, prompt, rule="option-argmax") == 1
     with pytest.raises(ValueError, match="pass the tokenizer"):
         option_prediction(logits, prompt)
+
+
+def released_videollama3_frames(path, max_frames: int = 8):
+    """The released VideoLLaMA3 loader, written out with PyAV: every frame decoded, indices
+    ``linspace(0, n - 1, max_frames, dtype=int)``, times ``linspace(0, duration, n)`` at them."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+    n = len(decoded)
+    indices = np.linspace(0, n - 1, max_frames, dtype=int)
+    times = np.linspace(0.0, n / fps, n)[indices]
+    return decoded[indices], [f"Time {round(float(t), 1)}s:" for t in times]
+
+
+def test_videollama3_frames_and_times_are_the_released_ones(tiny_paths, tmp_path):
+    """First and last frame included, each frame's real time in the prompt (not 0, 1, ..., 7 s)."""
+    from hooked_video import HookedVideoLLM
+    from hooked_video.core.video import save_video
+    from hooked_video.data import Sample
+
+    clip = np.random.default_rng(1).integers(0, 256, (75, 32, 32, 3), dtype=np.uint8)
+    path = save_video(clip, tmp_path / "clip.mp4", fps=25)
+    model = HookedVideoLLM.from_pretrained(tiny_paths["video_llama_3"])
+    frames, labels = released_videollama3_frames(path)
+    for prompt in (model.prepare(path, "which way does the ball move ?", ["left", "right"], answer=1),
+                   Sample("s", path, "which way does the ball move ?", ["left", "right"], 1).prepare(model)):
+        np.testing.assert_array_equal(prompt.frames, frames)
+        text = "".join(prompt.str_tokens)
+        assert [label.replace(" ", "") in text for label in labels] == [True] * 8, (labels, text[:300])
+        assert "Time3.0s:" in text and "Time7.0s:" not in text  # 75 frames at 25 fps: 3 s, not 0..7 s
+    reversed_prompt = __import__("hooked_video").patching.reverse_frames(model, prompt)
+    assert reversed_prompt.frame_times == prompt.frame_times  # the same slots keep their times
+    midpoints = HookedVideoLLM.from_pretrained(tiny_paths["llava_next_video"]).prepare(path, "which way ?", ["left", "right"])
+    assert not np.array_equal(midpoints.frames[0], frames[0])  # other families keep segment midpoints

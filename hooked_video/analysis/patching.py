@@ -187,7 +187,8 @@ def cell_patching(model, clean, corrupted, **kwargs) -> PatchingResult:
 def with_frames(model, prompt, frames) -> object:
     """The same question, options, template, fps and processor settings over other frames."""
     return model.prepare(frames, prompt.question, prompt.options, prompt.answer, template=prompt.template,
-                         num_frames=None, fps=prompt.fps, processor_kwargs=prompt.processor_kwargs)  # fmt: skip
+                         num_frames=None, fps=prompt.fps, processor_kwargs=prompt.processor_kwargs,
+                         frame_times=prompt.frame_times if len(frames) == len(prompt.frames) else None)  # fmt: skip
 
 
 def reverse_frames(model, prompt):

@@ -251,7 +251,7 @@ def _figures(r: Reproduction) -> dict:
 def _settings(model, window, select, engine, norm, lens_variant, keyword_min_count, overlapping_bins) -> dict:
     """What the run used, for the report and summary.json (docs/method.md lists the released ones)."""
     template = model.family.default_template or "default"
-    settings = {"prompt template": template, "frames": "8, segment midpoints", "knockout window": window,
+    settings = {"prompt template": template, "frames": f"8, {model.family.frame_sampling}", "knockout window": window,
                 "selected samples": select, "accuracy rule": PAPER_RULE, "engine": engine,
                 "answer-probability norm": norm, "keyword lens": lens_variant,
                 "keyword min count": "half the selected samples" if keyword_min_count is None else keyword_min_count,

@@ -7,6 +7,7 @@ refused rather than guessed); counts and fractions are numbers in their range.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Sequence
 
@@ -92,6 +93,21 @@ def check_count(value, name: str, minimum: int = 1, allow_none: bool = True) -> 
     if value < minimum:
         raise InvalidInputError(f"{name} must be at least {minimum}, got {value}")
     return int(value)
+
+
+def check_frame_times(times, n_frames: int) -> list[float]:
+    """One finite, non-negative number of seconds per frame, in order."""
+    if isinstance(times, (str, bytes)) or not hasattr(times, "__len__"):
+        raise InvalidInputError(f"frame_times must be a list of seconds, one per frame, got {_kind(times)}")
+    values = list(times)
+    if len(values) != n_frames:
+        raise InvalidInputError(f"frame_times has {len(values)} values for {n_frames} frames; give one per frame")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0]
+    if bad:
+        raise InvalidInputError(f"frame_times must be non-negative numbers of seconds, got {bad[0]!r}")
+    if any(b < a for a, b in zip(values, values[1:])):
+        raise InvalidInputError(f"frame_times must not decrease (frames in playing order), got {values}")
+    return [float(v) for v in values]
 
 
 def check_fraction(value, name: str) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,6 +24,30 @@ class VideoError(ValueError):
 
 
 SHORT_WINDOWS = ("error", "repeat")
+
+
+def _window(n_total: int, num_frames: int, fps: float | None, start, end, short: str) -> tuple[int, int]:
+    """(first, last) frame of the window [start, end] in seconds (the whole clip without one),
+    checked to hold enough frames (see ``segment_midpoints`` for ``short``)."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise VideoError(f"num_frames must be an integer >= 1, got {num_frames!r}.")
+    if short not in SHORT_WINDOWS:
+        raise VideoError(f"short must be one of {SHORT_WINDOWS}, got {short!r}.")
+    if n_total < 1:
+        raise VideoError("the video has no frames.")
+    if (start is not None or end is not None) and not fps:
+        raise VideoError("start/end are in seconds and need the clip's frame rate (fps).")
+    first = 0 if start is None else max(0, round(start * fps))
+    last = n_total - 1 if end is None else min(round(end * fps), n_total - 1)
+    available = last - first + 1
+    window = "" if start is None and end is None else f" between {start}s and {end}s"
+    if available < 1 or (available < num_frames and short == "error"):
+        raise VideoError(
+            f"the video has {max(available, 0)} frames{window}, fewer than the {num_frames} "
+            f"asked for; ask for fewer frames (num_frames=...), widen the window, or pass "
+            f"short='repeat' to repeat frames as the paper's released code does."
+        )
+    return first, last
 
 
 def segment_midpoints(
@@ -46,39 +70,59 @@ def segment_midpoints(
     with ``short="repeat"`` the rule above applies as the released code applies it, repeating
     frames (8 frames for 8 give [0, 1, 2, 3, 4, 4, 5, 6]).
     """
-    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
-        raise VideoError(f"num_frames must be an integer >= 1, got {num_frames!r}.")
-    if short not in SHORT_WINDOWS:
-        raise VideoError(f"short must be one of {SHORT_WINDOWS}, got {short!r}.")
-    if n_total < 1:
-        raise VideoError("the video has no frames.")
-    if (start is not None or end is not None) and not fps:
-        raise VideoError("start/end are in seconds and need the clip's frame rate (fps).")
-    first = 0 if start is None else max(0, round(start * fps))
-    last = n_total - 1 if end is None else min(round(end * fps), n_total - 1)
-    available = last - first + 1
-    window = "" if start is None and end is None else f" between {start}s and {end}s"
-    if available < 1 or (available < num_frames and short == "error"):
-        raise VideoError(
-            f"the video has {max(available, 0)} frames{window}, fewer than the {num_frames} "
-            f"asked for; ask for fewer frames (num_frames=...), widen the window, or pass "
-            f"short='repeat' to repeat frames as the paper's released code does."
-        )
-    if available == num_frames and short == "error":
+    first, last = _window(n_total, num_frames, fps, start, end, short)
+    if last - first + 1 == num_frames and short == "error":
         return np.arange(first, last + 1)
     seg = (last - first) / num_frames
     return np.array([int(first + seg / 2 + np.round(seg * i)) for i in range(num_frames)])
 
 
-def _read_decord(path: str, num_frames: int, start, end, short: str) -> Frames:
+def uniform_indices(
+    n_total: int,
+    num_frames: int,
+    fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    short: str = "error",
+) -> np.ndarray:
+    """Indices ``first + int(linspace(0, n - 1, num_frames))`` of the n frames of the window: the
+    first and the last frame included (the released VideoLLaMA3 loader's rule). Window and
+    ``short`` as in ``segment_midpoints``."""
+    first, last = _window(n_total, num_frames, fps, start, end, short)
+    return first + np.linspace(0, last - first, num_frames).astype(int)
+
+
+#: Frame sampling rules by name: "midpoints" (TVBench's evaluation code; the paper's LLaVA and
+#: InternVL runs) and "uniform" (the released VideoLLaMA3 loader).
+SAMPLINGS = {"midpoints": segment_midpoints, "uniform": uniform_indices}
+
+
+def frame_times(indices: np.ndarray, n_total: int, fps: float, start: float | None = None,
+                end: float | None = None) -> list[float]:  # fmt: skip
+    """Seconds of each sampled frame as the released VideoLLaMA3 loader writes them: the window's
+    n frames spread evenly over [t0, t1] (``linspace(t0, t1, n)``), t0 = start (or 0), t1 = end
+    (or the clip's end, n_total / fps)."""
+    first = 0 if start is None else max(0, round(start * fps))
+    last = n_total - 1 if end is None else min(round(end * fps), n_total - 1)
+    t0 = 0.0 if start is None else float(start)
+    t1 = n_total / fps if end is None else min(float(end), n_total / fps)
+    step = (t1 - t0) / (last - first) if last > first else 0.0
+    return [round(t0 + (int(i) - first) * step, 6) for i in indices]
+
+
+#: pick(n_total, fps) -> the indices of the frames to keep
+Picker = Callable[[int, "float | None"], np.ndarray]
+
+
+def _read_decord(path: str, pick: Picker) -> Frames:
     import decord
 
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    indices = segment_midpoints(len(reader), num_frames, float(reader.get_avg_fps()), start, end, short)
+    indices = pick(len(reader), float(reader.get_avg_fps()))
     return reader.get_batch(indices.tolist()).asnumpy()  # only these frames are decoded to RGB and kept
 
 
-def _read_pyav(path: str, num_frames: int, start, end, short: str) -> Frames:
+def _read_pyav(path: str, pick: Picker) -> Frames:
     """Stream the clip, converting and keeping only the sampled frames.
 
     The indices come from the decoded frame count. When the container states a count
@@ -93,12 +137,9 @@ def _read_pyav(path: str, num_frames: int, start, end, short: str) -> Frames:
         fps = float(stream.average_rate) if stream.average_rate else None
         stated = stream.frames  # 0 when the container does not say
 
-    def pick(n_total: int) -> np.ndarray:
-        return segment_midpoints(n_total, num_frames, fps, start, end, short)
-
     if stated > 0:
         try:
-            indices = pick(stated)
+            indices = pick(stated, fps)
         except VideoError:  # the stated count may be short of the decodable frames: count them
             indices = np.array([], dtype=int)
         count, frames = _pyav_frames(path, indices)
@@ -108,7 +149,7 @@ def _read_pyav(path: str, num_frames: int, start, end, short: str) -> Frames:
         count, _ = _pyav_frames(path, [])
     if count == 0:
         raise VideoError(f"no video frames could be decoded from {path}.")
-    return _pyav_frames(path, pick(count))[1]
+    return _pyav_frames(path, pick(count, fps))[1]
 
 
 def _pyav_frames(path: str, indices) -> tuple[int, Frames | None]:
@@ -148,7 +189,7 @@ def _decoders(backend: str):
         return [_read_pyav]
 
 
-def _read_file(path: Path, num_frames: int, start, end, backend: str, short: str) -> Frames:
+def _read_file(path: Path, pick: Picker, backend: str) -> Frames:
     if path.is_dir():
         raise VideoError(f"video path {path} is a folder, not a video file")
     if not path.is_file():
@@ -156,7 +197,7 @@ def _read_file(path: Path, num_frames: int, start, end, backend: str, short: str
     errors, out_of_memory = [], False
     for read in _decoders(backend):
         try:
-            return read(str(path), num_frames, start, end, short)
+            return read(str(path), pick)
         except VideoError:
             raise
         except Exception as exc:  # decoders raise their own, unrelated error types
@@ -213,8 +254,10 @@ def load_video(
     fps: float | None = None,
     backend: str = "auto",
     short: str = "error",
-) -> Frames:
-    """Read a video and sample `num_frames` frames at the midpoints of equal segments.
+    sampling: str = "midpoints",
+    with_times: bool = False,
+):
+    """Read a video and sample `num_frames` frames.
 
     Args:
         source: a video file path, a (T, H, W, 3) uint8 array/tensor, or a list of PIL images.
@@ -224,23 +267,42 @@ def load_video(
         backend: "auto" (decord, then PyAV), "decord" or "pyav".
         short: windows of ``num_frames`` frames or fewer: "error" or "repeat" (the released
             code's rule; see ``segment_midpoints``).
+        sampling: "midpoints" of equal segments (``segment_midpoints``, default) or "uniform"
+            (``uniform_indices``: first and last frame included, the released VideoLLaMA3 rule).
+        with_times: also return each frame's time in seconds (``frame_times``; None for
+            in-memory frames without ``fps`` or kept whole).
 
     Returns:
-        (num_frames, H, W, 3) uint8 array.
+        (num_frames, H, W, 3) uint8 array; with ``with_times``, (frames, times).
     """
     if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer))
                                    or num_frames < 1):  # fmt: skip
         raise VideoError(f"num_frames must be an integer >= 1, got {num_frames!r} (None keeps every in-memory frame).")
+    if sampling not in SAMPLINGS:
+        raise VideoError(f"sampling must be one of {sorted(SAMPLINGS)}, got {sampling!r}.")
+    seen: dict = {}
+
+    def pick(n_total: int, clip_fps: float | None) -> np.ndarray:
+        indices = SAMPLINGS[sampling](n_total, num_frames, clip_fps, start, end, short)
+        seen.update(n_total=n_total, fps=clip_fps, indices=indices)
+        return indices
+
     if isinstance(source, (str, os.PathLike)):
         if num_frames is None:
             raise VideoError("num_frames=None is only for in-memory frames; give a number.")
-        return _read_file(Path(source), num_frames, start, end, backend, short)
-    frames = _as_array(source)
-    if len(frames) == 0:
-        raise VideoError(f"the video has no frames: frames of shape {tuple(frames.shape)}.")
-    if num_frames is None or (len(frames) == num_frames and start is None and end is None and short == "error"):
+        frames = _read_file(Path(source), pick, backend)
+    else:
+        frames = _as_array(source)
+        if len(frames) == 0:
+            raise VideoError(f"the video has no frames: frames of shape {tuple(frames.shape)}.")
+        whole = num_frames is None or (len(frames) == num_frames and start is None and end is None and short == "error")
+        if not whole:
+            frames = frames[pick(len(frames), fps)]
+    if not with_times:
         return frames
-    return frames[segment_midpoints(len(frames), num_frames, fps, start, end, short)]
+    if not seen or not seen["fps"]:
+        return frames, None
+    return frames, frame_times(seen["indices"], seen["n_total"], seen["fps"], start, end)
 
 
 def save_video(frames: Frames, path: str | os.PathLike, fps: int = 8, codec: str = "libx264", crf: int = 10) -> Path:

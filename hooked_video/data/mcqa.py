@@ -72,16 +72,17 @@ class Sample:
     short: str = "error"
     extra: dict = field(default_factory=dict)
 
-    def load_frames(self, num_frames: int | None = 8):
-        """The sampled frames, (T, H, W, 3) uint8 (segment midpoints over [start, end])."""
-        return load_video(self.video, num_frames=num_frames, start=self.start, end=self.end, short=self.short)
+    def load_frames(self, num_frames: int | None = 8, sampling: str = "midpoints", with_times: bool = False):
+        """The sampled frames, (T, H, W, 3) uint8, over [start, end] (see ``load_video``: segment
+        midpoints, or ``sampling="uniform"``); with ``with_times``, (frames, their seconds)."""
+        return load_video(self.video, num_frames=num_frames, start=self.start, end=self.end, short=self.short,
+                          sampling=sampling, with_times=with_times)  # fmt: skip
 
     def prepare(self, model, num_frames: int | None = 8, **prepare_kwargs):
-        """This sample as a VideoPrompt for ``model``."""
-        return model.prepare(
-            self.load_frames(num_frames), self.question, self.options, self.answer,
-            num_frames=None, **prepare_kwargs,
-        )  # fmt: skip
+        """This sample as a VideoPrompt for ``model`` (frames sampled by the model family's rule)."""
+        frames, times = self.load_frames(num_frames, model.family.frame_sampling, with_times=True)
+        return model.prepare(frames, self.question, self.options, self.answer, num_frames=None,
+                             **{"frame_times": times, **prepare_kwargs})  # fmt: skip
 
 
 def sample_from_entry(entry: dict, index: int, source: str, video_root: Path | None, task: str = "",

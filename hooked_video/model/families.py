@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from jaxtyping import Bool, Int
@@ -61,6 +62,7 @@ class VideoFamily:
     trailing_separators = 0  # placeholders at the end of each run that carry no frame
     takes_video_metadata = False  # whether the processor accepts video_metadata (fps)
     per_frame_markers = False  # whether separator_ids() wrap each frame (then they belong to it)
+    frame_sampling = "midpoints"  # how prepare() samples a video file (core.video.SAMPLINGS)
 
     def __init__(self, config, processor=None) -> None:
         self.config = config
@@ -98,8 +100,9 @@ class VideoFamily:
         """Whether processor outputs carry a video."""
         return inputs.get("pixel_values_videos") is not None
 
-    def processor_kwargs(self, frames, fps: float | None) -> dict:
-        """Extra keyword arguments for the processor call of a clip of ``frames``."""
+    def processor_kwargs(self, frames, fps: float | None, times: Sequence[float] | None = None) -> dict:
+        """Extra keyword arguments for the processor call of a clip of ``frames`` (``times``: each
+        frame's second in the video, for families whose prompts show it)."""
         if fps is not None and self.takes_video_metadata:
             return {"video_metadata": [{"fps": fps, "total_num_frames": len(frames)}]}
         return {}
@@ -283,7 +286,7 @@ class Qwen3VLFamily(QwenVLFamily):
     name = "qwen3_vl"
     per_frame_markers = True
 
-    def processor_kwargs(self, frames, fps: float | None) -> dict:
+    def processor_kwargs(self, frames, fps: float | None, times: Sequence[float] | None = None) -> dict:
         """Timestamps from ``fps`` (default 24, what transformers assumes); no resampling."""
         return {"video_metadata": [_metadata(frames, fps or 24.0)], "do_sample_frames": False}
 
@@ -366,6 +369,7 @@ class VideoLlama3Family(VideoFamily):
     name = "video_llama_3"
     default_template = "map-the-flow-videollama3"
     takes_video_metadata = True
+    frame_sampling = "uniform"  # the released loader: first and last frame included
     #: merged video tokens of a whole clip, shared by its frames (the released scripts'
     #: ``--max_visual_tokens`` = 8 frames x 12 x 12); None: the checkpoint's own budget
     max_visual_tokens: int | None = PAPER_VIDEOLLAMA3_TOKENS
@@ -392,10 +396,15 @@ class VideoLlama3Family(VideoFamily):
         slot, index = mask.reshape(t, h * w).nonzero(as_tuple=True)
         return torch.stack([slot, index // w, index % w], dim=-1)
 
-    def processor_kwargs(self, frames, fps: float | None) -> dict:
-        """Timestamps from ``fps`` (default 1 frame per second, as transformers assumes); no
-        token compression."""
-        kwargs = {"video_metadata": [_metadata(frames, fps or 1.0)], "use_token_compression": False}
+    def processor_kwargs(self, frames, fps: float | None, times: Sequence[float] | None = None) -> dict:
+        """Timestamps: ``times`` (the frames' seconds, as the released loader writes them), else
+        from ``fps`` (default 1 frame per second, as transformers assumes); no token compression;
+        the video budget ``max_visual_tokens``."""
+        if times is not None:  # transformers writes frames_indices / fps: give it the seconds over fps 1
+            metadata = {"fps": 1.0, "total_num_frames": len(frames), "frames_indices": [float(t) for t in times]}
+        else:
+            metadata = _metadata(frames, fps or 1.0)
+        kwargs = {"video_metadata": [metadata], "use_token_compression": False}
         video = getattr(self.processor, "video_processor", None)
         if self.max_visual_tokens is not None and video is not None:
             factor = video.patch_size * video.merge_size  # frames shrink until (H/f)(W/f) <= budget / T

@@ -24,7 +24,7 @@ from hooked_video.runtime.fastpath import install_fast_blocks
 from hooked_video.model.embedded import EmbeddedPrompt
 from hooked_video.model.errors import UnsupportedArchitectureError
 from hooked_video.model.families import FAMILIES, VideoFamily
-from hooked_video.core.checks import InvalidInputError, check_answer, check_options, check_question
+from hooked_video.core.checks import InvalidInputError, check_answer, check_frame_times, check_options, check_question
 from hooked_video.model.prompt import (
     PromptTemplate,
     VideoPrompt,
@@ -309,6 +309,7 @@ class HookedVideoLLM:
         num_frames: int | None = 8,
         fps: float | None = None,
         processor_kwargs: dict | None = None,
+        frame_times: Sequence[float] | None = None,
     ) -> VideoPrompt:
         """Build a video prompt with the model's processor and chat template.
 
@@ -326,6 +327,8 @@ class HookedVideoLLM:
             fps: frame rate of the frames given to the processor; Qwen2.5-VL scales temporal
                 positions by it (without it the processor assumes 24 fps).
             processor_kwargs: extra keyword arguments for the processor call.
+            frame_times: each frame's second in the video, for prompts that show times
+                (VideoLLaMA3). Default: from the file (the sampled frames' times), else ``fps``.
         """
         question = check_question(question)
         options = check_options(options)
@@ -333,12 +336,13 @@ class HookedVideoLLM:
         if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
             raise InvalidInputError(f"fps must be a positive number of frames per second, got {fps!r}")
         template = self._template(template, bool(options))
-        frames = load_video(frames, num_frames=num_frames)
+        frames, times = load_video(frames, num_frames=num_frames, sampling=self.family.frame_sampling, with_times=True)
+        times = check_frame_times(frame_times, len(frames)) if frame_times is not None else times
         user_text, char_spans = template.render_user_text(question, options)
         text = self._render_chat(user_text, template) + template.answer_prefix
         if processor_kwargs is not None and not isinstance(processor_kwargs, Mapping):
             raise InvalidInputError(f"processor_kwargs must be a dict, got {type(processor_kwargs).__name__}")
-        kwargs = {**self.family.processor_kwargs(frames, fps), **(processor_kwargs or {})}
+        kwargs = {**self.family.processor_kwargs(frames, fps, times), **(processor_kwargs or {})}
         inputs = dict(self.processor(text=text, videos=[frames], return_tensors="pt", **kwargs))
         ids = inputs["input_ids"][0]
         alignment = align_text(self.tokenizer, text, ids.tolist(), self.family.placeholder_id)
@@ -356,6 +360,7 @@ class HookedVideoLLM:
             inputs=inputs, token_map=token_map, str_tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),
             option_token_ids=letters, answer=answer_index, question=question, options=options,
             text=text, frames=frames, template=template, fps=fps, processor_kwargs=processor_kwargs,
+            frame_times=times,
         )  # fmt: skip
 
     def _template(self, template: PromptTemplate | str | None, has_options: bool) -> PromptTemplate:

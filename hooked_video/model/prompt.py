@@ -150,7 +150,8 @@ class VideoPrompt:
         text: the rendered prompt before placeholder expansion.
         frames: the (T, H, W, 3) uint8 frames given to the processor.
         template: the PromptTemplate it was written with.
-        fps, processor_kwargs: the frame rate and processor settings it was built with.
+        fps, processor_kwargs, frame_times: the frame rate, processor settings and frame
+            times it was built with.
     """
 
     inputs: dict
@@ -165,6 +166,7 @@ class VideoPrompt:
     template: PromptTemplate | None = None
     fps: float | None = None
     processor_kwargs: dict | None = None
+    frame_times: list[float] | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:

@@ -57,10 +57,11 @@ def free_form_prompt(model, item, num_frames: int | None, template: PromptTempla
     """A VideoPrompt as is, or a free-form prompt of a Sample's or dict's video and question."""
     if hasattr(item, "token_map"):
         return item
-    video = item["video"] if isinstance(item, dict) else item.load_frames(num_frames)
-    question = item["question"] if isinstance(item, dict) else item.question
-    frames = num_frames if isinstance(item, dict) else None
-    return model.prepare(video, question, template=template or PromptTemplate.free_form(), num_frames=frames)
+    template = template or PromptTemplate.free_form()
+    if isinstance(item, dict):
+        return model.prepare(item["video"], item["question"], template=template, num_frames=num_frames)
+    frames, times = item.load_frames(num_frames, model.family.frame_sampling, with_times=True)
+    return model.prepare(frames, item.question, template=template, num_frames=None, frame_times=times)
 
 
 def _identify(item, index: int) -> tuple[str, str]:
