@@ -227,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="free-form answers: --data is a JSON list of {video, question}; trace the --anchor-th anchor token")
     p.add_argument("--anchor", type=_positive_int, default=1, help="with --open-ended: which anchor token, 1-based")
     p.add_argument("--anchor-words", default=None, help="with --open-ended: comma-separated words that count as anchors")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=100)
+    p.add_argument("--verb-anchors", action="store_true",
+                   help="with --open-ended: anchors are the answer's verbs (spaCy en_core_web_lg; the released rule, "
+                        "at least 3 per answer)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="with --open-ended: answer length (released: 256)")
     p.add_argument("--num-open-tokens", type=_positive_int, default=1, help="response tokens before the last left open")
     p = _analysis_parser(sub, "lens", "logit lens over video tokens and answer probability by layer")
     p.add_argument("--variant", choices=["unembed", "unembed-raw", "embed"], required=True,

@@ -141,7 +141,9 @@ def run_open_ended(args) -> None:
     questions = questions[: args.samples]
     _summary_path(args)
     model = _load(args)
-    words = args.anchor_words.split(",") if args.anchor_words else None
+    if args.verb_anchors and args.anchor_words:
+        raise ValueError("give either --verb-anchors or --anchor-words, not both")
+    words = "verbs" if args.verb_anchors else args.anchor_words.split(",") if args.anchor_words else None
     df = _sharded(args, lambda shard: flow.sweep_open_ended(
         model, questions, anchor=args.anchor, anchors=words, targets=args.target or ["vqrl-to-qrl"], window=args.window,
         layers=range(*args.sweep_range) if args.sweep_range else None, max_new_tokens=args.max_new_tokens,

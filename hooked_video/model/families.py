@@ -58,6 +58,7 @@ class VideoFamily:
 
     name = "base"
     default_template: str | None = None  # a named PromptTemplate used when prepare() gets none
+    open_ended_template: str | None = None  # the named template of open-ended tracing (None: free-form)
     video_placeholder: str | None = None  # the prompt text of one video, for conversation templates
     trailing_separators = 0  # placeholders at the end of each run that carry no frame
     takes_video_metadata = False  # whether the processor accepts video_metadata (fps)
@@ -254,6 +255,7 @@ class PllavaFamily(VideoFamily):
 
     name = "pllava"
     default_template = "map-the-flow"
+    open_ended_template = "map-the-flow-vcgbench"  # the released appendix analysis' conversation
     video_placeholder = "<image>"
 
     @staticmethod

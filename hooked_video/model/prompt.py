@@ -32,6 +32,12 @@ OPEN_ENDED_SYSTEM_PROMPT = (
     "Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement of "
     "objects, and the action and pose of persons. Based on your observations, answer the question concisely."
 )
+#: System prompt of the released VCGBench conversation (the open-ended appendix analysis).
+VCGBENCH_SYSTEM_PROMPT = (
+    "You are Video-ChatGPT, a large vision-language assistant. You are able to understand the video content that the "
+    "user provides, and assist the user with a variety of tasks using natural language.Follow the instructions "
+    "carefully and explain your answers in detail based on the provided video."
+)
 #: Conversations a template can be written in besides the model's chat template.
 CONVERSATIONS = ("chat-template", "map-the-flow")
 
@@ -62,6 +68,8 @@ class PromptTemplate:
     #: the question's and each option's span take the newline that follows them (the released
     #: VideoLLaMA3 analysis finds ``"{q}\n"`` and ``"(A) {c0}\n"`` in the prompt)
     spans_take_newline: bool = False
+    #: what follows the system prompt in a ``"map-the-flow"`` conversation
+    system_separator: str = "\n "
 
     def __post_init__(self) -> None:
         if self.conversation not in CONVERSATIONS:
@@ -79,7 +87,8 @@ class PromptTemplate:
         models: a second ``USER:`` turn, untyped, and a space before ``\nOnly``),
         "map-the-flow-phi3" (the same for Mini-InternVL-4B), "map-the-flow-videollama3"
         (VideoLLaMA3's instruction, no system prompt, no answer prefix), their open-ended
-        variants, "free-form"."""
+        variants, "map-the-flow-vcgbench" (the released open-ended analysis' VCGBench
+        conversation for the LLaVA-NeXT-Video-FT models), "free-form"."""
         if name not in TEMPLATES:
             from hooked_video.core.checks import InvalidInputError
 
@@ -113,7 +122,7 @@ class PromptTemplate:
     def render_conversation(self, user_text: str, video: str) -> str:
         """The whole prompt of a ``"map-the-flow"`` conversation, up to the assistant's turn."""
         user, assistant = self.roles
-        system = f"{self.system_prompt}\n " if self.system_prompt else ""
+        system = f"{self.system_prompt}{self.system_separator}" if self.system_prompt else ""
         return f"{system}{user}{video}\n {user}{user_text} {assistant}"
 
 
@@ -126,6 +135,9 @@ TEMPLATES = {
     "map-the-flow": lambda: PromptTemplate(instruction=" \nOnly give the best option.", conversation="map-the-flow"),
     "map-the-flow-open-ended": lambda: PromptTemplate(question_label="", instruction="", answer_prefix="",
                                                       system_prompt=OPEN_ENDED_SYSTEM_PROMPT, conversation="map-the-flow"),
+    "map-the-flow-vcgbench": lambda: PromptTemplate(question_label="", instruction="", answer_prefix="",
+                                                    system_prompt=VCGBENCH_SYSTEM_PROMPT, system_separator=" ",
+                                                    conversation="map-the-flow"),
     "map-the-flow-phi3": lambda: PromptTemplate(instruction=" \nOnly give the best option.", conversation="map-the-flow",
                                                 roles=PHI3_ROLES),
     "map-the-flow-phi3-open-ended": lambda: PromptTemplate(question_label="", instruction="", answer_prefix="",

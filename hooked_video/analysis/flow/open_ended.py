@@ -16,6 +16,7 @@ video -> last, question -> last, response -> last; and "cross-frame").
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -33,31 +34,69 @@ from hooked_video.core.checks import check_count, check_unique_ids
 from hooked_video.runtime.distributed import Shard, resolve_shard
 from hooked_video.runtime.store import model_identity, open_store
 
-AnchorRule = Sequence[str] | Callable[[list[str]], list[int]] | None
+AnchorRule = Sequence[str] | Callable[[list[str]], list[int]] | str | None
+#: Anchors the released analysis needs in an answer before it traces one (with ``anchors="verbs"``).
+RELEASED_MIN_ANCHORS = 3
 
 
-def anchor_positions(tokens: list[str], rule: AnchorRule = None) -> list[int]:
+def anchor_positions(tokens: list[str], rule: AnchorRule = None, text: str | None = None) -> list[int]:
     """Indices of the generated tokens that count as anchors.
 
     ``rule``: None (default: every token with a letter or digit, i.e. not punctuation or
-    whitespace), a list of words (tokens whose text, stripped, is one of them; e.g. the verbs
-    of the answer, as the released analysis picks with spaCy), or a function of the decoded
-    tokens returning indices.
+    whitespace); ``"verbs"`` (the released analysis: the words spaCy's ``en_core_web_lg`` tags
+    VERB in the answer ``text``, found as one token or two adjacent tokens, each anchor at its
+    first token); a list of words (found the same way); or a function of the decoded tokens
+    returning indices.
     """
     if callable(rule):
         return list(rule(tokens))
-    text = [t.strip() for t in tokens]
     if rule is None:
-        return [i for i, t in enumerate(text) if any(c.isalnum() for c in t)]
-    words = set(rule)
-    return [i for i, t in enumerate(text) if t in words]
+        return [i for i, t in enumerate(tokens) if any(c.isalnum() for c in t)]
+    if isinstance(rule, str):
+        if rule != "verbs":
+            raise ValueError(f"anchors must be None, 'verbs', a list of words or a function, got {rule!r}")
+        rule = spacy_verbs("".join(tokens) if text is None else text)
+    return _word_positions(tokens, set(rule))
+
+
+def _word_positions(tokens: list[str], words: set[str]) -> list[int]:
+    """First token of each occurrence of a word, as one token or two adjacent ones (left to right,
+    a two-token match consuming both), comparing the decoded tokens without surrounding spaces."""
+    text = [t.strip() for t in tokens]
+    found, i = [], 0
+    while i < len(text):
+        if text[i] in words:
+            found.append(i)
+            i += 1
+        elif i + 1 < len(text) and text[i] + text[i + 1] in words:
+            found.append(i)
+            i += 2
+        else:
+            i += 1
+    return found
+
+
+def spacy_verbs(text: str) -> set[str]:
+    """The words spaCy's ``en_core_web_lg`` tags VERB in ``text`` (the released anchor rule)."""
+    try:
+        import spacy
+
+        nlp = spacy.load("en_core_web_lg")
+    except (ImportError, OSError) as err:
+        raise ImportError("anchors='verbs' tags the answer with spaCy's en_core_web_lg, which is not installed "
+                          f"({err}); run `pip install spacy && python -m spacy download en_core_web_lg`, or give "
+                          "the anchor words as a list") from None  # fmt: skip
+    return {token.text for token in nlp(text) if token.pos_ == "VERB"}
 
 
 def free_form_prompt(model, item, num_frames: int | None, template: PromptTemplate | None):
-    """A VideoPrompt as is, or a free-form prompt of a Sample's or dict's video and question."""
+    """A VideoPrompt as is, or a free-form prompt of a Sample's or dict's video and question (the
+    family's open-ended template, e.g. the released VCGBench conversation for PLLaVA-format models,
+    else ``PromptTemplate.free_form()``)."""
     if hasattr(item, "token_map"):
         return item
-    template = template or PromptTemplate.free_form()
+    named = model.family.open_ended_template
+    template = template or (PromptTemplate.named(named) if named else PromptTemplate.free_form())
     if isinstance(item, dict):
         return model.prepare(item["video"], item["question"], template=template, num_frames=num_frames)
     frames, times = item.load_frames(num_frames, model.family.frame_sampling, with_times=True)
@@ -80,8 +119,9 @@ def sweep_open_ended(
     targets: Sequence[str] | str = ("vqrl-to-qrl",),
     window: int = 9,
     layers: Sequence[int] | None = None,
-    max_new_tokens: int = 100,
+    max_new_tokens: int = 256,
     num_open_tokens: int = 1,
+    min_anchors: int | None = None,
     template: PromptTemplate | None = None,
     out: str | Path | None = None,
     resume: bool = True,
@@ -99,12 +139,17 @@ def sweep_open_ended(
         samples: VideoPrompts (built with ``PromptTemplate.free_form()``), ``Sample``s or
             dicts with ``video`` and ``question`` (options are not shown).
         anchor: which anchor to trace, 1-based (the released analysis' "generation anchor
-            order"); samples whose answer has fewer anchors are skipped (recorded in the
-            baseline with ``skipped``).
-        anchors: which generated tokens are anchors (see ``anchor_positions``).
+            order"). As released, a question is skipped (recorded in the baseline with
+            ``skipped``) when its answer has fewer than ``min_anchors`` anchors, when the anchor
+            is one of the first two answer tokens (no response before the last position), or
+            when the teacher-forced argmax is not the anchor token.
+        anchors: which generated tokens are anchors (see ``anchor_positions``; ``"verbs"`` is
+            the released rule).
+        min_anchors: default 3 with ``anchors="verbs"`` (the released rule), else ``anchor``.
         targets: ``OPEN_ENDED_TARGETS`` names or custom ``{target: {condition: fn}}``.
-        max_new_tokens: length limit of the greedy answer.
-        num_open_tokens: response tokens right before the last position left untyped.
+        max_new_tokens: length limit of the greedy answer (released: 256).
+        num_open_tokens: response tokens right before the last position left untyped (an
+            earlier anchor among them stays typed, as released).
         others: as in ``flow.sweep``.
 
     Returns:
@@ -121,6 +166,9 @@ def sweep_open_ended(
     passes = plan_passes(resolved, swept, n_layers, window, window_style, even_window)
     check_count(batch_size, "batch_size")
     check_count(max_new_tokens, "max_new_tokens")
+    if min_anchors is None:
+        min_anchors = RELEASED_MIN_ANCHORS if anchors == "verbs" else anchor
+    check_count(min_anchors, "min_anchors")
     shard = resolve_shard(shard)
     items = [(*_identify(item, index), item) for index, item in enumerate(samples)]
     check_unique_ids([sample_id for sample_id, _, _ in items])
@@ -130,13 +178,15 @@ def sweep_open_ended(
         settings = {"open_ended": True, "anchor": anchor, "anchors": None if callable(anchors) else anchors,
                     "targets": {t: list(c) for t, c in resolved.items()}, "window": window, "layers": swept,
                     "window_style": window_style, "even_window": even_window, "max_new_tokens": max_new_tokens,
-                    "num_open_tokens": num_open_tokens, "num_frames": num_frames,
+                    "num_open_tokens": num_open_tokens, "num_frames": num_frames, "min_anchors": min_anchors,
+                    "template": dataclasses.asdict(template) if template is not None else "family default",
                     "model": model_identity(model), "n_layers": n_layers}  # fmt: skip
         store = open_store(out, "flow.sweep_open_ended", settings, [(i, item) for i, _, item in items], key=ROW_KEY,
                            keys={"baseline": ("sample_id",)}, resume=resume, shard=shard)  # fmt: skip
     try:
-        rows, baselines = _open_ended_items(model, items, passes, resolved, store, runner, anchor, anchors, template,
-                                            max_new_tokens, num_open_tokens, batch_size, num_frames, progress)  # fmt: skip
+        rows, baselines = _open_ended_items(model, items, passes, resolved, store, runner, (anchor, anchors, min_anchors),
+                                            template, max_new_tokens, num_open_tokens, batch_size, num_frames,
+                                            progress)  # fmt: skip
         ids = {b["sample_id"] for b in baselines}
         if store is not None:
             rows = [r for r in store.rows("rows") if r["sample_id"] in ids]
@@ -150,9 +200,10 @@ def sweep_open_ended(
     return df
 
 
-def _open_ended_items(model, items, passes, resolved, store, runner, anchor, anchors, template, max_new_tokens,
+def _open_ended_items(model, items, passes, resolved, store, runner, anchoring, template, max_new_tokens,
                       num_open_tokens, batch_size, num_frames, progress) -> tuple[list[dict], list[dict]]:  # fmt: skip
     """The loop over questions: (knockout rows computed now, baselines of all questions)."""
+    anchor, anchors, min_anchors = anchoring
     n_layers = model.cfg.n_layers
     done = store.done("rows") if store is not None else set()
     done_base = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
@@ -165,13 +216,18 @@ def _open_ended_items(model, items, passes, resolved, store, runner, anchor, anc
         prompt = free_form_prompt(model, item, num_frames, template)
         answer = model.generate(prompt, max_new_tokens=max_new_tokens, return_type="tokens")
         tokens = [model.tokenizer.decode([t]) for t in answer]
-        found = anchor_positions(tokens, anchors)
+        found = anchor_positions(tokens, anchors, text=model.tokenizer.decode(answer))
         base = {"sample_id": sample_id, "task": task, "answer": model.tokenizer.decode(answer), "n_anchors": len(found)}
-        if len(found) < anchor:
-            base["skipped"] = f"the answer has {len(found)} anchor tokens, fewer than anchor={anchor}"
+        needed = max(anchor, min_anchors)
+        if len(found) < needed:
+            base["skipped"] = f"the answer has {len(found)} anchor tokens, fewer than {needed} (anchor, min_anchors)"
+        elif found[anchor - 1] < 2:
+            base["skipped"] = (f"anchor {anchor} is answer token {found[anchor - 1]}: no response before the last "
+                               "position (the released analysis skips it too)")  # fmt: skip
         else:
             position = found[anchor - 1]
-            forced = prompt.extend(answer[:position], model.tokenizer, num_open_tokens=num_open_tokens)
+            opened = _open_tokens(position, found[: anchor - 1], num_open_tokens)
+            forced = prompt.extend(answer[:position], model.tokenizer, num_open_tokens=opened)
             embedded = model.embed(forced)
             if runner is not None:
                 trace = runner.trace(embedded)
@@ -182,6 +238,9 @@ def _open_ended_items(model, items, passes, resolved, store, runner, anchor, anc
             target = int(answer[position])
             base.update(anchor_index=position, anchor_token=target, anchor_text=tokens[position],
                         p_base=float(probs[target]), base_argmax=int(probs.argmax()))  # fmt: skip
+            if base["base_argmax"] != target:
+                base["skipped"] = ("the teacher-forced argmax is not the anchor token the greedy answer generated "
+                                   "(a numerical near-tie); skipped as the released analysis does")  # fmt: skip
         if sample_id not in done_base and store is not None:
             store.add("baseline", [base])
         baselines.append(base)
@@ -198,6 +257,14 @@ def _open_ended_items(model, items, passes, resolved, store, runner, anchor, anc
                 store.add("rows", new)
             rows.extend(new)
     return rows, baselines
+
+
+def _open_tokens(position: int, earlier: list[int], num_open_tokens: int) -> int:
+    """Response tokens before the last position that stay untyped: the ``num_open_tokens`` right
+    before it, less any up to the latest earlier anchor (which stays typed), at least one typed."""
+    n_response = position - 1  # answer tokens before the last position (answer[position - 1])
+    kept = [i + 1 for i in earlier if i < n_response]
+    return n_response - max(1, n_response - num_open_tokens, *kept)
 
 
 def _row(base: dict, p, probs: torch.Tensor, tokenizer) -> dict:
