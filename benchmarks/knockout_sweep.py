@@ -1,8 +1,10 @@
 """Knockout sweep cost per sample: the sweep engine, the TransformerLens hook path and the released
 code's approach, side by side in one run, per target and for all four; plus the plain forward.
 
-- released approach: one HF eager forward per pass (vision encoder included, its attention eager
-  too), batch 1, explicit per-layer 4D additive masks; per-sample time = median pass time x passes.
+- released approach, as the released scripts run it: a plain HF model with eager attention (the
+  vision tower's too), one forward per pass, batch 1, all logits, the precomputed (1, heads, N, N)
+  additive mask swapped into the window's ``self_attn.forward``; per-sample time = median pass
+  time x (passes + 1).
 - hooks: ``flow.sweep(engine="hooks")``: vision once, batched passes, hooks on ``hook_attn_scores``.
 - engine: ``flow.sweep(engine="fast")``: only the rows and layers a knockout changes, SDPA; with
   ``--compiled`` also ``engine="compiled"`` (the same, decoder layers through ``torch.compile``;
@@ -18,10 +20,12 @@ code's approach, side by side in one run, per target and for all four; plus the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shapes import PRESETS, build_hf, model_and_prompt, vision_attention  # noqa: E402
+from shapes import PRESETS, build_hf, model_and_prompt  # noqa: E402
 
 from hooked_video import flow, knockout  # noqa: E402
 
@@ -62,23 +66,45 @@ def peak_gib(device: str, reset: bool = True) -> float | None:
     return value
 
 
-@torch.no_grad()
-def released_pass(model, prompt, additive, layers) -> torch.Tensor:
-    """One released-code pass: the full HF forward (vision included) with per-layer 4D masks."""
-    hf = model.hf_model
-    inputs = model.move_inputs(prompt.inputs)
-    mask = additive.to(inputs["input_ids"].device, next(hf.parameters()).dtype)
+@contextmanager
+def released_masks(hf, mask: torch.Tensor, layers):
+    """The released code's knockout: each windowed layer's ``self_attn.forward`` wrapped so that
+    its ``attention_mask`` argument is the precomputed (1, heads, N, N) additive mask (the other
+    layers keep the model's causal mask)."""
     blocks = hf.model.language_model.layers
-    handles = [blocks[l].register_forward_pre_hook(lambda m, a, k: (a, {**k, "attention_mask": mask}), with_kwargs=True)
-               for l in layers]  # fmt: skip
-    try:
-        from hooked_video.runtime import attention
+    saved = {l: blocks[l].self_attn.forward for l in layers}
 
-        with attention.reference_attention(), vision_attention(model, "eager"):
-            return hf(**inputs).logits[:, -1].float().softmax(-1)
+    def wrapped(forward):
+        @functools.wraps(forward)
+        def with_mask(*args, **kwargs):
+            return forward(*args, **{**kwargs, "attention_mask": mask})
+
+        return with_mask
+
+    for l in layers:
+        blocks[l].self_attn.forward = wrapped(saved[l])
+    try:
+        yield
     finally:
-        for h in handles:
-            h.remove()
+        for l, forward in saved.items():
+            blocks[l].self_attn.forward = forward
+
+
+def released_mask(blocked, n_heads: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """(1, heads, N, N) additive mask as the released ``precompute_attention_masks`` builds it:
+    the causal triangle less the blocked edges, 0 where allowed and dtype-min elsewhere."""
+    allowed = torch.ones(blocked.shape[-2:], dtype=torch.uint8, device=device).tril()
+    allowed[blocked.to(device)] = 0
+    allowed = allowed.repeat(1, n_heads, 1, 1).to(dtype)
+    return (1.0 - allowed) * torch.finfo(dtype).min
+
+
+@torch.no_grad()
+def released_pass(hf, inputs, mask, layers) -> torch.Tensor:
+    """One pass as the released scripts run it: the plain HF model (eager attention, vision tower
+    included), batch 1, every position's logits, the knockout mask swapped into the window's layers."""
+    with released_masks(hf, mask, layers):
+        return hf(**inputs).logits[0, -1].float().softmax(-1)
 
 
 @torch.no_grad()
@@ -150,12 +176,20 @@ def main() -> None:
               "dtype": str(dtype), "n_positions": prompt.n_positions, "n_layers": n_layers, "batch_size": args.batch_size}  # fmt: skip
     print(json.dumps(result), flush=True)
 
-    # the released approach: median pass time, at the middle layer, one condition per target
+    # the released approach as the released scripts run it: a plain HF model (eager attention,
+    # vision included), the mask swapped into the window's attention; median pass time
     layers = knockout.window(n_layers // 2, 9, n_layers)
-    additive = knockout.cross_frame(tm).additive_mask()
-    released_pass(model, prompt, additive, layers)
-    pass_s = timed(lambda: released_pass(model, prompt, additive, layers), device, args.reference_passes)
+    hf, _ = build_hf(args.preset, device, dtype, attn="eager")
+    inputs = {k: v.to(device) for k, v in prompt.inputs.items() if hasattr(v, "to")}
+    inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    mask = released_mask(knockout.cross_frame(tm).mask_for(prompt.n_positions), hf.config.text_config.num_attention_heads,
+                         dtype, device)  # fmt: skip
+    released_pass(hf, inputs, mask, layers)
+    pass_s = timed(lambda: released_pass(hf, inputs, mask, layers), device, args.reference_passes)
     result["released_pass_s"] = pass_s
+    result["released_baseline"] = "plain HF model, eager attention (vision too), batch 1, all logits, mask swapped into the window's self_attn"
+    del hf, mask
+    torch.cuda.empty_cache() if device.startswith("cuda") else None
 
     def sweep(engine: str, targets):
         return flow.sweep(model, [prompt], targets=targets, window=9, select="all", batch_size=args.batch_size,

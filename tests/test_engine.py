@@ -287,3 +287,17 @@ def test_the_hook_path_runs_every_block_on_the_reference_path(ten_layers, ten_pr
     assert decisions and not any(decisions)
     ten_layers(ten_prompt)  # the plain forward does take the fast path: the spy sees it
     assert any(decisions)
+
+
+def test_auto_compiles_only_dataset_sized_sweeps_on_a_gpu(ten_layers, ten_prompt):
+    from hooked_video.analysis.flow.sweep import AUTO_COMPILE_SAMPLES, auto_compiles, choose_engine
+
+    assert auto_compiles("cuda", AUTO_COMPILE_SAMPLES) and not auto_compiles("cuda", AUTO_COMPILE_SAMPLES - 1)
+    assert not auto_compiles("cpu", 10**6) and not auto_compiles("cuda", None)
+    assert not choose_engine(ten_layers, "auto", (), n_samples=10**6).compile  # this model is on the CPU
+    assert choose_engine(ten_layers, "compiled", ()).compile
+    df = flow.sweep(ten_layers, [ten_prompt], targets=["cross-frame"], window=3, select="all", progress=False)
+    assert df.attrs["engine"] == "fast"
+    hooks = flow.sweep(ten_layers, [ten_prompt], targets=["cross-frame"], window=3, select="all", engine="hooks",
+                       progress=False)  # fmt: skip
+    assert hooks.attrs["engine"] == "hooks"

@@ -85,3 +85,17 @@ def test_hook_points_are_in_eval_mode(case):
     assert not model.bridge.training and not model.hf_model.training
     assert [name for name, m in model.bridge.named_modules() if m.training] == []
     assert not model.bridge.hook_video_embeds.training
+
+
+def test_ids_with_video_placeholders_but_no_pixels_are_refused(case):
+    """``model(prompt.input_ids)`` would run the language model on the placeholder embeddings."""
+    from hooked_video import InvalidInputError
+
+    model, hf, clean, _ = case
+    for call in (model, model.run_with_cache, model.embed):
+        with pytest.raises(InvalidInputError, match=r"hold \d+ video placeholder tokens but no pixels.*model\(prompt\)"):
+            call(clean.input_ids)
+    with torch.no_grad():
+        torch.testing.assert_close(model(clean.inputs), model(clean))  # the ids with their pixels: fine
+        text = model.tokenizer("which way does the ball move ?", return_tensors="pt")["input_ids"]
+        torch.testing.assert_close(model(text), hf(input_ids=text).logits, atol=1e-4, rtol=0)  # no placeholder: text

@@ -157,8 +157,9 @@ class HookedVideoLLM:
         """Where inputs go: the embedding's device (the first of a model split over devices)."""
         return torch.device(self.bridge.cfg.device or next(self.hf_model.parameters()).device)
 
-    def _inputs(self, prompt) -> tuple[Any, dict]:
-        """(input_ids, other model kwargs) for a prompt, a list of prompts, or raw inputs."""
+    def _inputs(self, prompt, kwargs: Mapping | None = None) -> tuple[Any, dict]:
+        """(input_ids, other model kwargs) for a prompt, a list of prompts, or raw inputs (ids that
+        hold video placeholders need their pixels in ``kwargs``)."""
         if isinstance(prompt, EmbeddedPrompt):
             self._video_state["pending"] = prompt.feature_mask.to(self.device)
             self._video_state["language_model"] = prompt.language_model_kwargs(self.device)
@@ -174,29 +175,43 @@ class HookedVideoLLM:
             inputs = prompt
             self._validate(inputs)
         else:
+            self._check_placeholders_have_pixels(prompt, kwargs or {})
             return prompt, {}
         inputs = self.move_inputs(inputs)
         ids = inputs.pop("input_ids")
         return ids, inputs
+
+    def _check_placeholders_have_pixels(self, ids, kwargs: Mapping) -> None:
+        """Ids with video placeholders but no pixels would run the language model on the
+        placeholders' own embeddings, silently: an error that says what to pass instead."""
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or any(k.startswith("pixel_values") for k in kwargs):
+            return
+        n_placeholders = int((ids == self.family.video_token_id).sum())
+        if n_placeholders:
+            raise InvalidInputError(
+                f"these input ids hold {n_placeholders} video placeholder tokens but no pixels, so the language model "
+                "would read the placeholders' embeddings instead of the video; pass the VideoPrompt itself "
+                "(model(prompt)), or prompt.inputs (ids with their pixel_values_videos)"
+            )  # fmt: skip
 
     def move_inputs(self, inputs: dict) -> dict:
         """Tensors to the model's device; pixel values to its dtype (processors give float32)."""
         return inputs_for(self.hf_model, inputs)
 
     def __call__(self, prompt, **kwargs):
-        ids, inputs = self._inputs(prompt)
+        ids, inputs = self._inputs(prompt, kwargs)
         return self.bridge(ids, **inputs, **kwargs)
 
     forward = __call__
 
     def run_with_cache(self, prompt, **kwargs):
         """``bridge.run_with_cache`` on a VideoPrompt (or a list of equal-layout prompts)."""
-        ids, inputs = self._inputs(prompt)
+        ids, inputs = self._inputs(prompt, kwargs)
         return self.bridge.run_with_cache(ids, **inputs, **kwargs)
 
     def run_with_hooks(self, prompt, fwd_hooks=(), bwd_hooks=(), **kwargs):
         """``bridge.run_with_hooks`` on a VideoPrompt (or a list of equal-layout prompts)."""
-        ids, inputs = self._inputs(prompt)
+        ids, inputs = self._inputs(prompt, kwargs)
         return self.bridge.run_with_hooks(
             ids, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **inputs, **kwargs
         )
@@ -219,10 +234,10 @@ class HookedVideoLLM:
             captured.update(kwargs)
             raise _StopBeforeLanguageModel
 
+        ids, inputs = self._inputs(prompt)  # checked before the hook goes in
         handle = self.hf_model.model.language_model.register_forward_pre_hook(
             capture, with_kwargs=True, prepend=True
         )
-        ids, inputs = self._inputs(prompt)
         try:
             self.hf_model(input_ids=ids, **inputs)
         except _StopBeforeLanguageModel:

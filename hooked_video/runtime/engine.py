@@ -307,6 +307,7 @@ class Engine:
         self.layers = [layer_module(block) for block in language_model.layers]
         self.norm = language_model.norm
         self.head = model.hf_model.lm_head
+        self.compile = compile
         self._run_layer = _compiled_run_layer() if compile else _run_layer
 
     @staticmethod

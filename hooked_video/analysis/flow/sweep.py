@@ -13,6 +13,7 @@ stopped, without losing or duplicating a row.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,9 +102,17 @@ def run_passes_with_engine(engine: Engine, trace, passes: Sequence[Pass], edges:
         yield [passes[i] for i in indices], last_position_probs(logits[:, None]).cpu()
 
 
-def choose_engine(model, engine: str, fwd_hooks: Sequence) -> Engine | None:
+#: Samples from which ``engine="auto"`` compiles the engine on a GPU: at the 7B shape on one H200
+#: compilation took 28 s more than the first uncompiled sweep and saves 0.19 s per sample
+#: (benchmarks/results.md), so it pays from about 150 samples.
+AUTO_COMPILE_SAMPLES = 160
+
+
+def choose_engine(model, engine: str, fwd_hooks: Sequence, n_samples: int | None = None) -> Engine | None:
     """The sweep engine a sweep runs on, or None for the hook path: "auto" takes the engine when
-    no user hook is involved; "fast" and "compiled" insist on it (compiled: ``torch.compile``)."""
+    no user hook is involved, compiled when ``n_samples`` (a sweep's length) reaches
+    ``AUTO_COMPILE_SAMPLES`` on a GPU; "fast" and "compiled" insist on it (compiled:
+    ``torch.compile``)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "hooks" or (engine == "auto" and fwd_hooks):
@@ -111,7 +120,25 @@ def choose_engine(model, engine: str, fwd_hooks: Sequence) -> Engine | None:
     usable = Engine.usable(model)
     if engine in ("fast", "compiled") and (fwd_hooks or not usable):
         raise ValueError(f"engine={engine!r} needs a model without registered hooks and no fwd_hooks; use engine='hooks'")
-    return Engine(model, compile=engine == "compiled") if usable else None
+    if not usable:
+        return None
+    device = next(model.hf_model.parameters()).device.type
+    compile = engine == "compiled" or (engine == "auto" and auto_compiles(device, n_samples))
+    if engine == "auto" and compile:
+        tqdm.write(f"hooked-video: {n_samples} samples on the GPU: the sweep runs on the compiled engine "
+                   "(engine='auto'; engine='fast' skips the compilation)", file=sys.stderr)  # fmt: skip
+    return Engine(model, compile=compile)
+
+
+def auto_compiles(device_type: str, n_samples: int | None) -> bool:
+    """Whether ``engine="auto"`` compiles: on a GPU, for a sweep of ``AUTO_COMPILE_SAMPLES`` or more
+    (on the CPU compilation rarely pays)."""
+    return device_type == "cuda" and (n_samples or 0) >= AUTO_COMPILE_SAMPLES
+
+
+def engine_name(runner: Engine | None) -> str:
+    """"hooks", "fast" or "compiled": what a sweep ran on."""
+    return "hooks" if runner is None else "compiled" if runner.compile else "fast"
 
 
 @torch.no_grad()
@@ -159,7 +186,9 @@ def sweep(
         fwd_hooks: extra TransformerLens hooks applied in every pass (baseline included); they
             run on the TransformerLens hook path.
         engine: "auto" (default: the sweep engine, which recomputes only what a knockout
-            changes, unless hooks are involved), "fast" (the engine, or an error), "compiled"
+            changes, unless hooks are involved; compiled on a GPU from ``AUTO_COMPILE_SAMPLES``
+            samples, saying so in one line; ``df.attrs["engine"]`` records the choice), "fast"
+            (the engine, or an error), "compiled"
             (the engine with its decoder layers through ``torch.compile``: faster on a GPU for
             long runs, after a compilation of tens of seconds) or "hooks" (batched forwards
             with knockout hooks on ``hook_attn_scores``, the reference).
@@ -175,7 +204,6 @@ def sweep(
     """
     check_selection(select)
     check_rule(rule)
-    runner = choose_engine(model, engine, fwd_hooks)
     resolved = resolve_targets(targets)
     n_layers = model.cfg.n_layers
     swept = list(range(n_layers)) if layers is None else list(layers)
@@ -184,6 +212,7 @@ def sweep(
     shard = resolve_shard(shard)
     items = identify_all(samples)
     items = shard.take(items) if shard is not None else items
+    runner = choose_engine(model, engine, fwd_hooks, n_samples=len(items))
     store = None
     if out is not None:  # engine "fast" also when compiled: a run may resume either way
         config = {"targets": {t: list(c) for t, c in resolved.items()}, "window": window, "window_style": window_style,
@@ -203,7 +232,9 @@ def sweep(
     finally:
         if store is not None:
             store.close()
-    return frame(rows, baselines, n_layers)
+    df = frame(rows, baselines, n_layers)
+    df.attrs["engine"] = engine_name(runner)  # what this call ran on
+    return df
 
 
 def warn_if_none_selected(baselines: list[dict], select: str, rule: str) -> None:
