@@ -105,3 +105,41 @@ class _MovedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 if not any(isinstance(finder, _MovedModule) for finder in sys.meta_path):
     sys.meta_path.insert(0, _MovedModule())  # before the path finder, which would load a second copy
+
+
+class _RegisterAdaptersWithTransformerLens(importlib.abc.MetaPathFinder):
+    """Once ``transformer_lens`` is imported (after ``hooked_video``), register this package's
+    adapters with it, so that TransformerLens' own entry points (``TransformerBridge.boot_transformers``,
+    its benchmark suite) know the architectures it lacks. Waiting for TransformerLens keeps
+    ``import hooked_video`` light; it runs after TransformerLens' package has finished importing."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "transformer_lens":
+            return None
+        sys.meta_path.remove(self)  # find the real spec, once
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            execute = spec.loader.exec_module
+
+            def exec_then_register(module) -> None:
+                execute(module)
+                _register_adapters()
+
+            spec.loader.exec_module = exec_then_register
+        return spec
+
+
+def _register_adapters() -> None:
+    try:
+        importlib.import_module("hooked_video.model.adapters")  # registers on import
+    except Exception as err:  # never break the user's import of transformer_lens
+        import warnings
+
+        warnings.warn(f"hooked_video could not register its TransformerLens adapters ({type(err).__name__}: {err}); "
+                      "HookedVideoLLM still works", stacklevel=2)  # fmt: skip
+
+
+if "transformer_lens" in sys.modules:
+    _register_adapters()
+elif not any(isinstance(finder, _RegisterAdaptersWithTransformerLens) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAdaptersWithTransformerLens())

@@ -36,3 +36,21 @@ def test_plain_boot_transformers_uses_the_new_adapters(tiny_paths, frames):
         ids = inputs.pop("input_ids")
         with torch.no_grad():
             torch.testing.assert_close(bridge(ids, **inputs), reference.eval()(input_ids=ids, **inputs).logits)
+
+
+def test_importing_hooked_video_is_enough_for_transformer_lens_entry_points(tiny_paths):
+    """In a fresh interpreter, ``import hooked_video`` (which stays light) and then TransformerLens'
+    own ``boot_transformers`` on a folder of an architecture TransformerLens lacks: it boots."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, hooked_video\n"
+        "assert 'transformer_lens' not in sys.modules  # the import stays light\n"
+        "from transformer_lens.model_bridge import TransformerBridge\n"
+        f"bridge = TransformerBridge.boot_transformers({str(tiny_paths['video_llama_3'])!r}, device='cpu')\n"
+        "print(type(bridge.adapter).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "VideoLlama3ArchitectureAdapter"
