@@ -92,10 +92,69 @@ def test_ids_with_video_placeholders_but_no_pixels_are_refused(case):
     from hooked_video import InvalidInputError
 
     model, hf, clean, _ = case
+    unknown = clean.input_ids.clone()
+    unknown[0, -2] = unknown[0, -3]  # ids of no prompt this model prepared
     for call in (model, model.run_with_cache, model.embed):
         with pytest.raises(InvalidInputError, match=r"hold \d+ video placeholder tokens but no pixels.*model\(prompt\)"):
-            call(clean.input_ids)
+            call(unknown)
     with torch.no_grad():
         torch.testing.assert_close(model(clean.inputs), model(clean))  # the ids with their pixels: fine
         text = model.tokenizer("which way does the ball move ?", return_tensors="pt")["input_ids"]
         torch.testing.assert_close(model(text), hf(input_ids=text).logits, atol=1e-4, rtol=0)  # no placeholder: text
+
+
+def test_ids_of_a_prepared_prompt_run_with_its_video(case):
+    """TransformerLens passes ids around: ``to_tokens(prompt)`` and ``model(ids)``, also with text
+    appended (``transformer_lens.utils.test_prompt``), run the prompt's video."""
+    model, hf, clean, _ = case
+    ids = model.to_tokens(clean)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), model(clean))
+        extra = model.tokenizer(" B", add_special_tokens=False, return_tensors="pt")["input_ids"]
+        longer = torch.cat([ids, extra], dim=1)
+        inputs = {**clean.inputs, "input_ids": longer}
+        for key in ("attention_mask", "mm_token_type_ids"):
+            if key in inputs:
+                inputs[key] = torch.cat([inputs[key], torch.full_like(extra, int(key == "attention_mask"))], dim=1)
+        torch.testing.assert_close(model(longer), hf(**inputs).logits, atol=1e-4, rtol=0)
+
+
+def test_transformer_lens_test_prompt_and_ours_on_a_video_prompt(case, capsys):
+    from transformer_lens.utilities import test_prompt
+
+    model, _, clean, _ = case
+    test_prompt(clean, "B", model, prepend_space_to_answer=False)
+    printed = capsys.readouterr().out
+    assert "Performance on answer token" in printed and "Top 0th token" in printed
+    model.test_prompt(clean)
+    ours = capsys.readouterr().out
+    probs = model(clean)[0, -1].softmax(-1)
+    letter = clean.option_token_ids[clean.answer]
+    assert f"prob {100 * float(probs[letter]):.2f}%  <- true" in ours and "Top tokens:" in ours
+
+
+@pytest.mark.parametrize("kwargs", [dict(verbose=False), dict(do_sample=True, temperature=0.7, top_k=5, seed=3),
+                                    dict(use_past_kv_cache=True, do_sample=False)])  # fmt: skip
+def test_generate_takes_transformer_lens_keywords(case, kwargs):
+    model, _, clean, _ = case
+    first = model.generate(clean, max_new_tokens=3, stop_at_eos=False, return_type="tokens", **kwargs)
+    again = model.generate(clean, max_new_tokens=3, stop_at_eos=False, return_type="tokens", **kwargs)
+    assert len(first) == 3 and first == again  # greedy, or sampled with a seed
+    with pytest.raises(ValueError, match=r"does not take \['freq_penalty'\]"):
+        model.generate(clean, max_new_tokens=1, freq_penalty=1.0)
+
+
+def test_sampling_keeps_top_k_and_top_p():
+    from hooked_video.model.habits import sample_next
+
+    logits = torch.tensor([5.0, 4.0, 1.0, 0.0, -1.0])
+    g = torch.Generator().manual_seed(0)
+    assert {sample_next(logits, True, 1.0, top_k=2, generator=g) for _ in range(200)} == {0, 1}
+    assert {sample_next(logits, True, 1.0, top_p=0.5, generator=g) for _ in range(200)} == {0}  # p(0) = 0.72
+    assert sample_next(logits, False) == 0 and sample_next(logits, True, temperature=0) == 0
+
+
+def test_text_generate_is_transformer_lens_own(case):
+    model, _, _, _ = case
+    text = model.generate("which way does the ball", max_new_tokens=2, do_sample=False, verbose=False)
+    assert isinstance(text, str) and text.startswith("which way does the ball")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
 from hooked_video.model.adapters import ADAPTERS
@@ -24,6 +25,7 @@ from hooked_video.runtime.fastpath import install_fast_blocks
 from hooked_video.model.embedded import EmbeddedPrompt
 from hooked_video.model.errors import UnsupportedArchitectureError
 from hooked_video.model.families import FAMILIES, VideoFamily
+from hooked_video.model.habits import KnownPrompts, option_report, sample_next
 from hooked_video.core.checks import InvalidInputError, check_answer, check_frame_times, check_options, check_question
 from hooked_video.model.prompt import (
     PromptTemplate,
@@ -90,6 +92,7 @@ class HookedVideoLLM:
         self.bridge = bridge
         self.processor = processor
         self.family = family
+        self._known_prompts = KnownPrompts()
         self._install_video_hook()
 
     # ----- construction ------------------------------------------------------------------------
@@ -175,24 +178,32 @@ class HookedVideoLLM:
             inputs = prompt
             self._validate(inputs)
         else:
-            self._check_placeholders_have_pixels(prompt, kwargs or {})
-            return prompt, {}
+            inputs = self._inputs_of_ids(prompt, kwargs or {})
+            if inputs is None:
+                return prompt, {}
         inputs = self.move_inputs(inputs)
         ids = inputs.pop("input_ids")
         return ids, inputs
 
-    def _check_placeholders_have_pixels(self, ids, kwargs: Mapping) -> None:
-        """Ids with video placeholders but no pixels would run the language model on the
-        placeholders' own embeddings, silently: an error that says what to pass instead."""
+    def _inputs_of_ids(self, ids, kwargs: Mapping) -> dict | None:
+        """Token ids as they are (None), or, where they hold video placeholders, the inputs of the
+        prompt they came from (``to_tokens(prompt)``, text after it included). Placeholders of no
+        known prompt and no pixels would run the language model on the placeholders' own
+        embeddings, silently: an error that says what to pass instead."""
         if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or any(k.startswith("pixel_values") for k in kwargs):
-            return
+            return None
         n_placeholders = int((ids == self.family.video_token_id).sum())
-        if n_placeholders:
+        if not n_placeholders:
+            return None
+        inputs = self._known_prompts.inputs_for(ids)
+        if inputs is None:
             raise InvalidInputError(
                 f"these input ids hold {n_placeholders} video placeholder tokens but no pixels, so the language model "
                 "would read the placeholders' embeddings instead of the video; pass the VideoPrompt itself "
-                "(model(prompt)), or prompt.inputs (ids with their pixel_values_videos)"
+                "(model(prompt)), or prompt.inputs (ids with their pixel_values_videos), or ids from "
+                "model.to_tokens(prompt)"
             )  # fmt: skip
+        return inputs
 
     def move_inputs(self, inputs: dict) -> dict:
         """Tensors to the model's device; pixel values to its dtype (processors give float32)."""
@@ -248,38 +259,75 @@ class HookedVideoLLM:
         return EmbeddedPrompt.from_captured(captured, self.family.feature_mask(ids), prompt)
 
     @torch.no_grad()
-    def generate(self, prompt, max_new_tokens: int = 32, fwd_hooks=(), stop_at_eos: bool = True, return_type: str = "str"):
-        """Greedy continuation of a video prompt (the vision pathway runs once).
+    def generate(self, prompt, max_new_tokens: int = 32, fwd_hooks=(), stop_at_eos: bool = True, return_type: str = "str",
+                 do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, verbose: bool = False, **transformer_lens_kwargs):  # fmt: skip
+        """Continuation of a video prompt (the vision pathway runs once): greedy by default, or
+        sampled (``do_sample=True`` with ``temperature``, ``top_k``, ``top_p``, ``seed``) as
+        TransformerLens and Hugging Face sample. Text (a string or token ids of no video) goes to
+        TransformerLens' own ``generate`` with every keyword it takes.
 
         Args:
-            prompt: a VideoPrompt (or an EmbeddedPrompt).
+            prompt: a VideoPrompt (or an EmbeddedPrompt), or text.
             fwd_hooks: TransformerLens hooks applied in every decoding step.
             stop_at_eos: stop at the tokenizer's / generation config's end-of-sequence tokens.
             return_type: "str" (the decoded answer, special tokens skipped) or "tokens" (ids).
+            verbose: a progress bar over the new tokens.
+            transformer_lens_kwargs: for video prompts, TransformerLens' ``use_past_kv_cache``,
+                ``prepend_bos`` and ``padding_side`` are accepted (each step reruns the language
+                model on the appended embeddings); others are refused by name.
         """
+        if not isinstance(prompt, (VideoPrompt, EmbeddedPrompt)):
+            return self.bridge.generate(prompt, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+                                        return_type=return_type, do_sample=do_sample, temperature=temperature,
+                                        top_k=top_k, top_p=top_p, verbose=verbose, **transformer_lens_kwargs)  # fmt: skip
+        unknown = sorted(set(transformer_lens_kwargs) - {"use_past_kv_cache", "prepend_bos", "padding_side"})
+        if unknown:
+            raise InvalidInputError(f"generate on a video prompt does not take {unknown}; it takes max_new_tokens, "
+                                    "fwd_hooks, stop_at_eos, return_type, do_sample, temperature, top_k, top_p, seed, "
+                                    "verbose")  # fmt: skip
         if return_type not in ("str", "tokens"):
             raise ValueError(f"return_type must be 'str' or 'tokens', got {return_type!r}")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
         embedded = prompt if isinstance(prompt, EmbeddedPrompt) else self.embed(prompt)
         embed = self.hf_model.get_input_embeddings()
         eos = _eos_ids(self.tokenizer, getattr(self.hf_model, "generation_config", None))
         tokens: list[int] = []
-        for _ in range(max_new_tokens):
+        for _ in tqdm(range(max_new_tokens), desc="generate", disable=not verbose):
             logits = self.run_with_hooks(embedded, fwd_hooks=list(fwd_hooks), logits_to_keep=1)
-            token = int(logits[0, -1].argmax())
+            token = sample_next(logits[0, -1], do_sample, temperature, top_k, top_p, generator)
             tokens.append(token)
             if stop_at_eos and token in eos:
                 break
             embedded = embedded.append(embed(torch.tensor([[token]], device=embed.weight.device)))
         return tokens if return_type == "tokens" else self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def to_str_tokens(self, prompt) -> list[str]:
+    def to_tokens(self, prompt, *args, **kwargs) -> torch.Tensor:
+        """A VideoPrompt's ids (1, N), which ``model(...)`` then runs with their video (also with
+        text appended, as ``transformer_lens.utils.test_prompt`` does); TransformerLens'
+        ``to_tokens`` for text."""
+        if isinstance(prompt, VideoPrompt):
+            self._known_prompts.remember(prompt)
+            return prompt.input_ids.to(self.device)
+        return self.bridge.to_tokens(prompt, *args, **kwargs)
+
+    def to_str_tokens(self, prompt, *args, **kwargs) -> list[str]:
         """The token strings of a VideoPrompt (video placeholders included), or TransformerLens'
         ``to_str_tokens`` for text and token ids."""
         if isinstance(prompt, VideoPrompt):
             return list(prompt.str_tokens)
         if isinstance(prompt, EmbeddedPrompt):
             return list(prompt.prompt.str_tokens)
-        return self.bridge.to_str_tokens(prompt)
+        return self.bridge.to_str_tokens(prompt, *args, **kwargs)
+
+    @torch.no_grad()
+    def test_prompt(self, prompt: VideoPrompt, top_k: int = 10) -> None:
+        """Print, as TransformerLens' ``test_prompt`` does, how the model ranks the options of a
+        multiple-choice video prompt: each letter's rank, logit and probability, then the top
+        tokens. (``transformer_lens.utils.test_prompt(prompt, answer, model)`` works too.)"""
+        if not isinstance(prompt, VideoPrompt) or not prompt.option_token_ids:
+            raise InvalidInputError("test_prompt takes a multiple-choice VideoPrompt (model.prepare(..., options=[...]))")
+        print(option_report(prompt, self(prompt, logits_to_keep=1)[0, -1], self.tokenizer, top_k))
 
     # ----- video embedding hook ---------------------------------------------------------------
     def _install_video_hook(self) -> None:
@@ -371,12 +419,14 @@ class HookedVideoLLM:
         )  # fmt: skip
         self._check_token_ids(ids, token_map.question, [question, *options])
         letters = letter_token_ids(self.tokenizer, text, len(options)) if options else []
-        return VideoPrompt(
+        prompt = VideoPrompt(
             inputs=inputs, token_map=token_map, str_tokens=self.tokenizer.convert_ids_to_tokens(ids.tolist()),
             option_token_ids=letters, answer=answer_index, question=question, options=options,
             text=text, frames=frames, template=template, fps=fps, processor_kwargs=processor_kwargs,
             frame_times=times,
         )  # fmt: skip
+        self._known_prompts.remember(prompt)  # its ids alone run with its video (TransformerLens habits)
+        return prompt
 
     def _template(self, template: PromptTemplate | str | None, has_options: bool) -> PromptTemplate:
         """The template to use: a PromptTemplate, a name (``PromptTemplate.named``), or None for the

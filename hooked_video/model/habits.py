@@ -1,0 +1,85 @@
+"""TransformerLens habits on video prompts: token ids that stand for a prepared prompt, sampling
+as ``generate`` samples, and ``test_prompt``'s report of the options.
+
+TransformerLens' helpers pass token ids around (``to_tokens(prompt)``, then ``model(tokens)``).
+Ids of a video prompt hold its placeholders but not its pixels; ``KnownPrompts`` remembers the
+prompts whose ids were handed out, so those ids (and ids that continue them with text, as
+``transformer_lens.utils.test_prompt`` builds them) run with their video.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from jaxtyping import Float, Int
+
+from hooked_video.model.prompt import VideoPrompt, extend_inputs
+
+
+class KnownPrompts:
+    """The last ``size`` prompts whose ids were handed out, found again by their ids."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._prompts: OrderedDict[tuple[int, ...], VideoPrompt] = OrderedDict()
+
+    def remember(self, prompt: VideoPrompt) -> None:
+        key = tuple(prompt.input_ids[0].tolist())
+        self._prompts[key] = prompt
+        self._prompts.move_to_end(key)
+        while len(self._prompts) > self.size:
+            self._prompts.popitem(last=False)
+
+    def inputs_for(self, ids: Int[torch.Tensor, "batch pos"]) -> dict | None:
+        """The model inputs of ``ids`` (one row) that start with a remembered prompt's ids: its
+        pixels and the ids, text after it included; None if no prompt fits."""
+        if ids.ndim != 2 or len(ids) != 1:
+            return None
+        row = ids[0].tolist()
+        for key, prompt in reversed(self._prompts.items()):
+            if tuple(row[: len(key)]) == key:
+                return extend_inputs(prompt.inputs, row[len(key) :]) if len(row) > len(key) else dict(prompt.inputs)
+        return None
+
+
+def sample_next(
+    logits: Float[torch.Tensor, "vocab"],
+    do_sample: bool,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """The next token: the argmax, or (``do_sample``) a draw from the softmax of
+    ``logits / temperature`` kept to the ``top_k`` tokens and the ``top_p`` nucleus, as
+    TransformerLens' and Hugging Face's samplers keep them."""
+    if not do_sample or temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ordered, order = logits.sort(descending=True)
+        cumulative = ordered.softmax(-1).cumsum(-1)
+        drop = cumulative - ordered.softmax(-1) > top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(0, order[drop], float("-inf"))
+    probs = logits.softmax(-1)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def option_report(prompt: VideoPrompt, logits: Float[torch.Tensor, "vocab"], tokenizer, top_k: int = 10) -> str:
+    """``test_prompt``'s report for a multiple-choice video prompt: each option letter's rank,
+    logit and probability at the last position (the true one marked), then the top tokens."""
+    probs = logits.float().softmax(-1)
+    lines = [f"Question: {prompt.question}"]
+    for index, (option, token) in enumerate(zip(prompt.options, prompt.option_token_ids)):
+        rank = int((logits > logits[token]).sum())  # 0: the top token
+        mark = "  <- true" if index == prompt.answer else ""
+        lines.append(f"  ({tokenizer.decode([token]).strip()}) {option!r}: rank {rank}, logit {float(logits[token]):.2f}, "
+                     f"prob {100 * float(probs[token]):.2f}%{mark}")  # fmt: skip
+    top = torch.topk(probs, min(top_k, probs.numel()))
+    lines.append("Top tokens: " + ", ".join(f"{tokenizer.decode([int(t)])!r} {100 * float(p):.2f}%"
+                                           for p, t in zip(top.values, top.indices)))  # fmt: skip
+    return "\n".join(lines)
