@@ -3,8 +3,10 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 
 from hooked_video import save_video
 from hooked_video.runtime.store import load_results
@@ -175,3 +177,20 @@ def test_the_command_lists_equal_the_library_names():
 
     assert cli.TINY_ARCHITECTURES == sorted(BUILDERS)
     assert cli.ENGINES == list(flow.ENGINES)
+    assert cli.TARGET_NAMES == sorted(flow.TARGETS) and cli.OPEN_ENDED_TARGET_NAMES == sorted(flow.OPEN_ENDED_TARGETS)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["flow", "--model", "toy-vdeo-ft", "--data", "d.json", "--out", "o"], "did you mean 'toy-video-ft'"),
+    (["flow", "--model", "toy-video-ft", "--data", "d.json", "--target", "bogus", "--out", "o"], "unknown target(s) ['bogus']"),
+    (["flow", "--open-ended", "--model", "toy-video-ft", "--data", "d.json", "--target", "vql-to-ql", "--out", "o"],
+     "known: ['cross-frame', 'vqrl-to-qrl']"),
+])  # fmt: skip
+def test_typos_fail_before_anything_heavy_loads(tmp_path, argv, message):
+    """A mistyped bundled name or target fails at once: no torch import, no hub retries."""
+    script = ("import sys; from hooked_video.app.cli import main; code = main(sys.argv[1:]); "
+              "assert 'torch' not in sys.modules; sys.exit(code)")  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-1500:]
+    assert time.perf_counter() - start < 10  # the heavy path takes several seconds more on these machines

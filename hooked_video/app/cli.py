@@ -132,6 +132,26 @@ def _placement_arguments(p) -> None:
     _threads_argument(p)
 
 
+#: Target names, checked before torch loads (tests/test_cli.py keeps them equal to flow's).
+TARGET_NAMES = ["cross-frame", "question-and-options-to-last", "vq-to-true-opt", "vql-to-ql"]
+OPEN_ENDED_TARGET_NAMES = ["cross-frame", "vqrl-to-qrl"]
+
+
+def _check_names(args) -> None:
+    """Model names that are typos of a bundled one, and unknown targets: errors within a second."""
+    from hooked_video.zoo import near_miss
+
+    for option in ("model", "image_model"):
+        name = getattr(args, option, None)
+        if isinstance(name, str) and near_miss(name):
+            raise ValueError(f"no model at {name!r}: no such local folder, and not a bundled model; did you mean "
+                             f"{near_miss(name)!r}?")  # fmt: skip
+    known = OPEN_ENDED_TARGET_NAMES if getattr(args, "open_ended", False) else TARGET_NAMES
+    unknown = [t for t in getattr(args, "target", None) or [] if t not in known]
+    if unknown:
+        raise ValueError(f"unknown target(s) {unknown}; known: {known}")
+
+
 def _check_placement(args) -> None:
     """Placement options that would be dropped are errors, before anything loads."""
     if getattr(args, "device_map", None) is None:
@@ -287,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         _check_placement(args)
+        _check_names(args)
         from hooked_video.app import commands
 
         getattr(commands, "run_" + args.command.replace("-", "_"))(args)

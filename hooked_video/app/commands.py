@@ -139,6 +139,7 @@ def run_open_ended(args) -> None:
             raise ValueError(f"{args.data}: no question has task {missing}; tasks in the file: {found}")
         questions = [q for q in questions if q["task"] in args.task]
     questions = questions[: args.samples]
+    flow.resolve_targets(args.target or ["vqrl-to-qrl"], flow.OPEN_ENDED_TARGETS)
     _summary_path(args)
     model = _load(args)
     if args.verb_anchors and args.anchor_words:
@@ -167,7 +168,8 @@ def run_flow(args) -> None:
 
     if args.open_ended:
         return run_open_ended(args)
-    samples = _dataset(args)  # data and output errors first, before the slow load
+    samples = _dataset(args)  # data, target and output errors first, before the slow load
+    flow.resolve_targets(args.target or list(flow.TARGETS))
     _summary_path(args)
     model = _load(args)
     swept = range(*args.sweep_range) if args.sweep_range else None

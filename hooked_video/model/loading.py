@@ -35,11 +35,14 @@ def _config(path):
     """The model config at ``path``, or an error naming what was looked for."""
     from transformers import AutoConfig
 
+    from hooked_video.zoo import ZOO, near_miss
+
+    if near_miss(str(path)):  # a typo of a bundled name: say so now, not after the hub's retries
+        raise ModelNotFoundError(f"no model at {str(path)!r}: no such local folder, and not a bundled model "
+                                 f"({', '.join(sorted(ZOO))}); did you mean {near_miss(str(path))!r}?")  # fmt: skip
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
-        from hooked_video.zoo import ZOO
-
         local = Path(path).expanduser()
         if local.is_dir():
             raise CheckpointError(f"{local} is not a model folder: {str(err).splitlines()[0]}") from err

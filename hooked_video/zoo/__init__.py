@@ -13,6 +13,17 @@ ZOO = {
 }
 
 
+def near_miss(name: str) -> str | None:
+    """The bundled name ``name`` looks like a typo of (e.g. "toy-vdeo-ft"), if it is neither a
+    folder nor an "org/name" hub id; else None."""
+    import difflib
+
+    if "/" in name or name in ZOO or Path(name).expanduser().exists():
+        return None
+    close = difflib.get_close_matches(name, list(ZOO), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def resolve(name_or_path: str | Path) -> str | Path:
     """A zoo name -> its bundled folder; anything else is returned unchanged."""
     if isinstance(name_or_path, str) and name_or_path in ZOO and not Path(name_or_path).exists():
