@@ -18,7 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 #: (every public name of each is documented).
 API_MODULES = [
     ("model/: the model side", ["hooked_video.model.hooked", "hooked_video.model.prompt", "hooked_video.model.tokens",
-                                "hooked_video.model.families", "hooked_video.model.embedded"]),
+                                "hooked_video.model.families", "hooked_video.model.embedded",
+                                "hooked_video.model.habits"]),
     ("model/: loading checkpoints", ["hooked_video.model.loading", "hooked_video.model.weights", "hooked_video.model.errors",
                                      "hooked_video.model.formats.pllava", "hooked_video.model.formats.pllava_processing",
                                      "hooked_video.model.formats.internvl_chat",

@@ -759,7 +759,7 @@ CLI = [
     cli_row("data-neither-folder", analysis("prune", "--preset", "llava-next-7b-video-ft", data="{d}/plain"),
             "{d}/plain is neither a TVBench (json/) nor a TOMATO (jsons/) folder"),
     cli_row("window-0", analysis("flow", "--window", "0"), "argument --window: expected a number of at least 1, got 0"),
-    cli_row("target-bogus", analysis("flow", "--target", "bogus"), "unknown target 'bogus'"),
+    cli_row("target-bogus", analysis("flow", "--target", "bogus"), "unknown target(s) ['bogus']"),
     cli_row("sweep-range-abc", analysis("flow", "--sweep-range", "abc"), "argument --sweep-range: expected START-STOP (e.g. 5-20), got 'abc'"),
     cli_row("sweep-range-reversed", analysis("flow", "--sweep-range", "3-1", "--target", "cross-frame", "--window", "1"), "sweep-range"),
     cli_row("batch-size-0", analysis("flow", "--batch-size", "0"), "argument --batch-size: expected a number of at least 1, got 0"),
@@ -860,12 +860,12 @@ def test_cli_error_after_loading_is_one_stderr_line(w, capsys, tmp_path):
 
     logging.enable_progress_bar()
     try:
-        argv = analysis("flow", "--target", "bogus", out=str(tmp_path / "out"))
+        argv = analysis("flow", "--sweep-range", "0-99", out=str(tmp_path / "out"))  # known after loading only
         code = main([a.format(**w.fields) for a in argv])
     finally:
         logging.disable_progress_bar()
     err = capsys.readouterr().err
-    assert code == 2 and "unknown target 'bogus'" in err
+    assert code == 2 and "swept layer" in err and "is outside layers" in err
     assert len([line for line in err.replace("\r", "\n").splitlines() if line.strip()]) == 1, err
 
 

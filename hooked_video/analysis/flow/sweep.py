@@ -103,9 +103,9 @@ def run_passes_with_engine(engine: Engine, trace, passes: Sequence[Pass], edges:
 
 
 #: Samples from which ``engine="auto"`` compiles the engine on a GPU: at the 7B shape on one H200
-#: compilation took 28 s more than the first uncompiled sweep and saves 0.19 s per sample
-#: (benchmarks/results.md), so it pays from about 150 samples.
-AUTO_COMPILE_SAMPLES = 160
+#: compilation took 28 s more than the first uncompiled sweep and saved 0.03-0.19 s per sample
+#: over two runs (benchmarks/results.md), so it pays from 150 to 850 samples.
+AUTO_COMPILE_SAMPLES = 500
 
 
 def choose_engine(model, engine: str, fwd_hooks: Sequence, n_samples: int | None = None) -> Engine | None:
