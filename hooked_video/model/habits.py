@@ -20,7 +20,7 @@ from hooked_video.model.prompt import VideoPrompt, extend_inputs
 class KnownPrompts:
     """The last ``size`` prompts whose ids were handed out, found again by their ids."""
 
-    def __init__(self, size: int = 16) -> None:
+    def __init__(self, size: int = 4) -> None:  # each holds its frames and pixels: keep few
         self.size = size
         self._prompts: OrderedDict[tuple[int, ...], VideoPrompt] = OrderedDict()
 
