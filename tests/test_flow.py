@@ -205,3 +205,13 @@ def test_summaries_are_in_layer_order_whatever_order_the_sweep_ran():
     assert summary["mean"].tolist() == [0.0, -1.0, -2.0, -3.0] * 2
     accuracy = flow.accuracy_under_knockout(df)
     assert accuracy.layer.tolist() == [0, 1, 2, 3] * 2
+
+
+def test_a_sweep_that_selects_nothing_says_which_model_and_what_to_pass(deep, deep_prompt):
+    """No sample answered as ``select`` asks: one warning naming the model and the option that exists."""
+    baseline = flow.sweep(deep, [deep_prompt], targets=["cross-frame"], window=1, select="all", progress=False)
+    correct = baseline.attrs["baseline"][0]["correct"]
+    select = "wrong" if correct else "correct"  # the selection this sample fails
+    with pytest.warns(UserWarning, match=rf"{deep.cfg.model_name} answered none of the 1 samples .*select='all'"):
+        df = flow.sweep(deep, [deep_prompt], targets=["cross-frame"], window=1, select=select, progress=False)
+    assert df.empty

@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", default=None, help="default: this process's GPU (one process per GPU under torchrun)")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
+    p.add_argument("--select", choices=["correct", "wrong", "all"], default="correct",
+                   help="samples knocked out and probed (default: those answered correctly, as the paper)")
     p.add_argument("--keyword-lens", choices=["embed", "unembed"], default="embed",
                    help="lens of the keyword figure: embed (W_E, the released analysis) or unembed (final norm, W_U)")
     p.add_argument("--keyword-min-count", type=_positive_int, default=100, help="drop keywords with fewer hits (released: 100)")

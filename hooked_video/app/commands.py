@@ -298,8 +298,8 @@ def run_reproduce(args) -> None:
 
         device = f"cuda:{local_rank()}" if torch.cuda.is_available() else None
     result = reproduce(args.model, args.data, out=args.out, image_model=args.image_model, tomato=args.tomato,
-                       tasks=args.task, samples=args.samples, window=args.window, device=device, dtype=args.dtype,
-                       batch_size=args.batch_size, engine=args.engine, overwrite=args.overwrite,
+                       tasks=args.task, samples=args.samples, window=args.window, select=args.select, device=device,
+                       dtype=args.dtype, batch_size=args.batch_size, engine=args.engine, overwrite=args.overwrite,
                        lens_variant=args.keyword_lens, keyword_min_count=args.keyword_min_count,
                        overlapping_bins=args.overlapping_bins)  # fmt: skip
     if Shard.from_environment() is not None and Shard.from_environment().index != 0:

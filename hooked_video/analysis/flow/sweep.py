@@ -225,7 +225,7 @@ def sweep(
     try:
         rows, baselines = _sweep_items(model, items, passes, resolved, select, store, runner, batch_size, num_frames,
                                        rule, fwd_hooks, progress)  # fmt: skip
-        warn_if_none_selected(baselines, select, rule)
+        warn_if_none_selected(baselines, select, rule, str(model.cfg.model_name))
         if store is not None:
             ids = {sample_id for sample_id, _, _ in items}
             rows = [r for r in store.rows("rows") if r["sample_id"] in ids]
@@ -237,11 +237,11 @@ def sweep(
     return df
 
 
-def warn_if_none_selected(baselines: list[dict], select: str, rule: str) -> None:
-    """Say why nothing was knocked out when ``select`` kept no sample."""
+def warn_if_none_selected(baselines: list[dict], select: str, rule: str, model_name: str = "the model") -> None:
+    """Say why nothing was knocked out when ``select`` kept no sample, and of which model."""
     if baselines and not any(is_selected(b, select) for b in baselines):
         answered = "correctly" if select == "correct" else "wrongly"
-        warnings.warn(f"no sample was selected: the model answered none of the {len(baselines)} samples {answered} "
+        warnings.warn(f"no sample was selected: {model_name} answered none of the {len(baselines)} samples {answered} "
                       f"(rule {rule!r}), so nothing was knocked out; pass select='all' (CLI: --select all) to knock "
                       "out every sample, or use a model that answers some correctly (e.g. the bundled toy-video-ft)",
                       stacklevel=3)  # fmt: skip
