@@ -86,13 +86,23 @@ def test_static_figures_have_content(model, prompt, sweep, frames, tmp_path):
     assert curves._repr_png_().startswith(b"\x89PNG")  # shows inline in Jupyter even without pyplot
     check_png(viz.knockout_curves({"image": sweep, "video": sweep.assign(rel_change=sweep.rel_change * 2)}), tmp_path / "curves2.png")
     check_png(viz.flow_blueprint(sweep, threshold=0.0), tmp_path / "blueprint.png")
+    quiet = viz.knockout_curves(sweep.assign(rel_change=sweep.rel_change * 1e-4))  # noise of 1e-4 points or so
+    for ax in quiet.axes:
+        low, high = ax.get_ylim()
+        assert high - low >= 2.0 - 1e-9  # drawn flat, not as a dip filling the panel
 
     result = lens.logit_lens(model, prompt, variant="unembed", top_k=1)
     top = [t.strip("▁") for t in result.tokens(1)]
     keywords = {"spatial": top[:2], "temporal": top[2:4]}  # words the lens really produced
     freq = lens.keyword_frequencies(result, keywords, model.tokenizer, min_count=0, select="all")
-    check_png(viz.keyword_bars(freq), tmp_path / "bars.png")
-    check_png(viz.keywords_on_frames(result, frames, keywords, model.tokenizer, layer=1), tmp_path / "frames.png", min_coloured=0.3)
+    bars = viz.keyword_bars(freq)
+    check_png(bars, tmp_path / "bars.png")
+    labels = [t.get_text() for t in bars.axes[0].get_legend().get_texts()]
+    assert all(label.endswith(("(1 word)", "words)")) and "(1 words)" not in label for label in labels), labels
+    on_frames = viz.keywords_on_frames(result, frames, keywords, model.tokenizer, layer=1)
+    check_png(on_frames, tmp_path / "frames.png", min_coloured=0.3)
+    assert [t.get_text() for t in on_frames.legends[0].get_texts()] == ["spatial", "temporal"]  # named, not "C0"
+    assert "C0" not in on_frames._suptitle.get_text()
 
     probs = pd.concat([lens.answer_probability_by_layer(model, prompt, norm=n) for n in ("released", "final")])
     check_png(viz.answer_probability_plot(probs), tmp_path / "answer.png")

@@ -284,7 +284,7 @@ def run_demo(args) -> None:
     for task, row in summary["accuracy"].items():
         print(f"  {task:18s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items()))
     for finding in ("finding1", "finding2", "finding3", "finding4"):
-        print(f"{finding}: reproduces = {summary[finding].get('reproduces')}")
+        print(f"{finding}: {summary[finding]['verdict']}")
     print(f"report: {Path(args.out, 'index.html').resolve()}  ({summary['seconds']} s)")
 
 

@@ -79,6 +79,10 @@ def _evidence(n: int, what: str) -> str | None:
     return None if n >= MIN_SAMPLES else f"Too little evidence: {n} {what} (fewer than {MIN_SAMPLES}); read this as anecdotal."
 
 
+#: A finding's verdict, in the same words in the terminal, summary.json and the report.
+VERDICTS = {True: "reproduces", False: "does not reproduce", None: "too little evidence"}
+
+
 def _readings(r: Reproduction, model, models) -> tuple[dict, dict]:
     readings, summary = {}, {}
     video_cf = r.sweep[r.sweep.target == "cross-frame"]
@@ -88,6 +92,11 @@ def _readings(r: Reproduction, model, models) -> tuple[dict, dict]:
     readings["finding2"], summary["finding2"] = _finding2(freq)
     readings["finding3"], summary["finding3"] = _finding3(r.lens.answer_probability, r.sweep)
     readings["finding4"], summary["finding4"] = _finding4(r)
+    for key, (text, verdict, caution) in readings.items():  # one verdict, the same words in terminal, JSON and page
+        summary[key]["verdict"] = VERDICTS[summary[key]["reproduces"]]
+        if summary[key]["reproduces"] is None:
+            verdict = f"Finding {key[-1]}: {VERDICTS[None]} to say whether it reproduces."
+        readings[key] = (text, verdict, caution)
     return readings, summary
 
 
@@ -201,7 +210,7 @@ def _keyword_overlay(r: Reproduction, model, benchmark):
 
 def findings_markdown(summary: dict) -> str:
     """The demo's measured findings as a short Markdown list (for model cards)."""
-    yes = {True: "reproduces", False: "does not reproduce", None: "cannot be assessed (too little evidence)"}
+    yes = {**VERDICTS, None: f"cannot be assessed ({VERDICTS[None]})"}
     f1, f2, f3, f4 = (summary[f"finding{i}"] for i in range(1, 5))
     return "\n".join([
         f"Measured by `hooked-video demo` ({summary['samples_per_task']} questions per task, seed 0, {summary['seconds']} s):",

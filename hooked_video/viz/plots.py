@@ -18,6 +18,8 @@ from hooked_video.analysis.lens import KeywordFrequencies, LensResult, first_sub
 from hooked_video.viz.html import StaticFigure
 
 LINESTYLES = ("-", "--", ":", "-.")
+#: The smallest y-range of a relative-change panel, in percentage points.
+MIN_SPAN = 2.0
 
 
 def _as_models(data) -> dict[str, pd.DataFrame]:
@@ -29,7 +31,8 @@ def knockout_curves(data: pd.DataFrame | Mapping[str, pd.DataFrame], value: str 
     """Mean relative change per layer with bootstrap 95% bands: one row of panels per task (the
     paper never pools tasks; ``pool_tasks=True`` does), one panel per target, one colour per
     condition, one line style per model (``{"image": df1, "video-FT": df2}``; the sweeps may
-    cover different targets). Layers are drawn at x = layer + 1 as in the paper."""
+    cover different targets). Layers are drawn at x = layer + 1 as in the paper; a relative-change
+    panel spans at least ``MIN_SPAN`` (2) percentage points, so that noise stays flat."""
     models = _as_models(data)
     frames = [df for df in models.values() if len(df)]
     all_targets = list(dict.fromkeys(t for df in frames for t in df.target))
@@ -51,6 +54,11 @@ def knockout_curves(data: pd.DataFrame | Mapping[str, pd.DataFrame], value: str 
                     ax.plot(x, curve["mean"], style, color=colour, label=label, linewidth=1.6)
                     ax.fill_between(x, curve.ci_low, curve.ci_high, color=colour, alpha=0.15, linewidth=0)
             ax.axhline(0, color="grey", linewidth=0.8)
+            if value == "rel_change":  # noise of a few thousandths of a percent is not drawn as a deep dip
+                low, high = ax.get_ylim()
+                if high - low < MIN_SPAN:
+                    middle = (high + low) / 2
+                    ax.set_ylim(middle - MIN_SPAN / 2, middle + MIN_SPAN / 2)
             ax.set_title(target if len(tasks) == 1 and pool_tasks else f"{task}: {target}", fontsize=10)
             ax.set_xlabel("layer (1-based)")
             ax.set_ylabel("relative change of P(answer) (%)" if value == "rel_change" else value)
@@ -70,7 +78,9 @@ def keyword_bars(frequencies: KeywordFrequencies | Mapping[str, KeywordFrequenci
     width = 0.8 / len(groups)
     for i, (name, kf) in enumerate(groups.items()):
         values = kf.average.reindex(bins).fillna(0).to_numpy()
-        ax.bar(np.arange(len(bins)) + (i - (len(groups) - 1) / 2) * width, values, width, label=f"{name} ({len(kf.raw) - 1} words)")
+        n_words = len(kf.raw) - 1
+        ax.bar(np.arange(len(bins)) + (i - (len(groups) - 1) / 2) * width, values, width,
+               label=f"{name} ({n_words} word{'s' if n_words != 1 else ''})")  # fmt: skip
     ax.set_xticks(range(len(bins)), bins)
     ax.set_xlabel("layers")
     ax.set_ylabel("normalised frequency")
@@ -104,7 +114,11 @@ def keywords_on_frames(result: LensResult, frames: np.ndarray, keywords: Sequenc
         ax.set_title(f"frame {slot}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"lens ({result.variant}) layer {layer}: " + ", ".join(f"{n} = C{i}" for i, n in enumerate(groups)), fontsize=9)
+    fig.suptitle(f"lens ({result.variant}) layer {layer}: keywords at their cells", fontsize=9)
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=f"C{i}", label=name) for i, name in enumerate(groups)], loc="outside lower center",
+               ncols=len(groups), fontsize=8, frameon=False)  # fmt: skip
     return fig
 
 
