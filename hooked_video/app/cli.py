@@ -143,9 +143,10 @@ def _check_names(args) -> None:
 
     for option in ("model", "image_model"):
         name = getattr(args, option, None)
-        if isinstance(name, str) and near_miss(name):
+        typo_of = near_miss(name) if isinstance(name, str) else None
+        if typo_of:
             raise ValueError(f"no model at {name!r}: no such local folder, and not a bundled model; did you mean "
-                             f"{near_miss(name)!r}?")  # fmt: skip
+                             f"{typo_of!r}?")  # fmt: skip
     known = OPEN_ENDED_TARGET_NAMES if getattr(args, "open_ended", False) else TARGET_NAMES
     unknown = [t for t in getattr(args, "target", None) or [] if t not in known]
     if unknown:

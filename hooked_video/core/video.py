@@ -26,6 +26,13 @@ class VideoError(ValueError):
 SHORT_WINDOWS = ("error", "repeat")
 
 
+def _bounds(n_total: int, fps: float | None, start, end) -> tuple[int, int]:
+    """(first, last) frame of the window [start, end] in seconds, clipped to the clip."""
+    first = 0 if start is None else max(0, round(start * fps))
+    last = n_total - 1 if end is None else min(round(end * fps), n_total - 1)
+    return first, last
+
+
 def _window(n_total: int, num_frames: int, fps: float | None, start, end, short: str) -> tuple[int, int]:
     """(first, last) frame of the window [start, end] in seconds (the whole clip without one),
     checked to hold enough frames (see ``segment_midpoints`` for ``short``)."""
@@ -37,8 +44,7 @@ def _window(n_total: int, num_frames: int, fps: float | None, start, end, short:
         raise VideoError("the video has no frames.")
     if (start is not None or end is not None) and not fps:
         raise VideoError("start/end are in seconds and need the clip's frame rate (fps).")
-    first = 0 if start is None else max(0, round(start * fps))
-    last = n_total - 1 if end is None else min(round(end * fps), n_total - 1)
+    first, last = _bounds(n_total, fps, start, end)
     available = last - first + 1
     window = "" if start is None and end is None else f" between {start}s and {end}s"
     if available < 1 or (available < num_frames and short == "error"):
@@ -102,8 +108,7 @@ def frame_times(indices: np.ndarray, n_total: int, fps: float, start: float | No
     """Seconds of each sampled frame as the released VideoLLaMA3 loader writes them: the window's
     n frames spread evenly over [t0, t1] (``linspace(t0, t1, n)``), t0 = start (or 0), t1 = end
     (or the clip's end, n_total / fps)."""
-    first = 0 if start is None else max(0, round(start * fps))
-    last = n_total - 1 if end is None else min(round(end * fps), n_total - 1)
+    first, last = _bounds(n_total, fps, start, end)
     t0 = 0.0 if start is None else float(start)
     t1 = n_total / fps if end is None else min(float(end), n_total / fps)
     step = (t1 - t0) / (last - first) if last > first else 0.0

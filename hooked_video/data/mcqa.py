@@ -78,9 +78,13 @@ class Sample:
         return load_video(self.video, num_frames=num_frames, start=self.start, end=self.end, short=self.short,
                           sampling=sampling, with_times=with_times)  # fmt: skip
 
+    def frames_for(self, model, num_frames: int | None = 8):
+        """(frames, their seconds) sampled by ``model``'s family's rule (``family.frame_sampling``)."""
+        return self.load_frames(num_frames, model.family.frame_sampling, with_times=True)
+
     def prepare(self, model, num_frames: int | None = 8, **prepare_kwargs):
         """This sample as a VideoPrompt for ``model`` (frames sampled by the model family's rule)."""
-        frames, times = self.load_frames(num_frames, model.family.frame_sampling, with_times=True)
+        frames, times = self.frames_for(model, num_frames)
         return model.prepare(frames, self.question, self.options, self.answer, num_frames=None,
                              **{"frame_times": times, **prepare_kwargs})  # fmt: skip
 

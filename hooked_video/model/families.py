@@ -293,8 +293,11 @@ class Qwen3VLFamily(QwenVLFamily):
         return {"video_metadata": [_metadata(frames, fps or 24.0)], "do_sample_frames": False}
 
 
-def _metadata(frames, fps: float) -> dict:
-    """Video metadata for processors that write timestamps: frame i is at i / fps seconds."""
+def _metadata(frames, fps: float, times: Sequence[float] | None = None) -> dict:
+    """Video metadata for processors that write timestamps: frame i is at i / fps seconds, or at
+    ``times[i]`` (given as frames_indices over fps 1, since transformers writes indices / fps)."""
+    if times is not None:
+        return {"fps": 1.0, "total_num_frames": len(frames), "frames_indices": [float(t) for t in times]}
     return {"fps": float(fps), "total_num_frames": len(frames), "frames_indices": list(range(len(frames)))}
 
 
@@ -402,11 +405,7 @@ class VideoLlama3Family(VideoFamily):
         """Timestamps: ``times`` (the frames' seconds, as the released loader writes them), else
         from ``fps`` (default 1 frame per second, as transformers assumes); no token compression;
         the video budget ``max_visual_tokens``."""
-        if times is not None:  # transformers writes frames_indices / fps: give it the seconds over fps 1
-            metadata = {"fps": 1.0, "total_num_frames": len(frames), "frames_indices": [float(t) for t in times]}
-        else:
-            metadata = _metadata(frames, fps or 1.0)
-        kwargs = {"video_metadata": [metadata], "use_token_compression": False}
+        kwargs = {"video_metadata": [_metadata(frames, fps or 1.0, times)], "use_token_compression": False}
         video = getattr(self.processor, "video_processor", None)
         if self.max_visual_tokens is not None and video is not None:
             factor = video.patch_size * video.merge_size  # frames shrink until (H/f)(W/f) <= budget / T

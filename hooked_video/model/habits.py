@@ -4,7 +4,7 @@ as ``generate`` samples, and ``test_prompt``'s report of the options.
 TransformerLens' helpers pass token ids around (``to_tokens(prompt)``, then ``model(tokens)``).
 Ids of a video prompt hold its placeholders but not its pixels; ``KnownPrompts`` remembers the
 prompts whose ids were handed out, so those ids (and ids that continue them with text, as
-``transformer_lens.utils.test_prompt`` builds them) run with their video.
+``transformer_lens.utilities.test_prompt`` builds them) run with their video.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def sample_next(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
         ordered, order = logits.sort(descending=True)
-        cumulative = ordered.softmax(-1).cumsum(-1)
-        drop = cumulative - ordered.softmax(-1) > top_p  # keep the smallest set reaching top_p
+        probs = ordered.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest set reaching top_p
         logits = logits.scatter(0, order[drop], float("-inf"))
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))

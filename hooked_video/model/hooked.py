@@ -304,7 +304,7 @@ class HookedVideoLLM:
 
     def to_tokens(self, prompt, *args, **kwargs) -> torch.Tensor:
         """A VideoPrompt's ids (1, N), which ``model(...)`` then runs with their video (also with
-        text appended, as ``transformer_lens.utils.test_prompt`` does); TransformerLens'
+        text appended, as ``transformer_lens.utilities.test_prompt`` does); TransformerLens'
         ``to_tokens`` for text."""
         if isinstance(prompt, VideoPrompt):
             self._known_prompts.remember(prompt)
@@ -324,7 +324,7 @@ class HookedVideoLLM:
     def test_prompt(self, prompt: VideoPrompt, top_k: int = 10) -> None:
         """Print, as TransformerLens' ``test_prompt`` does, how the model ranks the options of a
         multiple-choice video prompt: each letter's rank, logit and probability, then the top
-        tokens. (``transformer_lens.utils.test_prompt(prompt, answer, model)`` works too.)"""
+        tokens. (``transformer_lens.utilities.test_prompt(prompt, answer, model)`` works too.)"""
         if not isinstance(prompt, VideoPrompt) or not prompt.option_token_ids:
             raise InvalidInputError("test_prompt takes a multiple-choice VideoPrompt (model.prepare(..., options=[...]))")
         print(option_report(prompt, self(prompt, logits_to_keep=1)[0, -1], self.tokenizer, top_k))

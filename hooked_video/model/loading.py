@@ -37,9 +37,10 @@ def _config(path):
 
     from hooked_video.zoo import ZOO, near_miss
 
-    if near_miss(str(path)):  # a typo of a bundled name: say so now, not after the hub's retries
+    typo_of = near_miss(str(path))
+    if typo_of:  # a typo of a bundled name: say so now, not after the hub's retries
         raise ModelNotFoundError(f"no model at {str(path)!r}: no such local folder, and not a bundled model "
-                                 f"({', '.join(sorted(ZOO))}); did you mean {near_miss(str(path))!r}?")  # fmt: skip
+                                 f"({', '.join(sorted(ZOO))}); did you mean {typo_of!r}?")  # fmt: skip
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:

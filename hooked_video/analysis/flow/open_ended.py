@@ -17,6 +17,7 @@ video -> last, question -> last, response -> last; and "cross-frame").
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -76,17 +77,22 @@ def _word_positions(tokens: list[str], words: set[str]) -> list[int]:
     return found
 
 
-def spacy_verbs(text: str) -> set[str]:
-    """The words spaCy's ``en_core_web_lg`` tags VERB in ``text`` (the released anchor rule)."""
+@functools.lru_cache(maxsize=1)
+def _spacy_model():
+    """spaCy's ``en_core_web_lg``, loaded once (it takes seconds)."""
     try:
         import spacy
 
-        nlp = spacy.load("en_core_web_lg")
+        return spacy.load("en_core_web_lg")
     except (ImportError, OSError) as err:
         raise ImportError("anchors='verbs' tags the answer with spaCy's en_core_web_lg, which is not installed "
                           f"({err}); run `pip install spacy && python -m spacy download en_core_web_lg`, or give "
                           "the anchor words as a list") from None  # fmt: skip
-    return {token.text for token in nlp(text) if token.pos_ == "VERB"}
+
+
+def spacy_verbs(text: str) -> set[str]:
+    """The words spaCy's ``en_core_web_lg`` tags VERB in ``text`` (the released anchor rule)."""
+    return {token.text for token in _spacy_model()(text) if token.pos_ == "VERB"}
 
 
 def free_form_prompt(model, item, num_frames: int | None, template: PromptTemplate | None):
@@ -99,7 +105,7 @@ def free_form_prompt(model, item, num_frames: int | None, template: PromptTempla
     template = template or (PromptTemplate.named(named) if named else PromptTemplate.free_form())
     if isinstance(item, dict):
         return model.prepare(item["video"], item["question"], template=template, num_frames=num_frames)
-    frames, times = item.load_frames(num_frames, model.family.frame_sampling, with_times=True)
+    frames, times = item.frames_for(model, num_frames)
     return model.prepare(frames, item.question, template=template, num_frames=None, frame_times=times)
 
 
