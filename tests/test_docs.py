@@ -63,16 +63,53 @@ def test_skipped_blocks_say_why():
 
 
 def test_api_reference_lists_every_module():
-    """Each module with public names is on the API page (packages re-export their modules' names;
-    the CLI is documented by its --help and the pages; adapters are reached through the model)."""
+    """Each module with public names has a page of the API reference (packages re-export their
+    modules' names; the CLI and its argument checks are documented by --help and the pages;
+    adapters are reached through the model)."""
     import pkgutil
 
     import hooked_video
 
-    listed = set(re.findall(r'"(hooked_video[\w.]*)"', (ROOT / "docs" / "gen_pages.py").read_text()))
+    listed = set(api_reference().MODULES)
     packages = {m.name for m in pkgutil.walk_packages(hooked_video.__path__, "hooked_video.") if m.ispkg}
-    exempt = {"hooked_video.__main__", "hooked_video.app.cli", "hooked_video.app.commands"}
+    exempt = {"hooked_video.__main__", "hooked_video.app.cli", "hooked_video.app.commands", "hooked_video.app.doctor",
+              "hooked_video.app.precheck"}  # fmt: skip
     modules = {m.name for m in pkgutil.walk_packages(hooked_video.__path__, "hooked_video.")}
     missing = sorted(m for m in modules - listed - packages - exempt if not m.startswith("hooked_video.model.adapters."))
-    assert not missing, f"add these modules to API_MODULES in docs/gen_pages.py: {missing}"
-    assert not listed - modules - {"hooked_video"}, f"gen_pages.py names modules that do not exist: {listed - modules}"
+    assert not missing, f"add these modules to API_MODULES in docs/api_reference.py: {missing}"
+    assert not listed - modules - {"hooked_video"}, f"api_reference.py names modules that do not exist: {listed - modules}"
+
+
+def api_reference():
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        return importlib.import_module("api_reference")
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+
+
+def test_api_index_links_only_to_pages_that_exist():
+    """The index's module links are generated pages; each "names you need" link is an object
+    documented on its module's page (mkdocstrings' autorefs resolve it when the site is built)."""
+    ref = api_reference()
+    pages = ref.pages()
+    index = pages["api.md"]
+    links = re.findall(r"\]\((api/[^)#]+)\)", index)
+    assert links and all(link in pages for link in links), [link for link in links if link not in pages]
+    assert {ref.page_of(m) for m in ref.MODULES} <= set(links), "a module page the index does not link"
+    package = ref._package()
+    for shown, targets, _ in ref.NAMES:
+        assert len(shown.split(", ")) == len(targets), shown
+        for target in targets:
+            module = ref.home_of(target)
+            assert module is not None, f"{target}: no page documents it"
+            obj = ref._get(package, target)  # raises KeyError when the object does not exist
+            top = target[len(module) + 1 :].split(".")[0] if target != module else None
+            assert top is None or top in ref.members(ref._get(package, module))[0], f"{target} is not rendered on its page"
+            assert obj.docstring, f"{target} has no docstring to show"
+    for path, text in pages.items():
+        for link in re.findall(r"\]\((hooked_video[^)]*\.md)\)", text):  # module pages link each other
+            assert f"api/{link}" in pages, f"{path} links {link}"

@@ -63,6 +63,10 @@ def _patched_last_logits(hf, prompt, layer: int, position: int, value: torch.Ten
 
 
 def test_transformer_lens_patching_on_video_prompts(case):
+    """Equal to a hand-written patch of the plain model, and to ``hooked_video.patching`` where
+    both apply; it says what it costs before its first patched forward, once."""
+    from hooked_video import patching
+
     model, hf, clean, corrupted = case
     answer = clean.answer_token_id
     _, clean_cache = model.run_with_cache(clean)
@@ -70,14 +74,21 @@ def test_transformer_lens_patching_on_video_prompts(case):
     def metric(logits):
         return logits[0, -1, answer]
 
-    result = tl_patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
-    assert result.shape == (model.cfg.n_layers, clean.n_positions)
+    n_forwards = model.cfg.n_layers * clean.n_positions
+    for tokens in (corrupted, model.to_tokens(corrupted)):
+        with pytest.warns(UserWarning, match=rf"runs {n_forwards} forwards.*hooked_video.patching") as caught:
+            result = tl_patching.get_act_patch_resid_pre(model, tokens, clean_cache, metric)
+        assert sum("transformer_lens.patching" in str(w.message) for w in caught) == 1
+        assert result.shape == (model.cfg.n_layers, clean.n_positions)
     positions = [clean.token_map.video[0], clean.token_map.video[-1], clean.n_positions - 1]
     for layer in range(model.cfg.n_layers):
         for position in positions:
             value = clean_cache[f"blocks.{layer}.hook_resid_pre"][0, position]
             expected = _patched_last_logits(hf, corrupted, layer, position, value)[answer]
             torch.testing.assert_close(result[layer, position], expected, atol=1e-4, rtol=1e-4)
+    ours = patching.patch_positions(model, clean, corrupted, [torch.tensor([p]) for p in positions],
+                                    metric=lambda logits, _: logits[:, -1, answer], progress=False)  # fmt: skip
+    torch.testing.assert_close(ours.values, result[:, positions].float(), atol=1e-4, rtol=1e-4)
 
 
 def test_hook_points_are_in_eval_mode(case):
@@ -158,3 +169,28 @@ def test_text_generate_is_transformer_lens_own(case):
     model, _, _, _ = case
     text = model.generate("which way does the ball", max_new_tokens=2, do_sample=False, verbose=False)
     assert isinstance(text, str) and text.startswith("which way does the ball")
+
+
+def test_lm_hook_names_leave_the_vision_side_out(case):
+    """A suffix filter catches vision hooks too; ``lm_hook_names`` holds the language model's only,
+    and a video-position edit through them leaves the vision tower's activations as they were."""
+    model, _, clean, _ = case
+    by_suffix = [n for n in model.hook_dict if n.endswith("hook_out")]
+    lm = set(model.lm_hook_names)
+    assert any(n.startswith("vision_") for n in by_suffix) and not any(n.startswith("vision_") for n in lm)
+    assert lm | {n for n in model.hook_dict if n.startswith(("vision_encoder.", "vision_projector."))} == set(model.hook_dict)
+    assert {f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)} <= lm and "hook_video_embeds" in lm
+    video = clean.token_map.video
+
+    def zero_video(act, hook):
+        act[:, video] = 0
+        return act
+
+    names = [n for n in model.lm_hook_names if n.endswith("hook_resid_post")]
+    vision = [n for n in model.hook_dict if n.startswith("vision_")]
+    _, before = model.run_with_cache(clean, names_filter=lambda n: n in vision)
+    with model.hooks(fwd_hooks=[(n, zero_video) for n in names]):
+        _, after = model.run_with_cache(clean, names_filter=lambda n: n in vision)
+    assert before.keys() == after.keys() and len(before) > 0
+    for name in before.keys():
+        torch.testing.assert_close(before[name], after[name])

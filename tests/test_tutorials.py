@@ -43,3 +43,15 @@ def test_runs_top_to_bottom(path, tmp_path, monkeypatch):
                                      resources={"metadata": {"path": str(tmp_path)}})  # fmt: skip
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
     assert sum(_figures(c) for c in notebook.cells if c.cell_type == "code") >= 1, f"{path.name} shows no figure"
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_has_a_quick_switch(path):
+    setup = nbformat.read(path, as_version=4).cells[1].source
+    assert 'QUICK = os.environ.get("HOOKED_VIDEO_QUICK") == "1"' in setup and "PER_TASK = " in setup, path.name
+
+
+def test_quick_mode_runs(tmp_path, monkeypatch):
+    """QUICK picks samples that exist with fewer questions per task (03 picks one by its number)."""
+    monkeypatch.setenv("HOOKED_VIDEO_QUICK", "1")
+    test_runs_top_to_bottom(ROOT / "tutorials" / "03_logit_lens.ipynb", tmp_path, monkeypatch)

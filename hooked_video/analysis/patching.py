@@ -9,11 +9,11 @@ activation written into that set's positions of one hook (``resid_pre``, ``resid
     result = patching.frame_patching(model, clean, corrupted)        # (n_layers, n_frames)
     result.normalized()                                             # 0 = corrupted, 1 = clean
 
-Why not ``transformer_lens.patching``: its functions call ``model(corrupted_tokens)`` and
-``model.run_with_hooks(corrupted_tokens, ...)`` with token ids only, so a video prompt's pixel
-values and (for Qwen-VL) M-RoPE positions cannot reach the model, and they patch one position
-index per forward. Here both prompts are embedded once (``model.embed``, so the vision encoder
-runs twice in total) and several position sets are patched per batched forward. The hook names
+Why not ``transformer_lens.patching``: it runs on a video prompt (and equals this module where
+both apply), but it patches one position index per forward over every position of the prompt,
+about 40,000 forwards for a 7B video prompt; it warns with that number before it starts. Here both
+prompts are embedded once (``model.embed``, so the vision encoder runs twice in total) and several
+position sets are patched per batched forward. The hook names
 and the patching rule are TransformerLens' own.
 
 Qwen3-VL adds DeepStack features of the video to the residual stream after its first decoder
@@ -94,6 +94,7 @@ def _position_set(positions, n_positions: int, index: int) -> torch.Tensor:
     return tensor
 
 
+@torch.no_grad()
 def patch_positions(
     model,
     clean,

@@ -15,6 +15,7 @@
                                             the paper's pipeline and report, per task
     hooked-video demo [--samples 8] [--out DIR]
                                             the paper's pipeline on the bundled toy models
+    hooked-video doctor                     versions, devices, a timed toy forward, suggested --threads
 
 D is a TVBench folder (json/, video/), a TOMATO folder (jsons/, videos/) or a JSON file.
 """
@@ -27,6 +28,7 @@ import os
 import sys
 import warnings
 
+from hooked_video.app.precheck import OPEN_ENDED_TARGET_NAMES, TARGET_NAMES, check_arguments  # noqa: F401 (tests)
 
 #: Architectures ``build-tiny`` writes (the keys of ``zoo.tiny.BUILDERS``, listed here so that
 #: ``--help`` needs no heavy import; a test keeps the two equal).
@@ -48,6 +50,46 @@ def _engine_argument(p) -> None:
 def _overwrite_argument(p) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace report and summary files in --out that hooked-video did not write (default: refuse)")
+
+
+#: Examples shown under each command's --help (all run offline on the bundled toys, except where a
+#: path names your own data).
+EXAMPLES = {
+    None: """examples:
+  hooked-video demo                                  the paper's pipeline on the bundled toys, offline
+  hooked-video info toy-video-ft                     versions, then the model's sizes and hook points
+  hooked-video flow --model toy-video-ft --data TVBench/ --out runs/flow
+  hooked-video reproduce --model byminji/LLaVA-NeXT-7B-Video-FT --data TVBench/ --out runs/paper
+Each command's --help lists its options and examples. HOOKED_VIDEO_DEBUG=1 shows tracebacks;
+--threads or HOOKED_VIDEO_THREADS sets torch's CPU threads; HF_HUB_OFFLINE=1 never asks the hub.""",
+    "build-tiny": "example:\n  hooked-video build-tiny qwen2_5_vl /tmp/tiny-qwen    then: hooked-video info /tmp/tiny-qwen",
+    "info": "examples:\n  hooked-video info                 installed versions against the tested window\n"
+            "  hooked-video info toy-video-ft    also its architecture, sizes and hook points",
+    "tokens": "example:\n  hooked-video tokens toy-video-ft clip.mp4 -q 'Which way does the ball move?' -o left -o right --answer 1",
+    "flow": "examples:\n  hooked-video flow --model toy-video-ft --data TVBench/ --out runs/flow\n"
+            "  hooked-video flow --model M --data TVBench/ --task 'Action Sequence' --target cross-frame --window 5 --out runs/cf\n"
+            "  hooked-video flow --model M --data answers.json --open-ended --verb-anchors --out runs/open\n"
+            "A rerun with the same --out resumes; --fresh starts over.",
+    "lens": "examples:\n  hooked-video lens --model toy-video-ft --data TVBench/ --variant unembed --norm final --out runs/lens\n"
+            "  hooked-video lens --model M --data TVBench/ --variant embed --norm released --keywords words.json --out runs/lens",
+    "prune": "examples:\n  hooked-video prune --model M --data TOMATO/ --preset llava-next-7b-video-ft --out runs/prune\n"
+             "  hooked-video prune --model M --data TVBench/ --from-sweep runs/flow --out runs/prune",
+    "reproduce": "example:\n  hooked-video reproduce --model byminji/LLaVA-NeXT-7B-Video-FT \\\n"
+                 "      --image-model llava-hf/llava-v1.6-vicuna-7b-hf --data TVBench/ --tomato TOMATO/ --out runs/paper",
+    "doctor": "example:\n  hooked-video doctor    then pass the suggested --threads to the commands you run",
+    "demo": "examples:\n  hooked-video demo                        8 questions per task, about a minute on 2 idle cores\n"
+            "  hooked-video demo --samples 32 --out demo32",
+}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Examples as written; every option's default in its help unless the help says it."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,45 +174,6 @@ def _placement_arguments(p) -> None:
     _threads_argument(p)
 
 
-#: Target names, checked before torch loads (tests/test_cli.py keeps them equal to flow's).
-TARGET_NAMES = ["cross-frame", "question-and-options-to-last", "vq-to-true-opt", "vql-to-ql"]
-OPEN_ENDED_TARGET_NAMES = ["cross-frame", "vqrl-to-qrl"]
-
-
-def _check_names(args) -> None:
-    """Model names that are typos of a bundled one, and unknown targets: errors within a second."""
-    from hooked_video.zoo import near_miss
-
-    for option in ("model", "image_model"):
-        name = getattr(args, option, None)
-        typo_of = near_miss(name) if isinstance(name, str) else None
-        if typo_of:
-            raise ValueError(f"no model at {name!r}: no such local folder, and not a bundled model; did you mean "
-                             f"{typo_of!r}?")  # fmt: skip
-    known = OPEN_ENDED_TARGET_NAMES if getattr(args, "open_ended", False) else TARGET_NAMES
-    unknown = [t for t in getattr(args, "target", None) or [] if t not in known]
-    if unknown:
-        raise ValueError(f"unknown target(s) {unknown}; known: {known}")
-
-
-def _check_placement(args) -> None:
-    """Placement options that would be dropped are errors, before anything loads."""
-    if getattr(args, "device_map", None) is None:
-        for option, value in (("--max-memory", "max_memory"), ("--gpus-per-process", "gpus_per_process")):
-            if getattr(args, value, None) is not None:
-                raise ValueError(f"{option} applies only to a model split with --device-map; add --device-map auto, "
-                                 f"or drop {option}")  # fmt: skip
-        return
-    if getattr(args, "device", None) is not None:
-        raise ValueError(f"give either --device {args.device} (the whole model on one device) or --device-map (a model "
-                         "split over GPUs), not both")  # fmt: skip
-    from hooked_video.runtime.distributed import environment_number  # light: no torch
-
-    if getattr(args, "gpus_per_process", None) is not None and environment_number("WORLD_SIZE", 1) <= 1:
-        raise ValueError("--gpus-per-process applies under torchrun / accelerate launch (several processes, each "
-                         "splitting its model); alone, --device-map already uses every GPU (or set --max-memory)")  # fmt: skip
-
-
 def _threads_argument(p) -> None:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for torch (default: $HOOKED_VIDEO_THREADS, else the cores this process may use, "
@@ -182,8 +185,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"hooked-video: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _command(sub, name: str, text: str):
+    """A sub-command's parser: its text as help and description, its examples as epilog."""
+    return sub.add_parser(name, help=text, description=text, epilog=EXAMPLES.get(name), formatter_class=_Formatter)
+
+
 def _analysis_parser(sub, name: str, text: str):
-    p = sub.add_parser(name, help=text)
+    p = _command(sub, name, text)
     p.add_argument("--model", required=True, help="local folder or hub id")
     p.add_argument("--data", required=True, help="a TVBench folder (json/, video/), a TOMATO folder "
                    "(jsons/, videos/) or a JSON file of {video, question, options, answer} entries")
@@ -191,7 +199,7 @@ def _analysis_parser(sub, name: str, text: str):
     _overwrite_argument(p)
     p.add_argument("--samples", type=_positive_int, default=None, help="use only the first N samples")
     p.add_argument("--task", action="append", help="only this task (repeat)")
-    p.add_argument("--frames", type=_positive_int, default=8)
+    p.add_argument("--frames", type=_positive_int, default=8, help="frames sampled per video")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.add_argument("--skip-invalid", action="store_true", help="skip malformed entries instead of failing")
     p.add_argument("--short-windows", choices=["error", "repeat"], default="error",
@@ -210,40 +218,44 @@ def _analysis_parser(sub, name: str, text: str):
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hooked-video`` parser with every sub-command."""
     from hooked_video import __version__
 
-    parser = _Parser(prog="hooked-video", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="hooked-video", description=__doc__.split("\n\n")[0], epilog=EXAMPLES[None],
+                     formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"hooked-video {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("build-tiny", help="write a small random-weight model and processor")
-    p.add_argument("arch", choices=TINY_ARCHITECTURES)
-    p.add_argument("dir")
-    p.add_argument("--seed", type=int, default=0)
+    p = _command(sub, "build-tiny", "write a small random-weight model and processor")
+    p.add_argument("arch", choices=TINY_ARCHITECTURES, help="which architecture")
+    p.add_argument("dir", help="folder to write (config, weights, tokenizer, processor)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
 
     for name, text in [("info", "installed versions against the tested window; with MODEL, its architecture, "
                                 "sizes and hook points"), ("tokens", "the token map of a video prompt")]:  # fmt: skip
-        p = sub.add_parser(name, help=text, description=text)
+        p = _command(sub, name, text)
         p.add_argument("model", nargs="?" if name == "info" else None,
                        help="local folder, hub id or bundled model (toy-video-ft, toy-image)")  # fmt: skip
         _placement_arguments(p)
         if name == "tokens":
             p.add_argument("video", help="video file")
-            p.add_argument("-q", "--question", required=True)
+            p.add_argument("-q", "--question", required=True, help="the question text")
             p.add_argument("-o", "--option", action="append", help="an option (repeat)")
-            p.add_argument("--answer", type=int, default=None)
-            p.add_argument("--frames", type=_positive_int, default=8)
+            p.add_argument("--answer", type=int, default=None, help="index of the true option (0-based; marks its span)")
+            p.add_argument("--frames", type=_positive_int, default=8, help="frames sampled from the video")
 
     p = _analysis_parser(sub, "flow", "attention-knockout sweep over the paper's targets")
     p.add_argument("--target", action="append", help="a target name (repeat); default: all four")
-    p.add_argument("--window", type=_positive_int, default=9, help="k, layers blocked per swept layer (default 9)")
-    p.add_argument("--window-style", choices=["center", "inverse", "top_down", "bottom_up"], default="center")
+    p.add_argument("--window", type=_positive_int, default=9, help="k, layers blocked per swept layer")
+    p.add_argument("--window-style", choices=["center", "inverse", "top_down", "bottom_up"], default="center",
+                   help="layers blocked per swept layer: k centred on it, all but those, from it to the top, or from "
+                        "layer 0 up to it")
     p.add_argument("--even-window", choices=["above", "below"], default="above",
                    help="even k: extra layer above the centre (default) or below it (the released code)")
     p.add_argument("--sweep-range", type=_layer_range, default=None, help="swept layers START-STOP (STOP excluded), e.g. 5-20")
     p.add_argument("--pool-tasks", action="store_true", help="summarise all tasks together (default: per task)")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="knockout passes per forward")
     p.add_argument("--open-ended", action="store_true",
                    help="free-form answers: --data is a JSON list of {video, question}; trace the --anchor-th anchor token")
     p.add_argument("--anchor", type=_positive_int, default=1, help="with --open-ended: which anchor token, 1-based")
@@ -259,21 +271,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--norm", choices=["released", "final", "none"], required=True,
                    help="answer probability: norm only at the last layer (released code), at every layer, or none")
     p.add_argument("--keywords", default=None, help='JSON: a word list or {"spatial": [...], "temporal": [...]}')
-    p.add_argument("--min-count", type=_whole_number(0), default=100)
+    p.add_argument("--min-count", type=_whole_number(0), default=100, help="drop keywords with fewer top-1 hits")
     p.add_argument("--overlapping-bins", action="store_true", help="the released code's off-by-one bins")
 
     p = _analysis_parser(sub, "prune", "accuracy with only the effective pathways (and random pruning)")
     p.add_argument("--preset", default=None, help="the paper's ranges for one of its models, e.g. llava-next-7b-video-ft (see pathways.PRESETS)")
     p.add_argument("--from-sweep", default=None, help="a flow results folder to derive the ranges from")
     p.add_argument("--threshold", type=float, default=10.0, help="with --from-sweep: percent drop that marks a layer")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline's draws")
     p.add_argument("--random-fraction", type=_random_fraction, default=None,
                    help="share of each layer's edges the random baseline blocks: a number, 'run' (1 - retention of the "
                         "pathway run), 'sample' (each sample's own share) or 'preset'. Default: the preset's value "
                         "(0.58 for llava-next-7b-video-ft, as the released scripts) with --preset, else 'run'")
     p.add_argument("--no-random", action="store_true", help="skip the random baseline")
 
-    p = sub.add_parser("reproduce", help="the paper's pipeline on a video model (and an image model), with a report")
+    p = _command(sub, "reproduce", "the paper's pipeline on a video model (and an image model), with a report")
     p.add_argument("--model", required=True, help="the video model (e.g. byminji/LLaVA-NeXT-7B-Video-FT)")
     p.add_argument("--image-model", default=None, help="the image model to compare with (e.g. llava-hf/llava-v1.6-vicuna-7b-hf)")
     p.add_argument("--data", required=True, help="a TVBench folder (json/, video/), a TOMATO folder or a JSON file")
@@ -282,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     _overwrite_argument(p)
     p.add_argument("--task", action="append", help="only this task (repeat); default: the paper's five TVBench tasks")
     p.add_argument("--samples", type=_positive_int, default=None, help="at most N questions per task")
-    p.add_argument("--window", type=_positive_int, default=9)
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--window", type=_positive_int, default=9, help="k, layers blocked per swept layer")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="knockout passes per forward")
     p.add_argument("--device", default=None, help="default: this process's GPU (one process per GPU under torchrun)")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
     p.add_argument("--select", choices=["correct", "wrong", "all"], default="correct",
@@ -295,22 +307,28 @@ def main(argv: list[str] | None = None) -> int:
     _engine_argument(p)
     _threads_argument(p)
 
-    p = sub.add_parser("demo", help="the whole analysis on the bundled toy models, offline")
+    p = _command(sub, "doctor", "is this machine ready: versions, devices, a timed toy forward, suggested --threads, caches")
+    p.add_argument("--device", default=None, help="where to time the toy forward (default: cpu)")
+
+    p = _command(sub, "demo", "the whole analysis on the bundled toy models, offline")
     p.add_argument("--model", default="toy-video-ft", help="the video model (default: toy-video-ft)")
     p.add_argument("--image-model", default="toy-image", help="the image model to compare with")
     p.add_argument("--data", default=None, help="synthetic benchmark folder (default: ~/.cache/hooked_video/synthetic)")
     p.add_argument("--samples", type=_positive_int, default=8, help="questions per task")
     p.add_argument("--out", default="hooked_video_demo", help="report folder")
     _overwrite_argument(p)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: a GPU if there is one, else cpu)")
     _threads_argument(p)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.showwarning = _show_warning
     try:
-        _check_placement(args)
-        _check_names(args)
+        check_arguments(args)
         from hooked_video.app import commands
 
         getattr(commands, "run_" + args.command.replace("-", "_"))(args)

@@ -7,7 +7,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from hooked_video.app.outputs import check_writable, write_text
+from hooked_video.app.outputs import write_text
+from hooked_video.app.precheck import read_keywords
 from hooked_video.runtime.distributed import Shard, barrier, local_rank, max_memory_for, process_gpus, set_threads
 
 
@@ -17,29 +18,9 @@ def run_build_tiny(args) -> None:
     print(build_tiny(args.arch, args.dir, seed=args.seed))
 
 
-def _summary_path(args) -> Path:
-    """``out/summary.json``, refusing (before the slow work) to replace a file hooked-video did not write."""
-    return check_writable(Path(args.out, "summary.json"), getattr(args, "overwrite", False))
-
-
 def _write_summary(args, summary: dict) -> Path:
     return write_text(Path(args.out, "summary.json"), json.dumps({"written_by": "hooked-video", **summary}, indent=1),
                       getattr(args, "overwrite", False))  # fmt: skip
-
-
-def _keywords(args):
-    """--keywords, read and checked before the slow work: a word list or {group: [words]}."""
-    if not args.keywords:
-        return None
-    from hooked_video.data.mcqa import read_json
-
-    keywords = read_json(Path(args.keywords)) if Path(args.keywords).is_file() else None
-    if keywords is None:
-        raise FileNotFoundError(f"--keywords file {args.keywords} does not exist")
-    words = lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v)  # noqa: E731
-    if not (words(keywords) or isinstance(keywords, dict) and all(words(v) for v in keywords.values())):
-        raise ValueError(f"--keywords {args.keywords}: expected a list of words or {{group: [words]}}")
-    return keywords
 
 
 def _load(args):
@@ -140,7 +121,6 @@ def run_open_ended(args) -> None:
         questions = [q for q in questions if q["task"] in args.task]
     questions = questions[: args.samples]
     flow.resolve_targets(args.target or ["vqrl-to-qrl"], flow.OPEN_ENDED_TARGETS)
-    _summary_path(args)
     model = _load(args)
     if args.verb_anchors and args.anchor_words:
         raise ValueError("give either --verb-anchors or --anchor-words, not both")
@@ -168,9 +148,8 @@ def run_flow(args) -> None:
 
     if args.open_ended:
         return run_open_ended(args)
-    samples = _dataset(args)  # data, target and output errors first, before the slow load
+    samples = _dataset(args)
     flow.resolve_targets(args.target or list(flow.TARGETS))
-    _summary_path(args)
     model = _load(args)
     swept = range(*args.sweep_range) if args.sweep_range else None
     df = _sharded(args, lambda shard: flow.sweep(
@@ -204,8 +183,7 @@ def run_flow(args) -> None:
 def run_lens(args) -> None:
     from hooked_video.analysis import lens
 
-    samples, keywords = _dataset(args), _keywords(args)  # data and output errors first, before the slow load
-    _summary_path(args)
+    samples, keywords = _dataset(args), read_keywords(args.keywords)
     model = _load(args)
     run = _sharded(args, lambda shard: lens.run(model, samples, variant=args.variant, norm=args.norm, select=args.select,
                                                 rule=args.rule, out=args.out, resume=not args.fresh,
@@ -245,18 +223,13 @@ def run_prune(args) -> None:
     from hooked_video.analysis import flow, pathways
 
     samples = _dataset(args)
-    if bool(args.preset) == bool(args.from_sweep):
-        raise ValueError("give exactly one of --preset NAME or --from-sweep SWEEP_DIR")
     if args.preset:
         spec = pathways.PathwaySpec.preset(args.preset)
     else:
         spec = pathways.PathwaySpec.from_sweep(flow.load(args.from_sweep), threshold=args.threshold)
     fraction = args.random_fraction
-    if fraction == "preset":
-        if spec.random_fraction is None:
-            raise ValueError("--random-fraction preset needs --preset (a sweep-derived spec has no fixed fraction)")
+    if fraction == "preset":  # with --preset (checked): the preset's own fraction
         fraction = None
-    _summary_path(args)
     model = _load(args)
     report = _sharded(args, lambda shard: pathways.evaluate(
         model, samples, spec, random_baseline=not args.no_random, seed=args.seed, random_fraction=fraction,
@@ -271,6 +244,12 @@ def run_prune(args) -> None:
     print(f"accuracy ({args.rule}):\n{report.accuracy.round(3).to_string()}")
     print(report.retention.round(3).to_string())
     print(f"results: {args.out}")
+
+
+def run_doctor(args) -> None:
+    from hooked_video.app import doctor
+
+    print(doctor.run(args.device))
 
 
 def run_demo(args) -> None:

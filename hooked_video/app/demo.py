@@ -19,7 +19,7 @@ from hooked_video import viz
 from hooked_video.analysis import lens
 from hooked_video.analysis.accuracy import accuracy
 from hooked_video.data import TVBench, synthetic
-from hooked_video.app.outputs import check_writable, save_figure, write_text
+from hooked_video.app.outputs import DEMO_FILES, check_folder, save_figure, write_text
 from hooked_video.app.report import Section, write_report
 from hooked_video.app.reproduce import Reproduction, report_sections, reproduce
 
@@ -41,9 +41,7 @@ def run(out: str | Path = "hooked_video_demo", data: str | Path | None = None, s
     """Run the whole demo; returns the summary (also written to ``out/summary.json``). Files in ``out``
     that hooked-video did not write are refused before any work, unless ``overwrite``."""
     start = time.perf_counter()
-    out = Path(out)
-    for name in ("index.html", "summary.json", "results/index.html", "results/summary.json"):
-        check_writable(out / name, overwrite)
+    out = check_folder(out, DEMO_FILES, overwrite)
     root = Path(data) if data else out / "synthetic"
     benchmark = TVBench(synthetic.generate(root, per_task=samples, seed=0, progress=progress))
     temporal_names = sorted({s.task for s in benchmark if s.id.split("/")[0] in synthetic.TEMPORAL_TASKS})

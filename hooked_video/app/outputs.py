@@ -16,6 +16,10 @@ import os
 from pathlib import Path
 
 MANIFEST = ".hooked-video-files.json"
+#: What a report writes at the top of its folder (figures are named as they are written).
+REPORT_FILES = ("index.html", "summary.json")
+#: What the demo writes: its report and the one of its ``results/`` folder.
+DEMO_FILES = REPORT_FILES + ("results/index.html", "results/summary.json")
 
 
 class OutputExistsError(FileExistsError):
@@ -71,6 +75,16 @@ def check_writable(path: str | Path, overwrite: bool = False) -> Path:
     else:
         why = "was not written by hooked-video"
     raise OutputExistsError(f"{path} exists and {why}; move it, use another --out, or pass --overwrite to replace it")
+
+
+def check_folder(out: str | Path, names=REPORT_FILES, overwrite: bool = False) -> Path:
+    """``out``, if it may hold the files ``names`` (see ``check_writable``) and is not a file."""
+    out = Path(out)
+    if out.is_file():
+        raise OutputExistsError(f"--out {out} is a file; give a folder (it is created if missing)")
+    for name in names:
+        check_writable(out / name, overwrite)
+    return out
 
 
 def record(path: str | Path) -> None:

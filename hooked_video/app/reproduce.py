@@ -26,7 +26,7 @@ from hooked_video.analysis import flow, lens, pathways
 from hooked_video.analysis.accuracy import PAPER_RULE
 from hooked_video.runtime.distributed import barrier, resolve_shard
 from hooked_video.data.benchmarks import PAPER_TVBENCH_TASKS
-from hooked_video.app.outputs import check_writable, save_figure, write_text
+from hooked_video.app.outputs import REPORT_FILES, check_folder, save_figure, write_text
 from hooked_video.app.report import Section, write_report
 
 
@@ -136,9 +136,7 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
             not write (default: refuse them, before any work; see ``outputs``).
     """
     start = time.perf_counter()
-    out = Path(out)
-    for name in ("index.html", "summary.json"):
-        check_writable(out / name, overwrite)
+    out = check_folder(out, REPORT_FILES, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     shard = resolve_shard(shard)
     video_model, image_model = load_models(video_model, image_model, device, dtype)

@@ -13,9 +13,10 @@ demonstration_type, key}}``; the video is ``{root}/videos/{demonstration_type}/{
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
-from hooked_video.data.mcqa import AnnotationError, Sample, SampleList, check_short_windows, read_json, sample_from_entry
+from hooked_video.data.layout import AnnotationError, check_tasks_of_file, layout_of, read_json, task_files, task_stem
+from hooked_video.data.mcqa import Sample, SampleList, check_short_windows, sample_from_entry
 
 TVBENCH_TASKS = (
     "Action Antonym", "Action Count", "Action Localization", "Action Sequence", "Egocentric Sequence",
@@ -29,10 +30,6 @@ BOUND_TASKS = ("Action Sequence", "Action Localization")
 TIME_WINDOWS = ("bound-tasks", "all", "none")
 
 
-def _stem(task: str) -> str:
-    return task.strip().lower().replace(" ", "_")
-
-
 class _Benchmark(SampleList):
     """Samples of a benchmark folder, task by task, with per-entry validation."""
 
@@ -43,18 +40,10 @@ class _Benchmark(SampleList):
         self.root = Path(root)
         self.short_windows = check_short_windows(short_windows)
         self.inside = None if allow_outside else self.root  # videos must stay in the folder
-        folder = self.root / self.annotation_dir
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} does not exist: is {self.root} a {type(self).__name__} folder?")
-        available = {p.stem: p for p in sorted(folder.glob("*.json"))}
-        wanted = [_stem(t) for t in tasks] if tasks else list(available)
-        unknown = [t for t in wanted if t not in available]
-        if unknown:
-            raise FileNotFoundError(f"no annotation file for task(s) {unknown} in {folder}; found {sorted(available)}")
+        files = task_files(self.root, type(self).__name__, tasks)
         self.samples: list[Sample] = []
         self.skipped: list[str] = []
-        for stem in wanted:
-            path = available[stem]
+        for stem, path in files.items():
             entries = read_json(path)
             for index, entry in self._entries(path, entries):
                 try:
@@ -115,7 +104,7 @@ class TVBench(_Benchmark):
 
     def _sample(self, path, stem, index, entry) -> Sample:
         _require(entry, ("video", "question", "candidates", "answer"), f"{path}, entry {index}")
-        task = next((t for t in TVBENCH_TASKS if _stem(t) == stem), stem)
+        task = next((t for t in TVBENCH_TASKS if task_stem(t) == stem), stem)
         entry = {**entry, "id": f"{stem}/{index}", "task": task}
         if self.time_windows == "none" or (self.time_windows == "bound-tasks" and task not in BOUND_TASKS):
             entry = {k: v for k, v in entry.items() if k not in ("start", "end")}
@@ -150,18 +139,12 @@ def open_dataset(path: str | Path, tasks: Sequence[str] | None = None, skip_inva
     videos must stay inside it unless ``allow_outside``."""
     from hooked_video.data.mcqa import MCQADataset
 
-    path = Path(path)
-    kinds: list[tuple[str, Callable]] = [("json", TVBench), ("jsons", TOMATO)]
-    for folder, cls in kinds:
-        if (path / folder).is_dir():
-            return cls(path, tasks=tasks, skip_invalid=skip_invalid, short_windows=short_windows, allow_outside=allow_outside)
-    if path.is_dir():
-        raise FileNotFoundError(f"{path} is neither a TVBench (json/) nor a TOMATO (jsons/) folder")
+    layout = layout_of(path)
+    if layout != "file":
+        cls = {"TVBench": TVBench, "TOMATO": TOMATO}[layout]
+        return cls(path, tasks=tasks, skip_invalid=skip_invalid, short_windows=short_windows, allow_outside=allow_outside)
     data = MCQADataset(path, skip_invalid=skip_invalid, short_windows=short_windows)
     if tasks:
-        found = sorted({s.task for s in data.samples})
-        unknown = [t for t in tasks if t not in found]
-        if unknown:
-            raise AnnotationError(f"{path}: no sample has task {unknown}; tasks in the file: {found}")
+        check_tasks_of_file(path, {s.task for s in data.samples}, tasks)
         data.samples = [s for s in data.samples if s.task in set(tasks)]
     return data

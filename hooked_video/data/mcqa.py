@@ -7,7 +7,6 @@ A JSON file holds a list of entries ``{"video": path, "question": str, "options"
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,20 +15,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 from hooked_video.core.checks import InvalidInputError, check_answer, check_options, check_question
 from hooked_video.core.video import SHORT_WINDOWS, load_video
-
-
-class AnnotationError(InvalidInputError):
-    """An annotation entry is malformed; the message names the file and the entry."""
-
-
-def read_json(path: Path):
-    """The parsed JSON of an annotation file; errors name the file."""
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise AnnotationError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+from hooked_video.data.layout import AnnotationError, read_json
 
 
 def _window(entry: dict, where: str) -> tuple[float | None, float | None]:

@@ -9,6 +9,9 @@ prompts whose ids were handed out, so those ids (and ids that continue them with
 
 from __future__ import annotations
 
+import sys
+import warnings
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -31,16 +34,52 @@ class KnownPrompts:
         while len(self._prompts) > self.size:
             self._prompts.popitem(last=False)
 
-    def inputs_for(self, ids: Int[torch.Tensor, "batch pos"]) -> dict | None:
-        """The model inputs of ``ids`` (one row) that start with a remembered prompt's ids: its
-        pixels and the ids, text after it included; None if no prompt fits."""
+    def prompt_for(self, ids: Int[torch.Tensor, "batch pos"]) -> VideoPrompt | None:
+        """The remembered prompt whose ids ``ids`` (one row) start with; None if none fits."""
         if ids.ndim != 2 or len(ids) != 1:
             return None
         row = ids[0].tolist()
         for key, prompt in reversed(self._prompts.items()):
             if tuple(row[: len(key)]) == key:
-                return extend_inputs(prompt.inputs, row[len(key) :]) if len(row) > len(key) else dict(prompt.inputs)
+                return prompt
         return None
+
+
+def inputs_of(prompt: VideoPrompt, ids: Int[torch.Tensor, "1 pos"]) -> dict:
+    """The model inputs of ``ids`` that start with ``prompt``'s ids: its pixels, with the text after it."""
+    extra = ids[0, prompt.n_positions :].tolist()
+    return extend_inputs(prompt.inputs, extra) if extra else dict(prompt.inputs)
+
+
+_WARNED_PATCH_RUNS: list[weakref.ref] = []  # the result tensors of runs already warned about
+
+
+def warn_transformer_lens_patching(prompt: VideoPrompt, depth: int = 8) -> None:
+    """Say once per ``transformer_lens.patching`` call on a video prompt how many forwards it will
+    run (one per layer and index, every position of the prompt), and what patches video positions
+    in fewer. Called where ids of a known video prompt are run; silent for any other caller."""
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        frame = frame.f_back
+        if frame is None:
+            return
+        if frame.f_code.co_name == "generic_activation_patch" and frame.f_globals.get("__name__") == "transformer_lens.patching":
+            break
+    else:
+        return
+    store, index_df = frame.f_locals.get("store"), frame.f_locals.get("index_df")
+    _WARNED_PATCH_RUNS[:] = [ref for ref in _WARNED_PATCH_RUNS if ref() is not None]
+    if store is None or index_df is None or any(ref() is store for ref in _WARNED_PATCH_RUNS):
+        return
+    _WARNED_PATCH_RUNS.append(weakref.ref(store))  # the run's result tensor lives as long as the run
+    tm = prompt.token_map
+    warnings.warn(
+        f"transformer_lens.patching on a video prompt runs {len(index_df)} forwards, one per index "
+        f"({', '.join(index_df.columns)}) over all {prompt.n_positions} positions, {len(tm.video)} of them video "
+        f"tokens; hooked_video.patching patches whole frames (frame_patching: n_layers x {tm.n_frames} patches), "
+        "grid cells or any position sets, several per batched forward, with the same hook names",
+        stacklevel=2,
+    )
 
 
 def sample_next(

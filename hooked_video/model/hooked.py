@@ -25,7 +25,7 @@ from hooked_video.runtime.fastpath import install_fast_blocks
 from hooked_video.model.embedded import EmbeddedPrompt
 from hooked_video.model.errors import UnsupportedArchitectureError
 from hooked_video.model.families import FAMILIES, VideoFamily
-from hooked_video.model.habits import KnownPrompts, option_report, sample_next
+from hooked_video.model.habits import KnownPrompts, inputs_of, option_report, sample_next, warn_transformer_lens_patching
 from hooked_video.core.checks import InvalidInputError, check_answer, check_frame_times, check_options, check_question
 from hooked_video.model.prompt import (
     PromptTemplate,
@@ -40,6 +40,10 @@ from hooked_video.core.video import load_video
 
 class _StopBeforeLanguageModel(Exception):
     """Raised inside ``embed`` once the language model's inputs are known."""
+
+
+#: Hook names of the vision side; every other hook belongs to the language model.
+VISION_HOOK_PREFIXES = ("vision_encoder.", "vision_projector.")
 
 
 def _unsupported(arch: str | None) -> UnsupportedArchitectureError:
@@ -160,6 +164,14 @@ class HookedVideoLLM:
         """Where inputs go: the embedding's device (the first of a model split over devices)."""
         return torch.device(self.bridge.cfg.device or next(self.hf_model.parameters()).device)
 
+    @property
+    def lm_hook_names(self) -> list[str]:
+        """The language model's hook names (embedding, ``blocks.*``, final norm, unembedding,
+        ``hook_video_embeds``): every hook but the vision encoder's and the projector's. Filter
+        with these, or with ``name.startswith("blocks.")``; a suffix test such as
+        ``name.endswith("hook_resid_post")`` also matches ``vision_encoder.*`` hooks."""
+        return [name for name in self.hook_dict if not name.startswith(VISION_HOOK_PREFIXES)]
+
     def _inputs(self, prompt, kwargs: Mapping | None = None) -> tuple[Any, dict]:
         """(input_ids, other model kwargs) for a prompt, a list of prompts, or raw inputs (ids that
         hold video placeholders need their pixels in ``kwargs``)."""
@@ -170,6 +182,7 @@ class HookedVideoLLM:
         if isinstance(prompt, VideoPrompt):
             inputs = prompt.inputs
             self._validate(inputs)
+            warn_transformer_lens_patching(prompt)
         elif isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], VideoPrompt):
             for one in prompt:
                 self._validate(one.inputs)
@@ -195,15 +208,16 @@ class HookedVideoLLM:
         n_placeholders = int((ids == self.family.video_token_id).sum())
         if not n_placeholders:
             return None
-        inputs = self._known_prompts.inputs_for(ids)
-        if inputs is None:
+        prompt = self._known_prompts.prompt_for(ids)
+        if prompt is None:
             raise InvalidInputError(
                 f"these input ids hold {n_placeholders} video placeholder tokens but no pixels, so the language model "
                 "would read the placeholders' embeddings instead of the video; pass the VideoPrompt itself "
                 "(model(prompt)), or prompt.inputs (ids with their pixel_values_videos), or ids from "
                 "model.to_tokens(prompt)"
             )  # fmt: skip
-        return inputs
+        warn_transformer_lens_patching(prompt)
+        return inputs_of(prompt, ids)
 
     def move_inputs(self, inputs: dict) -> dict:
         """Tensors to the model's device; pixel values to its dtype (processors give float32)."""

@@ -13,6 +13,10 @@ projections are the bridge's ``LinearBridge``s, so ``hook_q``, ``hook_k``, ``hoo
 - records keys and values for ``record(...)`` (the sweep engine's baseline),
 - and calls SDPA (flash or memory-efficient kernels: memory linear in N).
 
+A layer on the reference path gets the KV cache under the name TransformerLens reads, and the
+language model gets position ids for exactly the tokens it runs, so KV-cached generation
+(``bridge.generate``) matches Hugging Face's ``generate`` on both paths.
+
 The two paths compute the same function; they differ only by floating-point rounding.
 """
 
@@ -27,13 +31,17 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge.generalized_components import PositionEmbeddingsAttentionBridge
 
 from hooked_video.runtime.edges import EdgeSet
 
 ATTENTION_NAME = "hooked_video_sdpa"
 #: Hook points whose hooks need the reference (TransformerLens) attention path.
-REFERENCE_HOOKS = ("hook_attn_scores", "hook_pattern", "hook_cos", "hook_sin")
+REFERENCE_HOOKS = ("hook_attn_scores", "hook_pattern", "hook_cos", "hook_sin", "hook_q_normed", "hook_k_normed")
+#: Sub-modules of an attention bridge whose hook points also need the reference path (Qwen3's
+#: q/k norms: the fast path calls them on another layout, (batch, pos, heads, d_head)).
+REFERENCE_MODULES = ("q_norm", "k_norm")
 #: TransformerLens config flags that reroute attention inputs or outputs per head.
 REFERENCE_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in")
 
@@ -174,13 +182,19 @@ class FastAttentionMixin:
             return True
         if any(getattr(self.config, flag, False) for flag in REFERENCE_FLAGS):
             return True
-        return any(_has_hooks(getattr(self, name, None)) for name in REFERENCE_HOOKS)
+        if any(_has_hooks(getattr(self, name, None)) for name in REFERENCE_HOOKS):
+            return True
+        norms = [getattr(self, name, None) for name in REFERENCE_MODULES]
+        return any(_has_hooks(m) for norm in norms if isinstance(norm, torch.nn.Module) for m in norm.modules()
+                   if isinstance(m, HookPoint))
 
     def forward(self, *args, **kwargs):
         """The HF attention with ``attention_forward`` (fast path), or the bridge's reference attention."""
         if self.needs_reference(kwargs):
             if self._layer_idx in _STATE.blocked:
                 raise RuntimeError("edge_masks() cannot be combined with hooks that need the reference attention path")
+            if "cache" in kwargs:  # transformers' name for the KV cache; TransformerLens reads the former one
+                kwargs.setdefault("past_key_values", kwargs.pop("cache"))
             return super().forward(*args, **kwargs)
         hidden = kwargs.pop("hidden_states") if "hidden_states" in kwargs else args[0]
         kwargs.pop("output_attentions", None)
@@ -236,9 +250,28 @@ def _fast_class(cls: type) -> type:
     return _FAST_CLASSES[cls]
 
 
+def _positions_of_new_tokens(module, args, kwargs):
+    """A forward pre-hook on the language model: position ids for exactly the tokens it runs.
+
+    A cached decoding step that gets the whole attention mask but no position ids (how
+    TransformerLens' ``generate`` drives a model that derives its own positions) makes Qwen-VL's
+    ``compute_3d_position_ids`` return mRoPE positions for every token of the mask, (3, batch,
+    past + new); the rotary tables then rotate the new query into past + new queries. The new
+    tokens' positions are the last ones (what Hugging Face's ``generate`` passes)."""
+    positions, embeds = kwargs.get("position_ids"), kwargs.get("inputs_embeds")
+    if positions is None or embeds is None or positions.shape[-1] <= embeds.shape[1]:
+        return None
+    return args, {**kwargs, "position_ids": positions[..., -embeds.shape[1] :]}
+
+
 def install_fast_attention(bridge, text_config) -> int:
     """Give every rotary attention bridge of ``bridge`` the fast path and switch the language
-    model's config to ``ATTENTION_NAME``; returns the number of layers switched."""
+    model's config to ``ATTENTION_NAME``; returns the number of layers switched. The language
+    model also gets ``_positions_of_new_tokens`` (KV-cached generation)."""
+    language_model = getattr(getattr(bridge.original_model, "model", None), "language_model", None)
+    if getattr(language_model, "config", None) is text_config and not getattr(language_model, "_hooked_video_positions", False):
+        language_model.register_forward_pre_hook(_positions_of_new_tokens, with_kwargs=True)
+        language_model._hooked_video_positions = True
     switched = 0
     for module in bridge.modules():
         if not isinstance(module, PositionEmbeddingsAttentionBridge) or isinstance(module, FastAttentionMixin):

@@ -106,12 +106,19 @@ def set_threads(requested: int | None = None) -> int:
     every core of the machine, and threads that outnumber free cores slow each other down)."""
     import torch
 
-    count = requested or environment_number("HOOKED_VIDEO_THREADS", 0)
-    if not count:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        count = max(1, cores // max(1, environment_number("LOCAL_WORLD_SIZE", 1)))
+    count = requested or environment_number("HOOKED_VIDEO_THREADS", 0) or default_threads()
     torch.set_num_threads(count)
     return count
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity), not every core of the machine."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """The usable cores divided among the processes of a launcher on this host."""
+    return max(1, usable_cores() // max(1, environment_number("LOCAL_WORLD_SIZE", 1)))
 
 
 def max_memory_for(gpus: Sequence[int], per_gpu: str | None = None) -> dict:

@@ -110,8 +110,12 @@ class PllavaForConditionalGeneration(LlavaForConditionalGeneration):
         self.post_init()
 
     def forward(self, input_ids=None, pixel_values_videos=None, attention_mask=None, position_ids=None, cache=None,
-                inputs_embeds=None, logits_to_keep: int = 0, pixel_values=None, **kwargs) -> CausalLMOutputWithPast:  # fmt: skip
-        """Logits (the last ``logits_to_keep`` positions, all when 0) of a video (or image) prompt."""
+                inputs_embeds=None, logits_to_keep: int = 0, pixel_values=None, past_key_values=None,
+                **kwargs) -> CausalLMOutputWithPast:  # fmt: skip
+        """Logits (the last ``logits_to_keep`` positions, all when 0) of a video (or image) prompt.
+        ``past_key_values`` is the KV cache under its former name (TransformerLens' ``generate``
+        passes it so; transformers' own models rename it to ``cache``)."""
+        cache = cache if cache is not None else past_key_values
         if pixel_values is not None:  # images: each a one-frame video, repeated to num_frames as released
             if pixel_values_videos is not None:
                 raise ValueError("give either pixel_values (images) or pixel_values_videos, not both")
