@@ -267,3 +267,19 @@ def test_doctor_times_the_toy_and_suggests_threads(capsys):
     assert len(timed) == len({1, max(1, usable_cores() // 2), usable_cores()})
     assert all(float(line.split(":")[1].split()[0]) > 0 for line in timed)
     assert "suggested: --threads " in out and "Hugging Face hub cache" in out
+
+
+def test_attribute_command_writes_rows_and_a_summary(tmp_path):
+    from hooked_video.app.cli import main
+    from hooked_video.data import synthetic
+
+    root = synthetic.generate(tmp_path / "syn", tasks=["moving_direction"], per_task=2, seed=0, progress=False)
+    out = tmp_path / "atp"
+    argv = ["attribute", "--model", "toy-video-ft", "--data", str(root), "--window", "3", "--select", "all", "--out", str(out)]
+    assert main(argv) == 0
+    rows = load_results(out)
+    assert len(rows) == 2 * 11 * 12 and rows.condition.nunique() == 11  # conditions x layers per sample
+    assert rows.estimate.between(-100, 1e6).all() and (rows.estimate == rows.rel_change).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["estimated_samples"] == 2 and summary["method"] == "atp"
+    assert main(argv) == 0 and len(load_results(out)) == len(rows)  # resumed, nothing duplicated

@@ -7,6 +7,8 @@
                                             the token map of a prompt: roles, frames, spans
     hooked-video flow --model M --data D --target T [--target T2] --out DIR
                                             attention-knockout sweep (rows.jsonl, summary.json)
+    hooked-video attribute --model M --data D [--method atp|ig] [--granularity G] --out DIR
+                                            the sweep's rows estimated from gradients
     hooked-video lens --model M --data D --variant V --out DIR [--keywords K.json]
                                             logit lens, keyword frequencies, answer probability
     hooked-video prune --model M --data D --preset P|--from-sweep DIR --out DIR
@@ -70,6 +72,9 @@ Each command's --help lists its options and examples. HOOKED_VIDEO_DEBUG=1 shows
             "  hooked-video flow --model M --data TVBench/ --task 'Action Sequence' --target cross-frame --window 5 --out runs/cf\n"
             "  hooked-video flow --model M --data answers.json --open-ended --verb-anchors --out runs/open\n"
             "A rerun with the same --out resumes; --fresh starts over.",
+    "attribute": "examples:\n  hooked-video attribute --model toy-video-ft --data TVBench/ --window 3 --out runs/atp\n"
+                 "  hooked-video attribute --model M --data TVBench/ --granularity frame-pairs --window 1 --head --out runs/pairs\n"
+                 "Compare with exact rows: hooked_video.attribution.compare(load_results('runs/atp'), flow.load('runs/flow')).",
     "lens": "examples:\n  hooked-video lens --model toy-video-ft --data TVBench/ --variant unembed --norm final --out runs/lens\n"
             "  hooked-video lens --model M --data TVBench/ --variant embed --norm released --keywords words.json --out runs/lens",
     "prune": "examples:\n  hooked-video prune --model M --data TOMATO/ --preset llava-next-7b-video-ft --out runs/prune\n"
@@ -206,7 +211,7 @@ def _analysis_parser(sub, name: str, text: str):
                    help="clips of --frames frames or fewer: fail, or repeat frames as the released code does")
     p.add_argument("--rule", choices=["vocab-argmax", "option-argmax"], default="vocab-argmax",
                    help="accuracy rule: full-vocabulary argmax is the true letter (the paper's), or best option letter")
-    if name != "lens":
+    if name not in ("lens", "attribute"):
         _engine_argument(p)
     if name != "prune":
         p.add_argument("--select", choices=["correct", "wrong", "all"], default="correct",
@@ -265,6 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "at least 3 per answer)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="with --open-ended: answer length (released: 256)")
     p.add_argument("--num-open-tokens", type=_positive_int, default=1, help="response tokens before the last left open")
+    p = _analysis_parser(sub, "attribute", "the knockout sweep's rows estimated from gradients (attribution patching)")
+    p.add_argument("--target", action="append", help="a target name (repeat); default: all four")
+    p.add_argument("--window", type=_positive_int, default=9, help="k, layers per swept layer (a window sums its layers)")
+    p.add_argument("--method", choices=["atp", "ig"], default="atp",
+                   help="atp: one backward per sample; ig: --steps backwards per condition along its gate path")
+    p.add_argument("--steps", type=_positive_int, default=8, help="with --method ig: points of each gate path")
+    p.add_argument("--granularity", choices=["conditions", "frame-pairs", "tokens", "cells"], default="conditions",
+                   help="edge groups: the targets' conditions, frame i -> frame j, each question token -> last, or "
+                        "each video cell -> last")
+    p.add_argument("--head", action="store_true", help="also one row per attention head")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="with --method ig: path points per forward")
+    p.add_argument("--pool-tasks", action="store_true", help="summarise all tasks together (default: per task)")
+
     p = _analysis_parser(sub, "lens", "logit lens over video tokens and answer probability by layer")
     p.add_argument("--variant", choices=["unembed", "unembed-raw", "embed"], required=True,
                    help="lens projection: final norm + W_U, W_U alone, or W_E (the released code)")

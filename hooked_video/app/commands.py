@@ -180,6 +180,28 @@ def run_flow(args) -> None:
     print(f"results: {args.out}  summary: {Path(args.out, 'summary.json')}")
 
 
+def run_attribute(args) -> None:
+    from hooked_video.analysis import attribution, flow
+
+    samples = _dataset(args)
+    model = _load(args)
+    df = _sharded(args, lambda shard: attribution.attribute(
+        model, samples, targets=args.target or list(flow.TARGETS), window=args.window, method=args.method,
+        steps=args.steps, granularity=args.granularity, head=args.head, select=args.select, out=args.out,
+        resume=not args.fresh, batch_size=args.batch_size, num_frames=args.frames, rule=args.rule, shard=shard))  # fmt: skip
+    if df is None:
+        return
+    rows = df[df.head_index == -1] if len(df) else df
+    summary = {"n_samples": len(df.attrs["baseline"]), "method": args.method, "granularity": args.granularity,
+               "estimated_samples": int(df.sample_id.nunique()) if len(df) else 0,
+               "rel_change": flow.summarize(rows, pool_tasks=args.pool_tasks).to_dict("records") if len(rows) else []}  # fmt: skip
+    _write_summary(args, summary)
+    print(f"{summary['n_samples']} samples, {summary['estimated_samples']} estimated ({args.method}, {args.granularity})")
+    if len(rows):
+        print(rows.groupby(["target", "condition"]).rel_change.agg(["mean", "min"]).round(2).head(40).to_string())
+    print(f"results: {args.out}")
+
+
 def run_lens(args) -> None:
     from hooked_video.analysis import lens
 

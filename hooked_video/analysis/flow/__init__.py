@@ -3,6 +3,7 @@
     df = flow.sweep(model, samples, targets=["cross-frame", "vql-to-ql"], window=9, out="runs/a")
     flow.summarize(df)                 # per task: mean relative change + bootstrap 95% CI per layer
     flow.accuracy_under_knockout(df)   # per task, over all samples
+    flow.attribute(model, samples)     # the same rows estimated from gradients (``attribution``)
 """
 
 from hooked_video.analysis.flow.open_ended import anchor_positions, sweep_open_ended
@@ -16,3 +17,11 @@ __all__ = [
     "bootstrap_ci", "knockout_record", "last_position_probs", "load", "plan_passes", "resolve_targets", "summarize",
     "sweep",
 ]  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name == "attribute":  # loaded on use: the attribution package builds on this one
+        from hooked_video.analysis.attribution import attribute
+
+        return attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,156 @@
+"""Attribution patching against exact knockouts: how well it ranks the exact rows, and what it costs.
+
+- fidelity (``--fidelity``, CPU is enough): on the bundled toys, over the synthetic temporal tasks,
+  per sample: Spearman of estimate vs exact ``flow.sweep`` over all (condition, layer) rows, top-10
+  overlap, sign agreement on rows whose exact change exceeds 5 points; medians per method and
+  target. Frame pairs are checked the same way against exact knockouts of each pair.
+- speed (``--speed``, a GPU): at a preset's shape (random weights, bf16, one prompt), the exact
+  engine's four-target sweep and ``attribute(method="atp")`` for the four targets, the 64 frame
+  pairs and per-head rows, side by side in one run; median of 3, peak memory.
+
+    python benchmarks/attribution.py --fidelity --out results/attribution_fidelity_toys.json
+    python benchmarks/attribution.py --speed --preset llava-next-video-7b --device cuda --out results/attribution_7b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hooked_video import HookedVideoLLM, flow, knockout  # noqa: E402
+from hooked_video.analysis import attribution  # noqa: E402
+from hooked_video.analysis.attribution.groups import effects_of  # noqa: E402
+from hooked_video.data import TVBench, synthetic  # noqa: E402
+
+#: The paper's window (9 of 32 layers) scaled to the toys' 12 layers, odd.
+TOY_WINDOW = 3
+
+
+def medians(table, by=None) -> dict:
+    columns = ["spearman", "top10", "sign_agreement"]
+    if by is None:
+        return {c: float(table[c].median()) for c in columns} | {"n_samples": int(table.sample_id.nunique())}
+    return {key: {c: float(group[c].median()) for c in columns} for key, group in table.groupby(by)}
+
+
+def frame_pair_targets(n_frames: int) -> dict:
+    """Every frame i -/-> frame j (i < j) as a condition of one custom sweep target."""
+    def pair(i, j):
+        return lambda tm: knockout.between(tm.frame(i), tm.frame(j), tm)
+
+    return {"frame-pairs": {f"frame {i}->frame {j}": pair(i, j) for j in range(n_frames) for i in range(j)}}
+
+
+def fidelity(per_task: int, steps: int) -> dict:
+    root = synthetic.generate(Path(tempfile.mkdtemp()) / "syn", tasks=synthetic.TEMPORAL_TASKS, per_task=per_task, seed=0,
+                              progress=False)  # fmt: skip
+    samples = list(TVBench(root))
+    result = {"window": TOY_WINDOW, "steps": steps, "per_task": per_task}
+    for name in ("toy-video-ft", "toy-image"):
+        model = HookedVideoLLM.from_pretrained(name)
+        start = time.perf_counter()
+        exact = flow.sweep(model, samples, window=TOY_WINDOW, progress=False)
+        row = {"exact_s": time.perf_counter() - start, "n_selected": int(exact.sample_id.nunique())}
+        for method in ("atp", "ig"):
+            start = time.perf_counter()
+            estimated = attribution.attribute(model, samples, window=TOY_WINDOW, method=method, steps=steps, progress=False)
+            row[f"{method}_s"] = time.perf_counter() - start
+            table = attribution.compare(estimated, exact)
+            row[method] = medians(table)
+            row[f"{method}_by_target"] = medians(attribution.compare(estimated, exact, by_target=True), "target")
+        if name == "toy-video-ft":  # where summing a window's layers is weak: wider windows
+            row["atp_by_window"] = {}
+            for width in (1, 3, 5, 9):
+                exact_w = flow.sweep(model, samples, window=width, progress=False)
+                estimated_w = attribution.attribute(model, samples, window=width, progress=False)
+                row["atp_by_window"][width] = medians(attribution.compare(estimated_w, exact_w))
+        pairs_exact = flow.sweep(model, samples, targets=[frame_pair_targets(8)], window=1, progress=False)
+        pairs = attribution.attribute(model, samples, granularity="frame-pairs", window=1, progress=False)
+        pairs = pairs[pairs.target_frame >= 0].assign(target="frame-pairs")
+        row["frame_pairs_atp"] = medians(attribution.compare(pairs, pairs_exact))
+        result[name] = row
+        print(json.dumps({name: row}), flush=True)
+    return result
+
+
+def speed(preset: str, device: str, repeats: int) -> dict:
+    from knockout_sweep import make_confident, peak_gib, sync  # noqa: E402
+    from shapes import model_and_prompt  # noqa: E402
+
+    model, prompt = model_and_prompt(preset, device)
+    make_confident(model, prompt, 13)
+    result = {"preset": preset, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+              "n_positions": prompt.n_positions, "n_layers": model.cfg.n_layers}  # fmt: skip
+
+    def timed(call) -> tuple[float, float | None]:
+        call()  # warm-up
+        sync(device)
+        peak_gib(device)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            sync(device)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times), peak_gib(device)
+
+    runs = {
+        "exact_engine_four_targets": lambda: flow.sweep(model, [prompt], window=9, select="all", engine="fast", progress=False),
+        "atp_four_targets": lambda: attribution.attribute(model, [prompt], window=9, select="all", progress=False),
+        "atp_frame_pairs": lambda: attribution.attribute(model, [prompt], granularity="frame-pairs", window=1, select="all",
+                                                         progress=False),
+        "atp_four_targets_per_head": lambda: attribution.attribute(model, [prompt], window=9, select="all", head=True,
+                                                                   progress=False),
+    }  # fmt: skip
+    for name, call in runs.items():
+        seconds, peak = timed(call)
+        result[name] = {"s": seconds, "peak_gib": peak}
+        print(json.dumps({name: result[name]}), flush=True)
+
+    # where the time goes: the forward and backward, then the estimates from held gradients
+    embedded = model.embed(prompt)
+    with torch.no_grad():
+        answer = int(model(embedded, logits_to_keep=1)[0, -1].argmax())
+    seconds, peak = timed(lambda: attribution.pattern_gradients(model, embedded, answer))
+    result["forward_backward_only"] = {"s": seconds, "peak_gib": peak}
+    grads = attribution.pattern_gradients(model, embedded, answer)
+    for granularity in ("conditions", "frame-pairs"):
+        seconds, _ = timed(lambda: effects_of(granularity, grads, prompt, flow.TARGETS, False))
+        result[f"estimates_only_{granularity}"] = {"s": seconds}
+    print(json.dumps({k: result[k] for k in ("forward_backward_only", "estimates_only_conditions",
+                                             "estimates_only_frame-pairs")}), flush=True)  # fmt: skip
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fidelity", action="store_true")
+    parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--preset", default="llava-next-video-7b")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--per-task", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    result = {}
+    if args.fidelity:
+        result["fidelity"] = fidelity(args.per_task, args.steps)
+    if args.speed:
+        result["speed"] = speed(args.preset, args.device, args.repeats)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""First-order effects of knocking out edge groups, from patterns and their gradients.
+
+A knockout of key set K on query row q removes K from the row and renormalises the rest:
+p'(k) = p(k) / (1 - P_K) off K, 0 on K, with P_K the row's mass on K. Linear in the pattern
+(the metric is linearised, the softmax is not: the saturation fix of AtP*), the metric changes by
+
+    sum_k g(k) (p'(k) - p(k)) = -(S_K - P_K S) / (1 - P_K),   S_K = sum_{k in K} g p,  S = sum_k g p,
+
+summed over the rows and heads the knockout touches. Along an integrated-gradients path (the
+edges' weights scaled by alpha, rows renormalised) the derivative with respect to alpha is
+(S_K - P_K S) / alpha at the path's point; its mean over the path's points estimates the effect.
+Each function returns one value per layer (and per head with ``per_head``).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Float
+
+from hooked_video.analysis.attribution.gradients import PatternGradients
+
+#: Rows whose mass on the removed keys is this close to 1 are capped (a knockout there would leave
+#: almost nothing to renormalise; exact knockouts never empty a row).
+MIN_REMAINING = 1e-6
+
+
+def _effect(s_k, p_k, s, alphas, integrated: bool):
+    """The per-row effect on the metric: exact renormalisation (AtP) or the path's derivative (IG)."""
+    if integrated:
+        return -(s_k - p_k * s) / alphas.view(-1, *[1] * (s_k.ndim - 1))
+    return -(s_k - p_k * s) / (1 - p_k).clamp_min(MIN_REMAINING)
+
+
+def mask_effects(grads: PatternGradients, masks: list[Bool[torch.Tensor, "query key"]], per_head: bool = False,
+                 integrated: bool = False) -> list[Float[torch.Tensor, "layer *head"]]:  # fmt: skip
+    """Effect on log P(answer) of blocking each mask's edges, per layer (mean over the batch's path
+    points). The masks' rows share few distinct key sets (a frame's rows all lose the same earlier
+    frames): each layer is read once, by one matmul against every distinct key set."""
+    device = grads.pattern.device
+    masks = [m.to(device) for m in masks]
+    rows = [m.any(-1).nonzero().squeeze(-1) for m in masks]
+    keysets, inverse = torch.unique(torch.cat([m[r] for m, r in zip(masks, rows)]), dim=0, return_inverse=True)
+    columns = inverse.split([len(r) for r in rows])
+    onehot = keysets.T.float()  # (N, distinct key sets)
+    alphas = grads.alphas.to(device)
+    values: list[list[torch.Tensor]] = [[] for _ in masks]
+    for layer in range(grads.pattern.shape[0]):
+        s_groups, p_groups = grads.weighted[layer] @ onehot, grads.pattern[layer] @ onehot  # (batch, heads, N, sets)
+        s_all = grads.weighted[layer].sum(-1)
+        for i, (q, c) in enumerate(zip(rows, columns)):
+            effect = _effect(s_groups[..., q, c], p_groups[..., q, c], s_all[..., q], alphas, integrated)
+            values[i].append(effect.sum(-1).mean(0))  # (heads,)
+    out = [torch.stack(v).cpu() for v in values]
+    return out if per_head else [v.sum(-1) for v in out]
+
+
+def group_effects(grads: PatternGradients, mask: Bool[torch.Tensor, "query key"], per_head: bool = False,
+                  integrated: bool = False) -> Float[torch.Tensor, "layer *head"]:  # fmt: skip
+    """``mask_effects`` of one mask."""
+    return mask_effects(grads, [mask], per_head, integrated)[0]
+
+
+def pair_effects(grads: PatternGradients, query_groups: list[torch.Tensor], key_groups: list[torch.Tensor],
+                 per_head: bool = False, integrated: bool = False) -> Float[torch.Tensor, "layer *head qgroup kgroup"]:  # fmt: skip
+    """Effect of blocking key group j from query group i, for every (i, j) at once, per layer:
+    (layer, [head,] n_query_groups, n_key_groups); a pair with no causal edge is 0."""
+    pattern = grads.pattern
+    device = pattern.device
+    onehot = torch.zeros(pattern.shape[-1], len(key_groups), device=device)
+    for j, positions in enumerate(key_groups):
+        onehot[torch.as_tensor(positions, device=device), j] = 1
+    alphas = grads.alphas.to(device)
+    out = []
+    for layer in range(pattern.shape[0]):
+        per_group = []
+        for positions in query_groups:  # keys after a query hold no mass: non-causal pairs add 0
+            q = torch.as_tensor(positions, device=device)
+            weighted = grads.weighted[layer][..., q, :]
+            s_k, p_k, s = weighted @ onehot, pattern[layer][..., q, :] @ onehot, weighted.sum(-1, keepdim=True)
+            per_group.append(_effect(s_k, p_k, s, alphas, integrated).sum(-2).mean(0))  # (heads, key groups)
+        out.append(torch.stack(per_group, -2))  # (heads, query groups, key groups)
+    stacked = torch.stack(out).cpu()
+    return stacked if per_head else stacked.sum(1)
+
+
+def key_effects(grads: PatternGradients, query: int, keys: torch.Tensor, per_head: bool = False,
+                integrated: bool = False) -> Float[torch.Tensor, "layer *head key"]:  # fmt: skip
+    """Effect of blocking each single key of ``keys`` from query position ``query``, per layer."""
+    groups = [torch.as_tensor([int(k)]) for k in torch.as_tensor(keys).reshape(-1)]
+    return pair_effects(grads, [torch.as_tensor([query])], groups, per_head, integrated).select(-2, 0)
