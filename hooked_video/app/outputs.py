@@ -81,7 +81,7 @@ def check_folder(out: str | Path, names=REPORT_FILES, overwrite: bool = False) -
     """``out``, if it may hold the files ``names`` (see ``check_writable``) and is not a file."""
     out = Path(out)
     if out.is_file():
-        raise OutputExistsError(f"--out {out} is a file; give a folder (it is created if missing)")
+        raise OutputExistsError(f"the results folder {out} is a file; give a folder for --out (it is created if missing)")
     for name in names:
         check_writable(out / name, overwrite)
     return out

@@ -41,7 +41,7 @@ def check_names(args) -> None:
         if bool(args.preset) == bool(args.from_sweep):
             raise ValueError("give exactly one of --preset NAME or --from-sweep SWEEP_DIR")
         if args.preset and args.preset not in PRESET_NAMES:
-            raise ValueError(f"unknown --preset {args.preset!r}; the paper's presets: {PRESET_NAMES}")
+            raise ValueError(f"unknown preset {args.preset!r} (--preset); the paper's presets: {PRESET_NAMES}")
         if args.random_fraction == "preset" and not args.preset:
             raise ValueError("--random-fraction preset needs --preset (a sweep-derived spec has no fixed fraction)")
 
