@@ -58,6 +58,8 @@ def warn_transformer_lens_patching(prompt: VideoPrompt, depth: int = 8) -> None:
     """Say once per ``transformer_lens.patching`` call on a video prompt how many forwards it will
     run (one per layer and index, every position of the prompt), and what patches video positions
     in fewer. Called where ids of a known video prompt are run; silent for any other caller."""
+    if "transformer_lens.patching" not in sys.modules:  # every forward passes here: no stack walk unless it can matter
+        return
     frame = sys._getframe(1)
     for _ in range(depth):
         frame = frame.f_back

@@ -184,9 +184,16 @@ class FastAttentionMixin:
             return True
         if any(_has_hooks(getattr(self, name, None)) for name in REFERENCE_HOOKS):
             return True
-        norms = [getattr(self, name, None) for name in REFERENCE_MODULES]
-        return any(_has_hooks(m) for norm in norms if isinstance(norm, torch.nn.Module) for m in norm.modules()
-                   if isinstance(m, HookPoint))
+        return any(_has_hooks(point) for point in self._norm_hook_points())
+
+    def _norm_hook_points(self) -> list:
+        """The hook points inside ``REFERENCE_MODULES``, found once (this runs in every forward)."""
+        points = self.__dict__.get("_hooked_video_norm_hook_points")
+        if points is None:
+            norms = [getattr(self, name, None) for name in REFERENCE_MODULES]
+            points = [m for norm in norms if isinstance(norm, torch.nn.Module) for m in norm.modules() if isinstance(m, HookPoint)]
+            self.__dict__["_hooked_video_norm_hook_points"] = points
+        return points
 
     def forward(self, *args, **kwargs):
         """The HF attention with ``attention_forward`` (fast path), or the bridge's reference attention."""
