@@ -46,7 +46,8 @@ API_MODULES = [
                                             "hooked_video.app.report", "hooked_video.app.outputs", "hooked_video.app.reproduce",
                                             "hooked_video.app.demo"]),
     ("zoo/: toy and tiny models", ["hooked_video.zoo", "hooked_video.zoo.tiny", "hooked_video.zoo.tiny_parts",
-                                   "hooked_video.zoo.tiny_families", "hooked_video.zoo.tiny_paper", "hooked_video.zoo.train"]),
+                                   "hooked_video.zoo.tiny_families", "hooked_video.zoo.tiny_paper", "hooked_video.zoo.train",
+                                   "hooked_video.zoo.planted"]),
 ]
 MODULES = [module for _, modules in API_MODULES for module in modules]
 
@@ -85,6 +86,8 @@ NAMES = [
      "activation patching of whole frames or single video cells, layer by layer"),
     ("pathways.evaluate", ["hooked_video.analysis.pathways.evaluate"],
      "accuracy with only the effective pathways kept, against full attention and random pruning"),
+    ("pathways.faithfulness", ["hooked_video.analysis.pathways.faithfulness"],
+     "is a pathway enough (everything outside it knocked out) and is each of its flows needed (each cut)"),
     ("accuracy.accuracy", ["hooked_video.analysis.accuracy.accuracy"], "multiple-choice accuracy per task"),
     ("viz.knockout_curves, attention_to_video_figure, attention_pattern, flow_blueprint",
      ["hooked_video.viz.plots.knockout_curves", "hooked_video.viz.attention.attention_to_video_figure",

@@ -24,7 +24,7 @@ LAYERS = {
     "model": {"model", "runtime", "core"},
     "data": {"data", "model", "core"},
     "analysis": {"analysis", "data", "model", "runtime", "core"},
-    "zoo": {"zoo", "data", "model", "core"},
+    "zoo": {"zoo", "analysis", "data", "model", "runtime", "core"},
     "viz": {"viz", "analysis", "data", "model", "runtime", "core"},
     "app": {"app", "viz", "zoo", "analysis", "data", "model", "runtime", "core"},
 }

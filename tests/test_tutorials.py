@@ -13,14 +13,14 @@ nbclient = pytest.importorskip("nbclient")
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "tutorials").glob("*.ipynb"))
 TITLES = ["01_getting_started", "02_attention_knockout", "03_logit_lens", "04_answer_probability_and_patching",
-          "05_effective_pathways", "06_your_model_and_data", "07_attribution_patching"]  # fmt: skip
+          "05_effective_pathways", "06_your_model_and_data", "07_attribution_patching", "08_find_the_pathway"]  # fmt: skip
 
 
 def _figures(cell) -> int:
     return sum("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
 
 
-def test_the_seven_tutorials_are_there():
+def test_the_eight_tutorials_are_there():
     assert [p.stem for p in TUTORIALS] == TITLES
 
 

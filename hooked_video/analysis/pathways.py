@@ -47,6 +47,9 @@ PRESETS: dict[str, dict] = {
                                       checkpoint="byminji/Mini-InternVL-4B-Video-FT", family="internvl"),
     "videollama3-7b": dict(inter=(0, 14), v2q=(5, 19), q2l=(20, 27), n_layers=28, random_fraction=0.42,
                            checkpoint="DAMO-NLP-SG/VideoLLaMA3-7B", family="video_llama_3"),
+    # Not the paper's: the bundled toy trained to use exactly this pathway (hooked_video.zoo.planted).
+    "toy-planted": dict(inter=(1, 3), v2q=(4, 7), q2l=(8, 10), n_layers=12, random_fraction=None,
+                        checkpoint="toy-planted", family="llava_next_video"),
 }
 RANDOM_FRACTIONS = ("run", "sample")
 
@@ -157,25 +160,40 @@ class PathwaySpec:
             ranges[family] = (int(hurting.min()), int(hurting.max())) if len(hurting) else None
         return cls(**ranges, n_layers=flow_df.attrs.get("n_layers"))
 
-    def layer_edges(self, tm: TokenMap, n_layers: int) -> dict[int, ko.EdgeSet]:
-        """Blocked edges of every layer: the union rule of the effective pathways."""
-        cross = ko.cross_frame(tm)
-        video = tm.video_group  # video tokens and their frames' text
-        v2q, q2l = ko.between(video, tm.question, tm), ko.between(tm.question, tm.last, tm)
-        always = ko.self_edges(tm.last, tm) | ko.between(video, tm.last, tm)
-        v2v, q2q = ko.within(video, tm), ko.within(tm.question, tm)
+    def families(self, tm: TokenMap, n_layers: int) -> list[tuple[str, ko.EdgeSet, list[int]]]:
+        """The union rule's edge families, each as (name, edges, the layers it is blocked in, maybe
+        none): their union in a layer is that layer's ``layer_edges``."""
+        video, layers = tm.video_group, range(n_layers)  # video tokens and their frames' text
         top_v2q = self.v2q[1] if self.v2q else -1
         top_q2l = self.q2l[1] if self.q2l else -1
+        return [
+            ("cross-frame", ko.cross_frame(tm), [l for l in layers if not _in(l, self.inter)]),
+            ("video->question", ko.between(video, tm.question, tm), [l for l in layers if not _in(l, self.v2q)]),
+            ("question->last", ko.between(tm.question, tm.last, tm), [l for l in layers if not _in(l, self.q2l)]),
+            ("last->last", ko.self_edges(tm.last, tm), list(layers)),
+            ("video->last", ko.between(video, tm.last, tm), list(layers)),
+            ("video->video", ko.within(video, tm), [l for l in layers if l > top_v2q]),
+            ("question->question", ko.within(tm.question, tm), [l for l in layers if l > top_q2l]),
+        ]
+
+    def open_groups(self, tm: TokenMap) -> list[tuple[str, ko.EdgeSet, list[int]]]:
+        """The pathway's own flows in the layers they stay open, as (name, edges, layers):
+        cross-frame in INTER, video -> question in V2Q, question -> last in Q2L (a closed flow
+        is left out). Knocking one of them out is how a pathway is shown to be needed."""
+        flows = [("cross-frame", ko.cross_frame(tm), self.inter),
+                 ("video->question", ko.between(tm.video_group, tm.question, tm), self.v2q),
+                 ("question->last", ko.between(tm.question, tm.last, tm), self.q2l)]  # fmt: skip
+        return [(name, edges, list(range(r[0], r[1] + 1))) for name, edges, r in flows if r is not None]
+
+    def layer_edges(self, tm: TokenMap, n_layers: int) -> dict[int, ko.EdgeSet]:
+        """Blocked edges of every layer: the union rule of the effective pathways."""
+        families = [(edges.mask, set(layers)) for _, edges, layers in self.families(tm, n_layers)]
         edges = {}
         for layer in range(n_layers):
-            mask = always.mask.clone()
-            for family, open_range in ((cross, self.inter), (v2q, self.v2q), (q2l, self.q2l)):
-                if not _in(layer, open_range):
-                    mask |= family.mask
-            if layer > top_v2q:
-                mask |= v2v.mask
-            if layer > top_q2l:
-                mask |= q2q.mask
+            mask = torch.zeros(tm.n_positions, tm.n_positions, dtype=torch.bool)
+            for family, blocked_in in families:
+                if layer in blocked_in:
+                    mask |= family
             edges[layer] = ko.EdgeSet(mask)
         return edges
 
@@ -253,11 +271,13 @@ class PathwayReport:
         accuracy: rows = tasks plus "overall", columns = settings (full, pathways, random).
         retention: per setting: mean retained and baseline edges per sample, and their ratio.
         rule: the accuracy rule (``accuracy.RULES``).
+        faithfulness: with ``evaluate(..., faithfulness=True)``, the tidy table of ``faithfulness``.
     """
 
     rows: pd.DataFrame
     spec: PathwaySpec
     rule: str = PAPER_RULE
+    faithfulness: pd.DataFrame | None = None
     accuracy: pd.DataFrame = field(init=False)
     retention: pd.DataFrame = field(init=False)
 
@@ -336,7 +356,7 @@ def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = Tr
 def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool = True, random_fraction: float | str | None = None,
              seed: int = 0, num_frames: int | None = 8, out: str | Path | None = None, resume: bool = True,
              rule: str = PAPER_RULE, engine: str = "auto", progress: bool = True,
-             shard: Shard | str | None = None) -> PathwayReport:  # fmt: skip
+             shard: Shard | str | None = None, faithfulness: bool = False) -> PathwayReport:  # fmt: skip
     """Accuracy of full attention vs the effective pathways (vs random pruning) over a dataset.
 
     The random baseline blocks, per layer, ``int(r * N(N+1)/2)`` edges. ``random_fraction``
@@ -351,6 +371,8 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
     With ``out``, rows are stored as they are computed and a rerun resumes. ``shard``: a share
     of a data-parallel run (see ``flow.sweep``); with ``random_fraction="run"`` each shard waits
     for all shards' pathway rows, so every shard draws the same fraction as one process would.
+    ``faithfulness=True`` also runs ``faithfulness`` (a table of the same store) into
+    ``report.faithfulness``.
     """
     check_rule(rule)
     check_count(seed, "seed", minimum=0, allow_none=False)
@@ -386,6 +408,10 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
                                      num_frames)  # fmt: skip
             by_id = {r["sample_id"]: r for r in random_rows}
             rows = [{**r, **{k: v for k, v in by_id[r["sample_id"]].items() if k.startswith("random")}} for r in rows]
+        cuts = None
+        if faithfulness:
+            cuts = _faithfulness_table(_run_phase(model, items, store, "faithfulness", "pathway faithfulness", progress,
+                                                  _faithfulness_row(model, spec, engine), num_frames))  # fmt: skip
     finally:
         if store is not None:
             store.close()
@@ -393,7 +419,7 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
         for setting in ("full", "pathways", "random"):
             if f"{setting}_pred" in row:
                 row[f"{setting}_correct"] = row[f"{setting}_pred"] == row["answer"]
-    return PathwayReport(pd.DataFrame(rows), spec, rule)
+    return PathwayReport(pd.DataFrame(rows), spec, rule, cuts)
 
 
 def _check_stored_fraction(store, fraction: float) -> None:
@@ -435,3 +461,71 @@ def _run_phase(model, items, store, table: str, desc: str, progress: bool, compu
             done[sample_id] = row
         rows.append(done[sample_id])
     return rows
+
+
+# ----- is a pathway enough, and is each of its flows needed? ---------------------------------------
+@torch.no_grad()
+def faithfulness_prompt(model, prompt, spec: PathwaySpec, engine: str = "auto") -> dict:
+    """One prompt's row of ``faithfulness``: for "outside" (every edge the pathway blocks, as
+    ``evaluate`` blocks them) and each "cut <flow>" (one of the pathway's flows knocked out in its
+    open layers, nothing else), the relative change (%) of the probability of the full model's
+    top token, whether the top token changed, and the predicted option (paper's rule)."""
+    tm, n_layers = prompt.token_map, model.cfg.n_layers
+    runner = _Runner(model, model.embed(prompt), choose_engine(model, engine, ()))
+    full_logits = runner.full()
+    full = full_logits[0, -1].float().softmax(-1)
+    token = int(full.argmax())
+    row = {"p_top": float(full[token]), **_prediction(model, prompt, full_logits, "full", PAPER_RULE)}
+    settings = {"outside": spec.layer_edges(tm, n_layers)}
+    settings.update({f"cut {name}": dict.fromkeys(layers, edges) for name, edges, layers in spec.open_groups(tm)})
+    for setting, edges in settings.items():
+        logits = runner.knocked_out(edges)
+        probs = logits[0, -1].float().softmax(-1)
+        row.update({f"{setting}|rel_change": (float(probs[token]) - row["p_top"]) / row["p_top"] * 100,
+                    f"{setting}|flipped": int(probs.argmax()) != token,
+                    f"{setting}|pred": option_prediction(logits, prompt, model.tokenizer, PAPER_RULE)})  # fmt: skip
+    return row
+
+
+def faithfulness(model, samples: Iterable, spec: PathwaySpec, num_frames: int | None = 8, engine: str = "auto",
+                 progress: bool = True, out: str | Path | None = None, resume: bool = True) -> pd.DataFrame:  # fmt: skip
+    """Is ``spec`` sufficient (blocking everything outside it changes nothing) and is each of its
+    flows necessary (cutting it alone hurts)? Exact forwards, one per setting per sample.
+
+    Returns a tidy DataFrame, one row per sample and setting ("outside", "cut cross-frame",
+    "cut video->question", "cut question->last"; closed flows are left out): ``rel_change`` (%
+    change of the full model's top-token probability, the sweep's metric), ``flipped`` (the top
+    token changed), ``correct`` (the prediction under the setting is the true option) and
+    ``full_correct``. ``df.groupby("setting")[["rel_change", "flipped", "correct"]].mean()``
+    summarises it. With ``out``, rows are stored as they are computed and a rerun resumes.
+    """
+    spec.check_model(model)
+    items = identify_all(samples)
+    store = None
+    if out is not None:
+        config = {"spec": asdict(spec), "num_frames": num_frames, "model": model_identity(model),
+                  "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
+        store = open_store(out, "pathways.faithfulness", config, [(i, item) for i, _, item in items], key=("sample_id",),
+                           resume=resume)  # fmt: skip
+    try:
+        rows = _run_phase(model, items, store, "rows", "pathway faithfulness", progress,
+                          _faithfulness_row(model, spec, engine), num_frames)  # fmt: skip
+    finally:
+        if store is not None:
+            store.close()
+    return _faithfulness_table(rows)
+
+
+def _faithfulness_row(model, spec: PathwaySpec, engine: str):
+    return lambda prompt, sample_id: {"answer": prompt.answer, **faithfulness_prompt(model, prompt, spec, engine)}
+
+
+def _faithfulness_table(rows: list[dict]) -> pd.DataFrame:
+    """Wide per-sample rows (``setting|field`` columns) -> one row per sample and setting."""
+    tidy = []
+    for row in rows:
+        for setting in dict.fromkeys(k.split("|")[0] for k in row if "|" in k):
+            tidy.append({"sample_id": row["sample_id"], "task": row["task"], "setting": setting,
+                         "rel_change": row[f"{setting}|rel_change"], "flipped": row[f"{setting}|flipped"],
+                         "correct": row[f"{setting}|pred"] == row["answer"], "full_correct": row["full_pred"] == row["answer"]})  # fmt: skip
+    return pd.DataFrame(tidy, columns=["sample_id", "task", "setting", "rel_change", "flipped", "correct", "full_correct"])

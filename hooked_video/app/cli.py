@@ -78,7 +78,8 @@ Each command's --help lists its options and examples. HOOKED_VIDEO_DEBUG=1 shows
     "lens": "examples:\n  hooked-video lens --model toy-video-ft --data TVBench/ --variant unembed --norm final --out runs/lens\n"
             "  hooked-video lens --model M --data TVBench/ --variant embed --norm released --keywords words.json --out runs/lens",
     "prune": "examples:\n  hooked-video prune --model M --data TOMATO/ --preset llava-next-7b-video-ft --out runs/prune\n"
-             "  hooked-video prune --model M --data TVBench/ --from-sweep runs/flow --out runs/prune",
+             "  hooked-video prune --model M --data TVBench/ --from-sweep runs/flow --out runs/prune\n"
+             "  hooked-video prune --model toy-planted --data syn/ --preset toy-planted --faithfulness --out runs/planted",
     "reproduce": "example:\n  hooked-video reproduce --model byminji/LLaVA-NeXT-7B-Video-FT \\\n"
                  "      --image-model llava-hf/llava-v1.6-vicuna-7b-hf --data TVBench/ --tomato TOMATO/ --out runs/paper",
     "doctor": "example:\n  hooked-video doctor    then pass the suggested --threads to the commands you run",
@@ -302,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pathway run), 'sample' (each sample's own share) or 'preset'. Default: the preset's value "
                         "(0.58 for llava-next-7b-video-ft, as the released scripts) with --preset, else 'run'")
     p.add_argument("--no-random", action="store_true", help="skip the random baseline")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="also knock out everything outside the pathways together, and each of their flows alone "
+                        "(pathways.faithfulness, stored with the other results)")  # fmt: skip
 
     p = _command(sub, "reproduce", "the paper's pipeline on a video model (and an image model), with a report")
     p.add_argument("--model", required=True, help="the video model (e.g. byminji/LLaVA-NeXT-7B-Video-FT)")

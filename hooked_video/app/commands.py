@@ -256,15 +256,21 @@ def run_prune(args) -> None:
     report = _sharded(args, lambda shard: pathways.evaluate(
         model, samples, spec, random_baseline=not args.no_random, seed=args.seed, random_fraction=fraction,
         num_frames=args.frames, out=args.out, resume=not args.fresh, rule=args.rule, engine=args.engine,
-        shard=shard))  # fmt: skip
+        shard=shard, faithfulness=args.faithfulness))  # fmt: skip
     if report is None:
         return
     summary = {"spec": spec.__dict__, "rule": args.rule, "accuracy": report.accuracy.to_dict("index"),
                "retention": report.retention.to_dict("index"), "n_samples": len(report.rows)}  # fmt: skip
+    if report.faithfulness is not None:
+        means = report.faithfulness.groupby("setting")[["rel_change", "flipped", "correct"]].mean()
+        summary["faithfulness"] = means.to_dict("index")
     _write_summary(args, summary)
     print(f"pathways: INTER {spec.inter}, V2Q {spec.v2q}, Q2L {spec.q2l} (0-based)")
     print(f"accuracy ({args.rule}):\n{report.accuracy.round(3).to_string()}")
     print(report.retention.round(3).to_string())
+    if report.faithfulness is not None:
+        print(f"faithfulness (outside: every edge the pathways block, together; cut: one flow alone):\n"
+              f"{means.round(3).to_string()}")
     print(f"results: {args.out}")
 
 

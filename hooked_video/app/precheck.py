@@ -12,7 +12,8 @@ from pathlib import Path
 TARGET_NAMES = ["cross-frame", "question-and-options-to-last", "vq-to-true-opt", "vql-to-ql"]
 OPEN_ENDED_TARGET_NAMES = ["cross-frame", "vqrl-to-qrl"]
 #: ``pathways.PRESETS`` names (a test keeps the two equal).
-PRESET_NAMES = ["llava-next-13b-video-ft", "llava-next-7b-video-ft", "mini-internvl-4b-video-ft", "videollama3-7b"]
+PRESET_NAMES = ["llava-next-13b-video-ft", "llava-next-7b-video-ft", "mini-internvl-4b-video-ft", "toy-planted",
+                "videollama3-7b"]
 
 
 def check_arguments(args) -> None:
@@ -41,7 +42,7 @@ def check_names(args) -> None:
         if bool(args.preset) == bool(args.from_sweep):
             raise ValueError("give exactly one of --preset NAME or --from-sweep SWEEP_DIR")
         if args.preset and args.preset not in PRESET_NAMES:
-            raise ValueError(f"unknown preset {args.preset!r} (--preset); the paper's presets: {PRESET_NAMES}")
+            raise ValueError(f"unknown preset {args.preset!r} (--preset); presets: {PRESET_NAMES}")
         if args.random_fraction == "preset" and not args.preset:
             raise ValueError("--random-fraction preset needs --preset (a sweep-derived spec has no fixed fraction)")
 

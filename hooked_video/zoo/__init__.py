@@ -10,6 +10,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 ZOO = {
     "toy-image": "toy LLaVA-NeXT-Video, trained on single-frame tasks only (static clips)",
     "toy-video-ft": "toy-image fine-tuned on the temporal tasks of the synthetic benchmark",
+    "toy-planted": "toy-video-ft trained to route every answer through one known pathway (PathwaySpec.preset(\"toy-planted\"))",
 }
 
 
@@ -29,9 +30,10 @@ def resolve(name_or_path: str | Path) -> str | Path:
     if isinstance(name_or_path, str) and name_or_path in ZOO and not Path(name_or_path).exists():
         folder = MODELS_DIR / name_or_path
         if not (folder / "model.safetensors").exists():
+            script = "planted" if name_or_path == "toy-planted" else "train"
             raise FileNotFoundError(
                 f"the bundled weights of {name_or_path!r} are missing from {folder}; reinstall the "
-                "package or train them with `python -m hooked_video.zoo.train --out DIR`."
+                f"package or train them with `python -m hooked_video.zoo.{script} --out DIR`."
             )
         return folder
     return name_or_path

@@ -29,6 +29,9 @@ from hooked_video.zoo.tiny import BASE_WORDS, TinySizes, build_tiny
 TOY_SIZES = TinySizes(d_model=128, n_layers=12, n_heads=4, n_kv_heads=4, d_mlp=384, vision_width=64,
                       vision_layers=4, image_size=64, patch_size=8, max_positions=1024)  # fmt: skip
 TRAIN_SEED = 1000
+#: How the training scripts load a toy: SDPA attention, and no Hugging Face hub kernels (transformers
+#: 5.25 kernelizes on ``model.train()`` when the ``kernels`` package is installed, which needs the hub).
+TRAINING_LOAD = dict(attn_implementation="sdpa", use_kernels=False, dtype=torch.float32)
 HELD_OUT_SEED = 0
 
 
@@ -65,20 +68,31 @@ class Batcher:
         x = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 255.0
         return (x - self.mean) / self.std
 
-    def prompt_ids(self, clip) -> tuple[list[int], int]:
-        """(token ids, option-letter ids) of a clip's prompt, cached per question and options."""
+    def prompt_of(self, clip):
+        """The clip's ``VideoPrompt`` (its frames aside, the same for every clip with the same
+        question and options: cached per question and options)."""
         key = (clip.question, tuple(clip.options))
         if key not in self.prompts:
-            prompt = self.hooked.prepare(clip.frames, clip.question, clip.options, clip.answer, num_frames=None)
-            self.prompts[key] = (prompt.input_ids[0].tolist(), prompt.option_token_ids)
-        ids, letters = self.prompts[key]
-        return ids, letters[clip.answer]
+            self.prompts[key] = self.hooked.prepare(clip.frames, clip.question, clip.options, clip.answer, num_frames=None)
+        return self.prompts[key]
+
+    def prompt_ids(self, clip) -> tuple[list[int], int]:
+        """(token ids, the true option letter's id) of a clip's prompt."""
+        prompt = self.prompt_of(clip)
+        return prompt.input_ids[0].tolist(), prompt.option_token_ids[clip.answer]
+
+    def clips(self, batch_size: int) -> list:
+        """``batch_size`` fresh training clips, tasks drawn by their weights."""
+        tasks = self.rng.choice(self.tasks, batch_size, p=self.weights)
+        return [synthetic.make_clip(task, int(self.rng.integers(0, 10**9)), seed=TRAIN_SEED) for task in tasks]
 
     def __call__(self, batch_size: int):
-        clips = []
-        for task in self.rng.choice(self.tasks, batch_size, p=self.weights):
-            index = int(self.rng.integers(0, 10**9))
-            clips.append(synthetic.make_clip(task, index, seed=TRAIN_SEED))
+        return self.batch(self.clips(batch_size))
+
+    def batch(self, clips: list):
+        """(input_ids, attention mask, pixel values, last positions, answer-letter ids) of ``clips``,
+        right-padded to the longest prompt."""
+        batch_size = len(clips)
         ids, targets = zip(*(self.prompt_ids(c) for c in clips))
         length = max(map(len, ids))
         pad = self.hooked.tokenizer.pad_token_id
@@ -94,30 +108,42 @@ class Batcher:
 
 
 class BatchStream(torch.utils.data.IterableDataset):
-    """Endless batches from a Batcher; each DataLoader worker draws from its own seed."""
+    """Endless batches from a batcher (``Batcher`` or a subclass); each DataLoader worker draws
+    from its own seed."""
 
-    def __init__(self, hooked, tasks, weights, seed: int, batch_size: int) -> None:
+    def __init__(self, hooked, tasks, weights, seed: int, batch_size: int, batcher=None) -> None:
         self.args = (hooked, tasks, weights, seed)
-        self.batch_size = batch_size
+        self.batch_size, self.batcher = batch_size, batcher or Batcher
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         hooked, tasks, weights, seed = self.args
-        batcher = Batcher(hooked, tasks, weights, seed * 1000 + (info.id if info else 0), "cpu")
+        batcher = self.batcher(hooked, tasks, weights, seed * 1000 + (info.id if info else 0), "cpu")
         while True:
             yield batcher(self.batch_size)
 
 
+def answer_loss(model, batch) -> tuple[torch.Tensor, float]:
+    """Option-letter cross-entropy at the last prompt position, and the batch's accuracy."""
+    input_ids, mask, pixels, last, targets = batch
+    logits = model(input_ids=input_ids, attention_mask=mask, pixel_values_videos=pixels).logits
+    final = logits[torch.arange(len(last), device=logits.device), last].float()
+    accuracy = float((final.detach().argmax(-1) == targets).float().mean())
+    return torch.nn.functional.cross_entropy(final, targets), accuracy
+
+
 def train(model, hooked, tasks: list[str], weights: list[float], steps: int, lr: float, batch_size: int, seed: int,
-          device, log: list, phase: str) -> None:  # fmt: skip
-    """AdamW with linear warm-up and cosine decay on the option-letter cross-entropy.
+          device, log: list, phase: str, loss=answer_loss, batcher=None) -> None:  # fmt: skip
+    """AdamW with linear warm-up and cosine decay on ``loss(model, batch) -> (loss, accuracy)``
+    (default: the option-letter cross-entropy), batches from ``batcher`` (default ``Batcher``).
 
     ``model`` is a plain HF model (trained without TransformerLens hooks); ``hooked`` only
     builds the prompts."""
     model.train()
     workers = 0 if str(device) == "cpu" else 6
-    stream = iter(torch.utils.data.DataLoader(BatchStream(hooked, tasks, weights, seed, batch_size), batch_size=None,
-                                              num_workers=workers, prefetch_factor=4 if workers else None))  # fmt: skip
+    stream = BatchStream(hooked, tasks, weights, seed, batch_size, batcher)
+    stream = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
+                                              prefetch_factor=4 if workers else None))  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -126,17 +152,15 @@ def train(model, hooked, tasks: list[str], weights: list[float], steps: int, lr:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else torch.autocast("cpu", enabled=False)
     start, running = time.time(), []
     for step in range(steps):
-        input_ids, mask, pixels, last, targets = (t.to(device, non_blocking=True) for t in next(stream))
+        batch = [t.to(device, non_blocking=True) for t in next(stream)]
         with autocast:
-            logits = model(input_ids=input_ids, attention_mask=mask, pixel_values_videos=pixels).logits
-        final = logits[torch.arange(len(last), device=logits.device), last].float()
-        loss = torch.nn.functional.cross_entropy(final, targets)
+            value, accuracy = loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        running.append((float(loss.detach()), float((final.detach().argmax(-1) == targets).float().mean())))
+        running.append((float(value.detach()), accuracy))
         if (step + 1) % 100 == 0 or step + 1 == steps:
             loss_mean, acc = np.mean(running, axis=0)
             log.append({"phase": phase, "step": step + 1, "loss": float(loss_mean), "train_accuracy": float(acc),
@@ -205,7 +229,7 @@ def main(argv=None) -> None:
 
     architecture = build_toy(out / "architecture", seed=args.seed)
     hooked = HookedVideoLLM.from_pretrained(architecture)  # builds prompts only
-    model = LlavaNextVideoForConditionalGeneration.from_pretrained(architecture, attn_implementation="sdpa").to(args.device)
+    model = LlavaNextVideoForConditionalGeneration.from_pretrained(architecture, **TRAINING_LOAD).to(args.device)
     log: list = []
     single, temporal = list(synthetic.SINGLE_FRAME_TASKS), list(synthetic.TEMPORAL_TASKS)
     train(model, hooked, single, [1.0] * len(single), args.image_steps, args.lr, args.batch_size, args.seed, args.device, log, "image")
