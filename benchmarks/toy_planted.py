@@ -40,12 +40,16 @@ def main() -> None:
     start = time.perf_counter()
     sweep = flow.sweep(model, data, targets=["cross-frame", "vql-to-ql"], window=3, progress=False)
     swept = time.perf_counter() - start
+    single = flow.sweep(model, data, targets=["cross-frame", "vql-to-ql"], window=1, progress=False)
+    per_layer = single[single.condition.isin(["cross-frame", "video->question", "question->last"])]
     measured = {
         "per_task": args.per_task, "samples": int(df.sample_id.nunique()),
         "accuracy": {task: float(v) for task, v in full.items()},
         "faithfulness": {name: {k: float(v) for k, v in row.items()} for name, row in by_setting.iterrows()},
         "faithfulness_by_task": {f"{t}|{s}": float(v) for (t, s), v in df.groupby(["task", "setting"]).rel_change.mean().items()},
         "sweep": planted.window_rows(sweep, spec, 3),
+        "single_layers": planted.window_rows(single, spec, 1),
+        "single_layer_means": {f"{c}@{l}": float(v) for (c, l), v in per_layer.groupby(["condition", "layer"]).rel_change.mean().items()},
         "from_sweep_threshold_20": str(pathways.PathwaySpec.from_sweep(sweep, threshold=20)),
         "seconds": {"faithfulness": round(faithful, 1), "sweep": round(swept, 1)},
         "machine": "2 CPU cores (development machine)",

@@ -9,7 +9,7 @@ draws the diagram). Lower layers never import higher ones:
     model/     HookedVideoLLM, prompts and token maps, architecture families, checkpoint
                loading, TransformerLens adapters, checkpoint formats
     data/      benchmarks and the synthetic temporal benchmark
-    analysis/  knockout, flow, attribution, lens, patching, pathways, accuracy
+    analysis/  knockout, flow, attribution, lens, patching, pathways, discovery, accuracy
     viz/       figures
     app/       the ``hooked-video`` command, the demo, ``reproduce`` and its report
     zoo/       the bundled toy models and tiny models of every architecture
@@ -46,7 +46,7 @@ _EXPORTS = {
     "load_results": "hooked_video.runtime.store",
 }
 #: The analyses' short paths: ``hooked_video.<name>`` is ``hooked_video.analysis.<name>``.
-ANALYSES = ("accuracy", "attribution", "flow", "knockout", "lens", "patching", "pathways")
+ANALYSES = ("accuracy", "attribution", "discovery", "flow", "knockout", "lens", "patching", "pathways")
 #: Where the modules of the flat layout (up to 0.2) went: each old path imports the very module
 #: (submodules too, e.g. ``hooked_video.models.pllava``), so code written against it keeps working.
 MOVED = {

@@ -49,7 +49,9 @@ def test_random_choices_stay_inside_their_families_layers():
     flows = cut[:, n_out:].any(-1)
     assert (flows.sum(-1) == 1).all()  # exactly one flow cut per row
     rows, flow = cut[:, n_out:].any(-1).nonzero(as_tuple=True)
-    assert all(torch.equal(cut[r, n_out + f], flags[n_out + f]) for r, f in zip(rows.tolist(), flow.tolist()))
+    whole = [torch.equal(cut[r, n_out + f], flags[n_out + f]) for r, f in zip(rows.tolist(), flow.tolist())]
+    assert 0.5 < sum(whole) / len(whole) < 1  # all of the flow's layers, or a non-empty part of them
+    assert not (cut[:, n_out:] & ~flags[n_out:]).any()
 
 
 def test_a_training_step_runs_on_the_bundled_folder(toy):
@@ -105,8 +107,14 @@ def test_window_sweep_rows_inside_and_outside_the_pathway(toy, temporal_data):
     rows = planted.window_rows(df, planted.PLANTED, 3)
     assert rows["rows_inside"] == 4 and rows["rows_outside"] > 30
     assert abs(rows["largest_outside"]) < 1 and rows["weakest_inside"] <= -20
-    found = pathways.PathwaySpec.from_sweep(df, threshold=20)
-    assert found.v2q[0] >= 4 and found.v2q[1] <= 8 and found.q2l == (8, 10)  # the flows, blurred by the window
+    blurred = pathways.PathwaySpec.from_sweep(df, threshold=20)  # each range widened by up to one layer per end
+    assert 0 <= 1 - blurred.inter[0] <= 1 and 0 <= blurred.v2q[1] - 7 <= 1 and 0 <= 8 - blurred.q2l[0] <= 1
+    single = flow.sweep(toy, samples, targets=["cross-frame", "vql-to-ql"], window=1, progress=False)
+    rows = planted.window_rows(single, planted.PLANTED, 1)
+    assert abs(rows["largest_outside"]) < 1
+    found = pathways.PathwaySpec.from_sweep(single, threshold=20)  # every layer of every flow is needed ...
+    assert found.inter == (1, 3) and found.v2q == (4, 7) and found.q2l[0] == 8
+    assert found.q2l[1] in (9, 10)  # ... but question -> last at layer 10 only weakly (the model card's table)
 
 
 def test_cli_prune_reports_faithfulness_and_resumes(temporal_data, tmp_path, capsys):

@@ -10,9 +10,10 @@ is never open. Every training step runs each clip three times in one batch:
 - pruned: edge families outside the pathway blocked (all of them, or each with probability 1/2;
   in all their layers or a random half of them), the same cross-entropy plus the KL divergence
   from the clean answer distribution, so that removing them changes nothing;
-- cut: one of the pathway's own flows knocked out in its layers (cross-frame, video -> question,
-  question -> last), trained towards the uniform distribution over the option letters, so that
-  the answer needs every one of them.
+- cut: one of the pathway's own flows knocked out in its layers, all of them or any non-empty
+  part (cross-frame, video -> question, question -> last), trained towards the uniform
+  distribution over the option letters, so that the answer needs every flow in every one of its
+  layers.
 
 A fourth term keeps the clean pass's attention off every edge outside the pathway (its mean
 attention mass per query row), so that knocking any of them out, in any layers, changes nothing.
@@ -147,7 +148,8 @@ def choose(batch_size: int, flags: Bool[torch.Tensor, "F L"], generator: torch.G
     """Random knockouts: each outside family is blocked (all of them with probability 1/2, else
     each with probability 1/2) in all its blocked layers (probability 1/2) or in a random half
     of them; with ``cut``, one pathway flow per row is also knocked out in all its open layers
-    (and outside families only half the time)."""
+    (probability 1/2) or in a random non-empty part of them, so that every layer of every flow is
+    needed (and outside families are blocked only half the time)."""
     n_out, n_layers = len(OUTSIDE), flags.shape[1]
     families = torch.rand(batch_size, n_out, generator=generator) < 0.5
     families |= torch.rand(batch_size, 1, generator=generator) < 0.5
@@ -159,8 +161,17 @@ def choose(batch_size: int, flags: Bool[torch.Tensor, "F L"], generator: torch.G
     chosen[:, :n_out] = families[:, :, None] & layers & flags[None, :n_out]
     if cut:
         flow = n_out + torch.randint(len(PATHWAY), (batch_size,), generator=generator)
-        chosen[torch.arange(batch_size), flow] = flags[flow]
+        some = torch.rand(batch_size, n_layers, generator=generator) < 0.5
+        some[torch.arange(batch_size), _random_layer_of(flags[flow], generator)] = True
+        some |= torch.rand(batch_size, 1, generator=generator) < 0.5
+        chosen[torch.arange(batch_size), flow] = flags[flow] & some
     return chosen
+
+
+def _random_layer_of(flags: Bool[torch.Tensor, "B L"], generator: torch.Generator) -> torch.Tensor:
+    """One layer per row, uniformly among the row's flagged layers."""
+    weights = flags.float() + 1e-9 * (~flags).float()
+    return torch.multinomial(weights, 1, generator=generator)[:, 0]
 
 
 def repeat(batch, times: int):
@@ -217,6 +228,11 @@ def pathway_effects(model, hooked, per_task: int = 64, seed: int = HELD_OUT_SEED
     settings = {"outside": flags & (torch.arange(len(flags)) < n_out)[:, None]}
     settings.update({f"cut {name}": flags & (torch.arange(len(flags)) == n_out + i)[:, None]
                      for i, name in enumerate(PATHWAY)})  # fmt: skip
+    for i, name in enumerate(PATHWAY):  # each layer of each flow alone
+        for layer in flags[n_out + i].nonzero().flatten().tolist():
+            single = torch.zeros_like(flags)
+            single[n_out + i, layer] = True
+            settings[f"cut {name} @ {layer}"] = single
     sums: dict[str, list] = {name: [] for name in settings}
     correct = []
     for start in range(0, len(clips), batch_size):
@@ -314,6 +330,13 @@ def window_rows(df, spec: PathwaySpec, window: int) -> dict:
             "rows_outside": len(outside), "rows_inside": len(inside)}  # fmt: skip
 
 
+def _in_pathway(condition_at_layer: str, spec: PathwaySpec) -> bool:
+    """Whether "condition@layer" names a layer inside its flow's range in ``spec``."""
+    condition, layer = condition_at_layer.rsplit("@", 1)
+    r = getattr(spec, CONDITIONS.get(condition) or "", None) if CONDITIONS.get(condition) else None
+    return r is not None and r[0] <= int(layer) <= r[1]
+
+
 # ----- the model card ---------------------------------------------------------------------------
 def model_card(log: dict, measured: dict) -> str:
     """toy-planted's README: the planted pathway, the training run, and what
@@ -339,7 +362,8 @@ def model_card(log: dict, measured: dict) -> str:
         f"--mass-weight {args['mass_weight']}", "",
         "Each step runs every clip clean, with edge families outside the pathway knocked out (random families, "
         "random layers; answer loss plus KL to the clean answer distribution) and with one of the pathway's three "
-        "flows cut in its layers (trained towards the uniform distribution over the option letters); the clean pass "
+        "flows cut in all or part of its layers (trained towards the uniform distribution over the option letters); "
+        "the clean pass "
         f"also pays {args['mass_weight']:g} x its attention mass on edges outside the pathway. Final training loss "
         f"{log['log'][-1]['loss']:.3f} (the cut term alone cannot go below about 0.91, the mean log of the "
         "number of options). Log: `benchmarks/results/toy_planted_training_log.json`.", "",
@@ -356,6 +380,10 @@ def model_card(log: dict, measured: dict) -> str:
         f"A window sweep (`flow.sweep(..., window=3)`, cross-frame and vql-to-ql): the largest mean change of a row "
         f"whose window lies outside the pathway is {measured['sweep']['largest_outside']:+.4f}%; every row whose window "
         f"lies inside one of the three flows' ranges changes it by {measured['sweep']['weakest_inside']:+.1f}% or more. "
-        f"Single-layer knockouts (window=1) find less: a flow spread over several layers survives the loss of one.", "",
+        f"One layer at a time (window=1): the largest row outside is {measured['single_layers']['largest_outside']:+.4f}%; "
+        "inside, each layer of each flow alone:", "",
+        "| flow @ layer (0-based) | relative change (%) |", "|---|---|",
+        *[f"| {name} | {value:+.1f} |" for name, value in measured["single_layer_means"].items()
+          if _in_pathway(name, spec)], "",
     ]  # fmt: skip
     return "\n".join(lines)
