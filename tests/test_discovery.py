@@ -31,7 +31,8 @@ def test_discovery_recovers_the_planted_pathway_and_round_trips(one_per_task):
     path = found.path
     assert path.faithful.iloc[:-1].all() and not path.faithful.iloc[-1]  # stopped at the first unfaithful step
     assert (path.retention.diff().dropna() <= 1e-12).all()  # every step closes edges
-    step = path[path.faithful].iloc[-1]
+    step = path.loc[found.step]
+    assert found.step == len(path) - 2
     report = pathways.evaluate(model, one_per_task, found.spec, random_baseline=False, progress=False)
     assert report.accuracy.loc["overall", "pathways"] == pytest.approx(step.accuracy)
     assert report.retention.loc["pathways", "retention"] == pytest.approx(step.retention)

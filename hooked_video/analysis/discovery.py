@@ -47,16 +47,18 @@ class Discovery:
             accuracy, and whether the step is faithful.
         full_accuracy: the full model's accuracy on the samples (the paper's rule).
         samples: how many samples the figures are over.
+        step: the row of ``path`` that ``spec`` is (None with no spec).
     """
 
     spec: PathwaySpec | None
     path: pd.DataFrame
     full_accuracy: float
     samples: int
+    step: int | None = None
 
     def __repr__(self) -> str:
         found = "none" if self.spec is None else ", ".join(f"{f.upper()} {getattr(self.spec, f)}" for f in FLOWS)
-        row = self.path[self.path.faithful].iloc[-1] if self.path.faithful.any() else None
+        row = self.path.loc[self.step] if self.step is not None else None
         kept = f", keeps {row.retention:.1%} of the edges, accuracy {row.accuracy:.3f}" if row is not None else ""
         return (f"Discovery over {self.samples} samples: {found} (0-based){kept}; full accuracy "
                 f"{self.full_accuracy:.3f}; {len(self.path)} steps in .path")  # fmt: skip
@@ -174,4 +176,4 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
     unfaithful = table.index[~table.faithful]
     last = (int(unfaithful[0]) - 1) if len(unfaithful) else len(table) - 1  # the end of the first faithful run
     found = PathwaySpec(**{f: table.loc[last, f] for f in FLOWS}, n_layers=n_layers) if last >= 0 else None
-    return Discovery(found, table, full_accuracy, len(prompts))
+    return Discovery(found, table, full_accuracy, len(prompts), last if last >= 0 else None)
