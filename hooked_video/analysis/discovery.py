@@ -85,7 +85,7 @@ class _Scorer:
         per_sample = {_key(s): [] for s in new}
         for i, (prompt, runner) in enumerate(zip(self.prompts, self.runners)):
             edges = [s.layer_edges(prompt.token_map, self.n_layers) for s in new]
-            for spec, layer_edges, logits in zip(new, edges, self._logits(runner, edges)):
+            for spec, layer_edges, logits in zip(new, edges, runner.knocked_out_many(edges)):
                 probs = logits.float().softmax(-1)
                 counts = count_edges(layer_edges, prompt.n_positions)
                 per_sample[_key(spec)].append({
@@ -99,18 +99,6 @@ class _Scorer:
                                "rel_change": table.rel_change.mean(), "flipped": table.flipped.mean(),
                                "accuracy": table.correct.mean()}  # fmt: skip
         return [self.cache[_key(s)] for s in specs]
-
-    def _logits(self, runner: _Runner, edges: list[dict]) -> list[torch.Tensor]:
-        """Last-position logits (vocab,) of each per-layer edge set, batched through the engine."""
-        if runner.engine is None:
-            return [runner.knocked_out(e)[0, -1] for e in edges]
-        device = runner.trace.resid[0].device
-        interventions = [{l: e.mask.to(device) for l, e in layer_edges.items()} for layer_edges in edges]
-        out: list = [None] * len(edges)
-        for indices, logits in runner.engine.run(runner.trace, interventions, max_rows=8 * runner.trace.n_positions):
-            for index, row in zip(indices, logits):
-                out[index] = row
-        return out
 
 
 def _key(spec: PathwaySpec) -> tuple:

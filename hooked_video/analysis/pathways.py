@@ -160,21 +160,27 @@ class PathwaySpec:
             ranges[family] = (int(hurting.min()), int(hurting.max())) if len(hurting) else None
         return cls(**ranges, n_layers=flow_df.attrs.get("n_layers"))
 
+    def blocked_layers(self, n_layers: int) -> dict[str, list[int]]:
+        """Each family of the union rule (the names of ``families``) -> the layers it is blocked in."""
+        layers = range(n_layers)
+        top_v2q = self.v2q[1] if self.v2q else -1
+        top_q2l = self.q2l[1] if self.q2l else -1
+        return {"cross-frame": [l for l in layers if not _in(l, self.inter)],
+                "video->question": [l for l in layers if not _in(l, self.v2q)],
+                "question->last": [l for l in layers if not _in(l, self.q2l)],
+                "last->last": list(layers), "video->last": list(layers),
+                "video->video": [l for l in layers if l > top_v2q],
+                "question->question": [l for l in layers if l > top_q2l]}  # fmt: skip
+
     def families(self, tm: TokenMap, n_layers: int) -> list[tuple[str, ko.EdgeSet, list[int]]]:
         """The union rule's edge families, each as (name, edges, the layers it is blocked in, maybe
         none): their union in a layer is that layer's ``layer_edges``."""
-        video, layers = tm.video_group, range(n_layers)  # video tokens and their frames' text
-        top_v2q = self.v2q[1] if self.v2q else -1
-        top_q2l = self.q2l[1] if self.q2l else -1
-        return [
-            ("cross-frame", ko.cross_frame(tm), [l for l in layers if not _in(l, self.inter)]),
-            ("video->question", ko.between(video, tm.question, tm), [l for l in layers if not _in(l, self.v2q)]),
-            ("question->last", ko.between(tm.question, tm.last, tm), [l for l in layers if not _in(l, self.q2l)]),
-            ("last->last", ko.self_edges(tm.last, tm), list(layers)),
-            ("video->last", ko.between(video, tm.last, tm), list(layers)),
-            ("video->video", ko.within(video, tm), [l for l in layers if l > top_v2q]),
-            ("question->question", ko.within(tm.question, tm), [l for l in layers if l > top_q2l]),
-        ]
+        video = tm.video_group  # video tokens and their frames' text
+        edges = {"cross-frame": ko.cross_frame(tm), "video->question": ko.between(video, tm.question, tm),
+                 "question->last": ko.between(tm.question, tm.last, tm), "last->last": ko.self_edges(tm.last, tm),
+                 "video->last": ko.between(video, tm.last, tm), "video->video": ko.within(video, tm),
+                 "question->question": ko.within(tm.question, tm)}  # fmt: skip
+        return [(name, edges[name], layers) for name, layers in self.blocked_layers(n_layers).items()]
 
     def open_groups(self, tm: TokenMap) -> list[tuple[str, ko.EdgeSet, list[int]]]:
         """The pathway's own flows in the layers they stay open, as (name, edges, layers):
@@ -321,13 +327,22 @@ class _Runner:
             return self.model(self.embedded, logits_to_keep=1)
 
     def knocked_out(self, edges: dict[int, ko.EdgeSet]) -> torch.Tensor:
+        return self.knocked_out_many([edges], lanes=1)[0][None, None]
+
+    def knocked_out_many(self, edge_sets: list[dict[int, ko.EdgeSet]], lanes: int = 8) -> list[torch.Tensor]:
+        """Last-position logits (vocab,) under each per-layer edge set; the engine runs up to
+        ``lanes`` of them side by side."""
         if self.engine is None:  # the reference path throughout, as full()
             with attention.reference_attention():
-                return self.model.run_with_hooks(self.embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1)
+                return [self.model.run_with_hooks(self.embedded, fwd_hooks=ko.hooks(edges), logits_to_keep=1)[0, -1]
+                        for edges in edge_sets]  # fmt: skip
         device = self.trace.resid[0].device
-        intervention = {l: e.mask.to(device) for l, e in edges.items()}
-        (_, logits), = self.engine.run(self.trace, [intervention], max_rows=self.trace.n_positions)
-        return logits[:, None]
+        interventions = [{l: e.mask.to(device) for l, e in edges.items()} for edges in edge_sets]
+        out: list = [None] * len(edge_sets)
+        for indices, logits in self.engine.run(self.trace, interventions, max_rows=lanes * self.trace.n_positions):
+            for index, row in zip(indices, logits):
+                out[index] = row
+        return out
 
 
 @torch.no_grad()

@@ -51,15 +51,12 @@ PATHWAY = ("cross-frame", "video->question", "question->last")
 def family_layers(spec: PathwaySpec, n_layers: int) -> Bool[torch.Tensor, "F L"]:
     """Where each family of a batch is blocked when it is chosen: outside families in the layers
     the union rule blocks them, pathway flows in the layers they are open."""
+    blocked = spec.blocked_layers(n_layers)
     flags = torch.zeros(len(OUTSIDE) + len(PATHWAY), n_layers, dtype=torch.bool)
-    ranges = [spec.inter, spec.v2q, spec.q2l]
-    top_v2q, top_q2l = (spec.v2q or (0, -1))[1], (spec.q2l or (0, -1))[1]
-    for layer in range(n_layers):
-        inside = [r is not None and r[0] <= layer <= r[1] for r in ranges]
-        flags[:3, layer] = ~torch.tensor(inside)
-        flags[3:5, layer] = True
-        flags[5, layer], flags[6, layer] = layer > top_v2q, layer > top_q2l
-        flags[7:, layer] = torch.tensor(inside)
+    for row, name in enumerate(OUTSIDE):
+        flags[row, blocked[name]] = True
+    for row, name in enumerate(PATHWAY, start=len(OUTSIDE)):
+        flags[row] = ~flags[OUTSIDE.index(name)]  # a flow is open exactly where the rule does not block it
     return flags
 
 
