@@ -1,10 +1,16 @@
 """Pathway discovery: it recovers the pathway planted in toy-planted, and what it returns
 round-trips through pathways.evaluate with the same exact figures and edge counts."""
 
+import json
+
+import pandas as pd
 import pytest
 
-from hooked_video import HookedVideoLLM, discovery, pathways
+from hooked_video import HookedVideoLLM, discovery, pathways, viz
+from hooked_video.analysis.pathways import _Runner
+from hooked_video.app.cli import main
 from hooked_video.data import TVBench, synthetic
+from hooked_video.data.mcqa import identify_all
 from hooked_video.zoo import planted
 
 FLOWS = ("inter", "v2q", "q2l")
@@ -22,8 +28,13 @@ def one_per_task(tmp_path_factory):
     return list(TVBench(root))
 
 
-def test_discovery_recovers_the_planted_pathway_and_round_trips(one_per_task):
-    model = HookedVideoLLM.from_pretrained("toy-planted")
+@pytest.fixture(scope="module")
+def toy():
+    return HookedVideoLLM.from_pretrained("toy-planted")
+
+
+def test_discovery_recovers_the_planted_pathway_and_round_trips(toy, one_per_task):
+    model = toy
     found = discovery.discover(model, one_per_task, full_curve=False, progress=False)
     truth = cells(planted.PLANTED)
     hit = len(cells(found.spec) & truth)
@@ -54,14 +65,122 @@ def test_discovery_on_every_architecture_round_trips(arch, deep, deep_prompt):
     assert found.path.iloc[-1][list(FLOWS)].isna().all()
     assert found.spec is not None and cells(found.spec) == set()  # everything may close at this tolerance
     first = found.path.iloc[0]
-    spec = pathways.PathwaySpec(*(first[f] for f in FLOWS), n_layers=deep.cfg.n_layers)
+    spec = pathways.PathwaySpec(**{f: first[f] for f in FLOWS}, n_layers=deep.cfg.n_layers)
     row = pathways.faithfulness_prompt(deep, deep_prompt, spec)
     assert row["outside|rel_change"] == pytest.approx(first.rel_change, abs=1e-6)
 
 
-def test_bad_settings_are_refused(one_per_task):
-    model = HookedVideoLLM.from_pretrained("toy-planted")
+def test_bad_settings_are_refused(toy, one_per_task):
+    model = toy
     with pytest.raises(pathways.InvalidInputError, match="tolerance"):
         discovery.discover(model, one_per_task, tolerance=-1)
     with pytest.raises(pathways.InvalidInputError, match="no samples"):
         discovery.discover(model, [])
+    with pytest.raises(pathways.InvalidInputError, match="flows"):
+        discovery.discover(model, one_per_task, flows=("inter", "video"))
+    with pytest.raises(pathways.InvalidInputError, match="by="):
+        discovery.discover_each(model, one_per_task, by="frame")
+    with pytest.raises(pathways.InvalidInputError, match="preset="):
+        discovery.discover(model, one_per_task, preset="llava-next-8b")
+
+
+@pytest.fixture(scope="module")
+def searched(toy, one_per_task, tmp_path_factory):
+    """The whole curve with two random seeds and the preset, stored."""
+    out = tmp_path_factory.mktemp("searched") / "run"
+    return out, discovery.discover(toy, one_per_task, seeds=2, preset="auto", out=out, progress=False)
+
+
+def test_the_curve_is_exact_and_lies_above_random_pruning(toy, one_per_task, searched):
+    _, found = searched
+    curve = found.curve
+    assert set(curve.pathway) == {"discovered", "random", "preset"}
+    pd.testing.assert_frame_equal(curve[curve.pathway == "discovered"][["retention", "accuracy"]].reset_index(drop=True),
+                                  found.path[["retention", "accuracy"]])  # fmt: skip
+    random = curve[curve.pathway == "random"]
+    assert found.step in set(random.step) and set(random.seed) == {0, 1} and len(set(random.step)) >= 8
+    for step, rows in random.groupby("step"):  # random pruning keeps the same share of edges
+        assert rows.retention.to_numpy() == pytest.approx(found.path.loc[int(step), "retention"], abs=2e-3)
+    # independently: pathways.evaluate draws the same random edges for a sample id and seed
+    fraction = 1 - found.path.loc[found.step, "retention"]
+    expected = [pathways.random_prompt(toy, s.prepare(toy), fraction, 1, sample_id)["random_pred"] == s.answer
+                for sample_id, _, s in identify_all(one_per_task)]  # fmt: skip
+    point = random[(random.step == found.step) & (random.seed == 1)].iloc[0]
+    assert point.accuracy == pytest.approx(sum(expected) / len(expected))
+    # the preset is toy-planted's own pathway: its row is faithfulness' "outside" setting
+    preset = curve[curve.pathway == "preset"].iloc[0]
+    outside = pathways.faithfulness(toy, one_per_task, planted.PLANTED, progress=False).query("setting == 'outside'")
+    assert preset.rel_change == pytest.approx(outside.rel_change.mean(), abs=1e-6)
+    # the discovered path keeps at least random pruning's accuracy at every size, and more of the top
+    # token's probability wherever pruning bites, up to the found pathway (past it, a needed flow is cut)
+    means = random.groupby("step")[["rel_change", "accuracy"]].mean()
+    for step, row in means.iterrows():
+        discovered = found.path.loc[int(step)]
+        assert discovered.accuracy >= row.accuracy, step
+        if discovered.retention < 0.9 and step <= found.step:
+            assert discovered.rel_change > row.rel_change, step
+    fig = viz.faithfulness_curve(found)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) >= 4
+
+
+def test_a_rerun_replays_the_stored_rows_without_forwards(toy, one_per_task, searched, monkeypatch):
+    out, found = searched
+    calls = []
+    original = _Runner.knocked_out_many
+    monkeypatch.setattr(_Runner, "knocked_out_many", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    again = discovery.discover(toy, one_per_task, seeds=2, preset="auto", out=out, progress=False)
+    strict = discovery.discover(toy, one_per_task, tolerance=0.5, seeds=2, out=out, progress=False)
+    assert not calls
+    pd.testing.assert_frame_equal(again.curve, found.curve)
+    assert strict.step <= found.step and strict.path.retention.iloc[-1] == found.path.retention.iloc[-1]
+    with pytest.raises(pathways.ResultsMismatchError):  # other frames: other rows
+        discovery.discover(toy, one_per_task, num_frames=4, out=out, progress=False)
+
+
+def test_per_task_and_per_sample_searches_share_their_rows(toy, one_per_task, tmp_path, monkeypatch):
+    per_task = discovery.discover_each(toy, one_per_task, by="task", full_curve=False, out=tmp_path, progress=False)
+    assert sorted(per_task) == sorted({s.task for s in one_per_task}) and len(per_task) == 5
+    assert all(found.samples == 1 and found.spec is not None for found in per_task.values())
+    calls = []
+    original = _Runner.knocked_out_many
+    monkeypatch.setattr(_Runner, "knocked_out_many", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    per_sample = discovery.discover_each(toy, one_per_task, by="sample", full_curve=False, out=tmp_path, progress=False)
+    assert not calls  # one question per task: the same searches, read back from the folder
+    by_sample = discovery.table(per_sample)
+    by_task = discovery.table(per_task)
+    assert sorted(map(str, by_sample.inter)) == sorted(map(str, by_task.inter))
+    assert list(by_task.columns[:3]) == list(FLOWS) and (by_task.samples == 1).all()
+
+
+def test_video_to_last_opens_as_a_fourth_flow(toy, one_per_task):
+    spec = pathways.PathwaySpec(inter=(1, 3), v2q=(4, 7), q2l=(8, 10), v2l=(2, 5), n_layers=12)
+    tm = one_per_task[0].prepare(toy).token_map
+    edges = spec.layer_edges(tm, 12)
+    video_to_last = [bool(edges[l].mask[tm.last][:, tm.video].any()) for l in range(12)]
+    assert video_to_last == [not 2 <= l <= 5 for l in range(12)]  # blocked exactly outside V2L
+    assert "v2l" not in pathways.PathwaySpec.preset("toy-planted").settings()  # older folders still resume
+    assert spec.describe() == "INTER 1-3, V2Q 4-7, Q2L 8-10, V2L 2-5"
+    found = discovery.discover(toy, one_per_task[:1], flows=discovery.PAPER_FLOWS + ("v2l",), tolerance=100,
+                               min_accuracy=0, progress=False)  # fmt: skip
+    assert len(found.path) == 1 + 4 * 12 and "video->last @" in " ".join(found.path.closed.dropna())
+
+
+def test_cli_discover_writes_the_curve_and_refuses_a_users_file(tmp_path, one_per_task, capsys):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"video": str(s.video), "question": s.question, "options": list(s.options),
+                                 "answer": s.answer, "task": s.task} for s in one_per_task[:3]]))  # fmt: skip
+    out = tmp_path / "run"
+    args = ["discover", "--model", "toy-planted", "--data", str(data), "--out", str(out), "--seeds", "1",
+            "--stop-at-faithful", "--preset", "toy-planted"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "all samples: Discovery over 3 samples" in printed and (out / "curve.png").stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["found"]["all samples"]["samples"] == 3 and {r["pathway"] for r in summary["curve"]["all samples"]} == {
+        "discovered", "random", "preset"}
+    assert main(args) == 0  # a rerun: the files it wrote itself are replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "curve.png").write_bytes(b"a figure of the user's")
+    assert main([*args[:6], str(mine), *args[7:]]) == 2
+    assert "curve.png" in capsys.readouterr().err and (mine / "curve.png").read_bytes() == b"a figure of the user's"

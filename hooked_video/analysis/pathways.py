@@ -68,6 +68,10 @@ SWEEP_CONDITIONS = {
 }
 
 
+#: The flows a ``PathwaySpec`` opens in a range of layers each (``v2l``: not the paper's).
+FLOWS = ("inter", "v2q", "q2l", "v2l")
+
+
 def _in(layer: int, r: Range) -> bool:
     return r is not None and r[0] <= layer <= r[1]
 
@@ -85,6 +89,8 @@ class PathwaySpec:
             released scripts' value), or None (1 - the pathway run's retention).
         checkpoint, family: the model a preset was measured on (applying it to a model of
             another depth or family warns).
+        v2l: video -> last, blocked in every layer by the paper's rule (None, the default); a
+            range opens it there, for models that read the video straight into the last position.
     """
 
     inter: Range
@@ -94,11 +100,12 @@ class PathwaySpec:
     random_fraction: float | None = None
     checkpoint: str | None = None
     family: str | None = None
+    v2l: Range = None
 
     def __post_init__(self) -> None:
         if self.random_fraction is not None:
             check_random_fraction(self.random_fraction)
-        for family in ("inter", "v2q", "q2l"):
+        for family in FLOWS:
             r = getattr(self, family)
             if r is None:
                 continue
@@ -168,7 +175,7 @@ class PathwaySpec:
         return {"cross-frame": [l for l in layers if not _in(l, self.inter)],
                 "video->question": [l for l in layers if not _in(l, self.v2q)],
                 "question->last": [l for l in layers if not _in(l, self.q2l)],
-                "last->last": list(layers), "video->last": list(layers),
+                "last->last": list(layers), "video->last": [l for l in layers if not _in(l, self.v2l)],
                 "video->video": [l for l in layers if l > top_v2q],
                 "question->question": [l for l in layers if l > top_q2l]}  # fmt: skip
 
@@ -184,12 +191,27 @@ class PathwaySpec:
 
     def open_groups(self, tm: TokenMap) -> list[tuple[str, ko.EdgeSet, list[int]]]:
         """The pathway's own flows in the layers they stay open, as (name, edges, layers):
-        cross-frame in INTER, video -> question in V2Q, question -> last in Q2L (a closed flow
-        is left out). Knocking one of them out is how a pathway is shown to be needed."""
+        cross-frame in INTER, video -> question in V2Q, question -> last in Q2L, video -> last in
+        V2L (a closed flow is left out). Knocking one of them out is how a pathway is shown to be
+        needed."""
         flows = [("cross-frame", ko.cross_frame(tm), self.inter),
                  ("video->question", ko.between(tm.video_group, tm.question, tm), self.v2q),
-                 ("question->last", ko.between(tm.question, tm.last, tm), self.q2l)]  # fmt: skip
+                 ("question->last", ko.between(tm.question, tm.last, tm), self.q2l),
+                 ("video->last", ko.between(tm.video_group, tm.last, tm), self.v2l)]  # fmt: skip
         return [(name, edges, list(range(r[0], r[1] + 1))) for name, edges, r in flows if r is not None]
+
+    def settings(self) -> dict:
+        """The spec as a results folder records it (``v2l`` only where it is open, so folders
+        written before it existed still resume)."""
+        fields = asdict(self)
+        if fields["v2l"] is None:
+            del fields["v2l"]
+        return fields
+
+    def describe(self) -> str:
+        """One line: each flow's range (0-based, inclusive), e.g. ``INTER 5-14, V2Q 5-19, Q2L 15-24``."""
+        flows = FLOWS if self.v2l is not None else FLOWS[:3]
+        return ", ".join(f"{f.upper()} " + (f"{r[0]}-{r[1]}" if (r := getattr(self, f)) else "closed") for f in flows)
 
     def layer_edges(self, tm: TokenMap, n_layers: int) -> dict[int, ko.EdgeSet]:
         """Blocked edges of every layer: the union rule of the effective pathways."""
@@ -401,7 +423,7 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
     items = shard.take(items) if shard is not None else items
     store = None
     if out is not None:
-        config = {"spec": asdict(spec), "random_baseline": random_baseline, "random_fraction": random_fraction, "seed": seed,
+        config = {"spec": spec.settings(), "random_baseline": random_baseline, "random_fraction": random_fraction, "seed": seed,
                   "num_frames": num_frames, "rule": rule, "model": model_identity(model),
                   "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
         store = open_store(out, "pathways.evaluate", config, [(i, item) for i, _, item in items], key=("sample_id",),
@@ -518,7 +540,7 @@ def faithfulness(model, samples: Iterable, spec: PathwaySpec, num_frames: int | 
     items = identify_all(samples)
     store = None
     if out is not None:
-        config = {"spec": asdict(spec), "num_frames": num_frames, "model": model_identity(model),
+        config = {"spec": spec.settings(), "num_frames": num_frames, "model": model_identity(model),
                   "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
         store = open_store(out, "pathways.faithfulness", config, [(i, item) for i, _, item in items], key=("sample_id",),
                            resume=resume)  # fmt: skip

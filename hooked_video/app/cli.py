@@ -13,6 +13,9 @@
                                             logit lens, keyword frequencies, answer probability
     hooked-video prune --model M --data D --preset P|--from-sweep DIR --out DIR
                                             effective pathways vs full vs random pruning
+    hooked-video discover --model M --data D --out DIR [--by task] [--seeds 3]
+                                            the smallest faithful pathway, found from data, and its
+                                            faithfulness-size curve against random pruning
     hooked-video reproduce --model M [--image-model I] --data TVBench/ --out DIR
                                             the paper's pipeline and report, per task
     hooked-video demo [--samples 8] [--out DIR]
@@ -80,6 +83,10 @@ Each command's --help lists its options and examples. HOOKED_VIDEO_DEBUG=1 shows
     "prune": "examples:\n  hooked-video prune --model M --data TOMATO/ --preset llava-next-7b-video-ft --out runs/prune\n"
              "  hooked-video prune --model M --data TVBench/ --from-sweep runs/flow --out runs/prune\n"
              "  hooked-video prune --model toy-planted --data syn/ --preset toy-planted --faithfulness --out runs/planted",
+    "discover": "examples:\n  hooked-video discover --model toy-planted --data syn/ --out runs/discover\n"
+                "  hooked-video discover --model M --data TVBench/ --samples 32 --preset llava-next-7b-video-ft --out runs/d\n"
+                "  hooked-video discover --model M --data TVBench/ --by task --seeds 0 --out runs/per-task\n"
+                "A rerun with the same --out replays the stored forwards (any --tolerance); --fresh starts over.",
     "reproduce": "example:\n  hooked-video reproduce --model byminji/LLaVA-NeXT-7B-Video-FT \\\n"
                  "      --image-model llava-hf/llava-v1.6-vicuna-7b-hf --data TVBench/ --tomato TOMATO/ --out runs/paper",
     "doctor": "example:\n  hooked-video doctor    then pass the suggested --threads to the commands you run",
@@ -103,6 +110,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _share(value: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value!r}") from None
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {number}")
+    return number
 
 
 def _whole_number(minimum: int):
@@ -214,10 +232,12 @@ def _analysis_parser(sub, name: str, text: str):
                    help="accuracy rule: full-vocabulary argmax is the true letter (the paper's), or best option letter")
     if name not in ("lens", "attribute"):
         _engine_argument(p)
-    if name != "prune":
+    if name not in ("prune", "discover"):
         p.add_argument("--select", choices=["correct", "wrong", "all"], default="correct",
                        help="samples analysed: answered correctly (the paper's default), wrongly, or all")
     _placement_arguments(p)
+    if name == "discover":  # each step needs every sample's figures: one process
+        return p
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run shard I of N (0-based) of the samples, e.g. as one job of an array; under torchrun / "
                         "accelerate launch the shard comes from the launcher")
@@ -306,6 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faithfulness", action="store_true",
                    help="also knock out everything outside the pathways together, and each of their flows alone "
                         "(pathways.faithfulness, stored with the other results)")  # fmt: skip
+
+    p = _analysis_parser(sub, "discover", "the smallest faithful pathway, found from data, and its faithfulness-size curve")
+    p.add_argument("--tolerance", type=float, default=5.0,
+                   help="largest mean drop (%%) of the full model's top-token probability a faithful pathway may cause")
+    p.add_argument("--min-accuracy", type=_share, default=0.95, help="share of the full model's accuracy it must keep")
+    p.add_argument("--by", choices=["model", "task", "sample"], default="model",
+                   help="one pathway over all samples, one per task, or one per sample")
+    p.add_argument("--seeds", type=_whole_number(0), default=3,
+                   help="random pruning of the same sizes, with this many seeds (0: none)")
+    p.add_argument("--preset", default="auto", help="a preset to score beside (see pathways.PRESETS), 'auto' (the one "
+                   "measured on this model, if any) or 'none'")
+    p.add_argument("--video-to-last", action="store_true",
+                   help="let video -> last open too (the paper's rule always blocks it)")
+    p.add_argument("--stop-at-faithful", action="store_true",
+                   help="stop at the first unfaithful step instead of closing every layer (about half the forwards)")
 
     p = _command(sub, "reproduce", "the paper's pipeline on a video model (and an image model), with a report")
     p.add_argument("--model", required=True, help="the video model (e.g. byminji/LLaVA-NeXT-7B-Video-FT)")

@@ -265,12 +265,45 @@ def run_prune(args) -> None:
         means = report.faithfulness.groupby("setting")[["rel_change", "flipped", "correct"]].mean()
         summary["faithfulness"] = means.to_dict("index")
     _write_summary(args, summary)
-    print(f"pathways: INTER {spec.inter}, V2Q {spec.v2q}, Q2L {spec.q2l} (0-based)")
+    print(f"pathways: {spec.describe()} (0-based)")
     print(f"accuracy ({args.rule}):\n{report.accuracy.round(3).to_string()}")
     print(report.retention.round(3).to_string())
     if report.faithfulness is not None:
         print(f"faithfulness (outside: every edge the pathways block, together; cut: one flow alone):\n"
               f"{means.round(3).to_string()}")
+    print(f"results: {args.out}")
+
+
+def run_discover(args) -> None:
+    from hooked_video.analysis import discovery
+    from hooked_video.app.outputs import save_figure
+    from hooked_video.viz.pathways import faithfulness_curve
+
+    samples = _dataset(args)
+    model = _load(args)
+    flows = discovery.PAPER_FLOWS + (("v2l",) if args.video_to_last else ())
+    kwargs = dict(tolerance=args.tolerance, min_accuracy=args.min_accuracy, full_curve=not args.stop_at_faithful,
+                  flows=flows, seeds=args.seeds, preset=None if args.preset == "none" else args.preset,
+                  num_frames=args.frames, engine=args.engine, rule=args.rule, out=args.out, resume=not args.fresh)  # fmt: skip
+    if args.by == "model":
+        found = {"all samples": discovery.discover(model, samples, **kwargs)}
+    else:
+        found = discovery.discover_each(model, samples, by=args.by, **kwargs)
+    table = discovery.table(found)
+    summary = {"by": args.by, "tolerance": args.tolerance, "min_accuracy": args.min_accuracy, "flows": list(flows),
+               "rule": args.rule, "found": json.loads(table.to_json(orient="index")),
+               "path": {k: json.loads(f.path.to_json(orient="records")) for k, f in found.items()},
+               "curve": {k: json.loads(f.curve.to_json(orient="records")) for k, f in found.items() if f.curve is not None}}  # fmt: skip
+    _write_summary(args, summary)
+    for name, one in found.items():
+        print(f"{name}: {one}")
+    if args.by == "model":
+        one = found["all samples"]
+        save_figure(faithfulness_curve(one, title=f"{args.model}: pathway search"), Path(args.out, "curve.png"),
+                    overwrite=args.overwrite, dpi=120)  # fmt: skip
+        if one.curve is not None:
+            print(one.curve.groupby("pathway")[["retention", "rel_change", "accuracy"]].agg(["min", "max"]).round(3).to_string())
+        print(f"curve: {Path(args.out, 'curve.png')}")
     print(f"results: {args.out}")
 
 

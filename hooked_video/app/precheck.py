@@ -38,6 +38,8 @@ def check_names(args) -> None:
     unknown = [t for t in getattr(args, "target", None) or [] if t not in known]
     if unknown:
         raise ValueError(f"unknown target(s) {unknown}; known: {known}")
+    if args.command == "discover" and args.preset not in ("auto", "none", *PRESET_NAMES):
+        raise ValueError(f"unknown preset {args.preset!r} (--preset); presets: {PRESET_NAMES}, 'auto' or 'none'")
     if args.command == "prune":
         if bool(args.preset) == bool(args.from_sweep):
             raise ValueError("give exactly one of --preset NAME or --from-sweep SWEEP_DIR")
@@ -113,5 +115,6 @@ def check_out(args) -> None:
     out = getattr(args, "out", None)
     if out is None or args.command in ("tokens", "info", "build-tiny"):
         return
-    names = {"demo": DEMO_FILES, "reproduce": REPORT_FILES}.get(args.command, ("summary.json",))
+    names = {"demo": DEMO_FILES, "reproduce": REPORT_FILES, "discover": ("summary.json", "curve.png")}.get(
+        args.command, ("summary.json",))
     check_folder(out, names, getattr(args, "overwrite", False))

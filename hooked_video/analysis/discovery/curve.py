@@ -1,0 +1,79 @@
+"""The faithfulness-size curve of a search, with what it is judged against: random pruning of
+the same sizes (the paper's random baseline, several seeds) and the model's preset pathway,
+every point an exact figure over the same samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from hooked_video.analysis.pathways import PRESETS, PathwaySpec, preset_for, random_layer_edges, sample_seed
+from hooked_video.core.checks import InvalidInputError
+
+#: About how many sizes of the path get random-pruning points (the found pathway's size always does).
+RANDOM_POINTS = 10
+FIGURES = ["retention", "rel_change", "flipped", "accuracy"]
+
+
+def resolve_preset(model, preset: PathwaySpec | str | None) -> PathwaySpec | None:
+    """A preset argument as a spec: a spec, a preset name, "auto" (the preset measured on
+    ``model``, else none) or None."""
+    if preset is None or isinstance(preset, PathwaySpec):
+        return preset
+    if preset == "auto":
+        name = preset_for(model)
+        return PathwaySpec.preset(name) if name else None
+    if preset not in PRESETS:
+        raise InvalidInputError(f"preset={preset!r}: a PathwaySpec, 'auto', None or one of {sorted(PRESETS)}")
+    return PathwaySpec.preset(preset)
+
+
+def _reachable(scorer, fraction: float) -> bool:
+    """Whether every prompt has enough causal pairs at or after the video start to prune ``fraction``."""
+    for prompt in scorer.prompts:
+        n, start = prompt.n_positions, int(prompt.token_map.video_group.min())
+        if int(fraction * n * (n + 1) // 2) > (n - start) * (n - start + 1) // 2:
+            return False
+    return True
+
+
+def random_setting(scorer, fraction: float, seed: int) -> dict:
+    """The random baseline pruning ``fraction`` of each layer's causal edges, one draw per sample
+    and layer (seeded by ``seed`` and the sample id, as ``pathways.evaluate`` draws)."""
+    name = f"random {fraction:.6f} seed {seed}"
+    return {name: lambda i, prompt: random_layer_edges(prompt.token_map, scorer.n_layers, fraction,
+                                                       sample_seed(seed, scorer.ids[i]))}  # fmt: skip
+
+
+def baselines(scorer, found, preset: PathwaySpec | None, seeds: int, progress: bool = False) -> pd.DataFrame | None:
+    """``found.path`` as the "discovered" curve, plus random pruning at about ``RANDOM_POINTS`` of
+    its sizes and at the found pathway's (``seeds`` seeds each), plus ``preset``: one row per point
+    (pathway, step, seed, retention, rel_change, flipped, accuracy). None with neither."""
+    if not seeds and preset is None:
+        return None
+    path = found.path
+    rows = [{"pathway": "discovered", "step": int(r.step), "seed": np.nan, **{k: r[k] for k in FIGURES}}
+            for _, r in path.iterrows()]  # fmt: skip
+    if preset is not None:
+        preset.check_model(scorer.model)
+        name = preset.describe()
+        figures = scorer.score({name: lambda i, prompt: preset.layer_edges(prompt.token_map, scorer.n_layers)})[name]
+        rows.append({"pathway": "preset", "step": np.nan, "seed": np.nan, **figures})
+    steps = sorted(set(np.linspace(0, len(path) - 1, min(RANDOM_POINTS, len(path))).round().astype(int).tolist())
+                   | ({found.step} if found.step is not None else set()))  # fmt: skip
+    skipped, points, settings = [], [], {}
+    for step in steps if seeds else []:
+        fraction = 1 - float(path.loc[step, "retention"])
+        if not _reachable(scorer, fraction):  # the rule draws only among pairs at or after the video start
+            skipped.append(step)
+            continue
+        for seed in range(seeds):
+            setting = random_setting(scorer, fraction, seed)
+            settings.update(setting)
+            points.append((step, seed, next(iter(setting))))
+    scored = scorer.score(settings)  # all points of a sample side by side in the engine
+    rows += [{"pathway": "random", "step": step, "seed": seed, **scored[name]} for step, seed, name in points]
+    table = pd.DataFrame(rows)
+    table.attrs["unreachable_steps"] = skipped
+    table.attrs["full_accuracy"] = scorer.full_accuracy
+    return table

@@ -1,0 +1,94 @@
+"""Exact figures of pruned edge sets over fixed prompts, cached and stored row by row.
+
+Every candidate a pathway search tries, and every random-pruning point of its curve, is one
+*setting*: a name and, per prompt, the edges it blocks in each layer. ``Scorer`` keeps one
+trace per prompt (the engine recomputes only the rows and layers a setting changes), scores
+each (setting, sample) pair once, and with a results store writes each sample's rows as they
+are computed, so a search that is interrupted resumes where it stopped: its steps replay from
+the stored rows without a forward.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hooked_video.analysis import knockout as ko
+from hooked_video.analysis.accuracy import PAPER_RULE, option_prediction
+from hooked_video.analysis.flow.sweep import choose_engine
+from hooked_video.analysis.pathways import _Runner, count_edges
+from hooked_video.data.mcqa import to_prompt
+
+#: A setting's edges for one prompt: (index of the prompt, the prompt) -> {layer: blocked edges}.
+EdgesOf = Callable[[int, object], dict[int, ko.EdgeSet]]
+
+
+class Scorer:
+    """Exact figures of settings over ``items`` ((sample id, task, sample) triples).
+
+    ``score({name: edges_of, ...})`` -> {name: figures}: over the samples, the retention (edges
+    kept / causal edges, summed over samples and layers), the mean relative change (%) of the
+    full model's top-token probability, the share of changed top tokens, and accuracy (``rule``,
+    by default the paper's). ``rows(name)`` gives a setting's per-sample rows.
+    """
+
+    def __init__(self, model, items: list, num_frames: int | None, engine: str, store=None, progress: bool = False,
+                 rule: str = PAPER_RULE) -> None:  # fmt: skip
+        self.model, self.store, self.n_layers, self.rule = model, store, model.cfg.n_layers, rule
+        self.ids = [sample_id for sample_id, _, _ in items]
+        self.tasks = [task for _, task, _ in items]
+        self.prompts = [to_prompt(model, item, num_frames) for _, _, item in tqdm(items, desc="preparing", disable=not progress)]
+        self.runners = [_Runner(model, model.embed(p), choose_engine(model, engine, ())) for p in self.prompts]
+        self.top, self.p_top, self.full_correct = [], [], []
+        for prompt, runner in zip(self.prompts, self.runners):
+            logits = runner.full()
+            probs = logits[0, -1].float().softmax(-1)
+            self.top.append(int(probs.argmax()))
+            self.p_top.append(float(probs[self.top[-1]]))
+            self.full_correct.append(option_prediction(logits, prompt, model.tokenizer, rule) == prompt.answer)
+        mine = set(self.ids)
+        stored = store.rows("rows") if store is not None else []
+        self.done = {(r["setting"], r["sample_id"]): r for r in stored if r["sample_id"] in mine}
+        self.figures: dict[str, dict] = {}
+
+    @property
+    def full_accuracy(self) -> float:
+        return sum(self.full_correct) / len(self.full_correct)
+
+    @torch.no_grad()
+    def score(self, settings: dict[str, EdgesOf]) -> dict[str, dict]:
+        """The figures of each setting (see the class docstring); new ones computed, candidates of
+        one prompt side by side in the engine."""
+        todo = {name: edges_of for name, edges_of in settings.items() if name not in self.figures}
+        for i, (sample_id, prompt, runner) in enumerate(zip(self.ids, self.prompts, self.runners)):
+            names = [name for name in todo if (name, sample_id) not in self.done]
+            if not names:
+                continue
+            edge_sets = [todo[name](i, prompt) for name in names]
+            rows = [self._row(i, name, edges, logits)
+                    for name, edges, logits in zip(names, edge_sets, runner.knocked_out_many(edge_sets))]  # fmt: skip
+            if self.store is not None:
+                self.store.add("rows", rows)
+            self.done.update({(name, sample_id): row for name, row in zip(names, rows)})
+        for name in todo:
+            table = self.rows(name)
+            self.figures[name] = {"retention": table.retained.sum() / table.baseline.sum(),
+                                  "rel_change": table.rel_change.mean(), "flipped": table.flipped.mean(),
+                                  "accuracy": table.correct.mean()}  # fmt: skip
+        return {name: self.figures[name] for name in settings}
+
+    def rows(self, name: str) -> pd.DataFrame:
+        """One row per sample of a scored setting: sample_id, task, rel_change, flipped, correct, retained, baseline."""
+        return pd.DataFrame([{**self.done[(name, sample_id)], "task": task} for sample_id, task in zip(self.ids, self.tasks)])
+
+    def _row(self, i: int, name: str, edges: dict[int, ko.EdgeSet], logits: torch.Tensor) -> dict:
+        probs = logits.float().softmax(-1)
+        counts = count_edges(edges, self.prompts[i].n_positions)
+        prediction = option_prediction(logits[None, None], self.prompts[i], self.model.tokenizer, self.rule)
+        return {"setting": name, "sample_id": self.ids[i],
+                "rel_change": (float(probs[self.top[i]]) - self.p_top[i]) / self.p_top[i] * 100,
+                "flipped": int(probs.argmax()) != self.top[i], "correct": prediction == self.prompts[i].answer,
+                "retained": counts.retained, "baseline": counts.baseline}  # fmt: skip
