@@ -59,6 +59,25 @@ def test_discovery_recovers_the_planted_pathway_and_round_trips(toy, one_per_tas
     assert "Discovery over 5 samples" in repr(found)
 
 
+def test_attribution_ranked_search_finds_the_same_pathway_with_fewer_forwards(toy, one_per_task, monkeypatch):
+    counts = {}
+    original = discovery.Scorer._row
+    for method in ("exact", "atp"):
+        counts[method] = 0
+
+        def counted(self, *args, _method=method, **kwargs):
+            counts[_method] += 1
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(discovery.Scorer, "_row", counted)
+        found = discovery.discover(toy, one_per_task, method=method, full_curve=False, progress=False)
+        counts[method, "spec"] = found.spec
+        counts[method, "figures"] = found.path.loc[found.step, ["retention", "rel_change", "accuracy"]].tolist()
+    assert counts["atp", "spec"] == counts["exact", "spec"]
+    assert counts["atp", "figures"] == pytest.approx(counts["exact", "figures"], abs=1e-4)  # exact either way (lanes batch differently)
+    assert counts["atp"] < counts["exact"] / 2
+
+
 def test_discovery_on_every_architecture_round_trips(arch, deep, deep_prompt):
     found = discovery.discover(deep, [deep_prompt], tolerance=100.0, min_accuracy=0.0, progress=False)
     assert len(found.path) == 1 + 3 * deep.cfg.n_layers  # the whole curve: one layer closed per step
@@ -82,6 +101,8 @@ def test_bad_settings_are_refused(toy, one_per_task):
         discovery.discover_each(model, one_per_task, by="frame")
     with pytest.raises(pathways.InvalidInputError, match="preset="):
         discovery.discover(model, one_per_task, preset="llava-next-8b")
+    with pytest.raises(pathways.InvalidInputError, match="method="):
+        discovery.discover(model, one_per_task, method="acdc")
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +192,7 @@ def test_cli_discover_writes_the_curve_and_refuses_a_users_file(tmp_path, one_pe
                                  "answer": s.answer, "task": s.task} for s in one_per_task[:3]]))  # fmt: skip
     out = tmp_path / "run"
     args = ["discover", "--model", "toy-planted", "--data", str(data), "--out", str(out), "--seeds", "1",
-            "--stop-at-faithful", "--preset", "toy-planted"]  # fmt: skip
+            "--stop-at-faithful", "--preset", "toy-planted", "--method", "atp"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "all samples: Discovery over 3 samples" in printed and (out / "curve.png").stat().st_size > 1000

@@ -71,7 +71,7 @@ def test_a_training_step_runs_on_the_bundled_folder(toy):
 
 
 def test_faithfulness_equals_hf_with_explicit_per_layer_masks(arch, deep, deep_prompt, deep_paths):
-    spec = pathways.PathwaySpec(inter=(0, 1), v2q=(1, 2), q2l=(2, 3), n_layers=4)
+    spec = pathways.PathwaySpec(inter=(0, 1), v2q=(1, 2), q2l=(2, 3), v2l=(0, 0), n_layers=4)
     row = pathways.faithfulness_prompt(deep, deep_prompt, spec)
     hf, tm = load_hf(deep_paths[arch], deep), deep_prompt.token_map
     full = last_probs(hf, deep_prompt.inputs)[0]
@@ -79,7 +79,7 @@ def test_faithfulness_equals_hf_with_explicit_per_layer_masks(arch, deep, deep_p
     settings = {"outside": {l: e.additive_mask() for l, e in spec.layer_edges(tm, 4).items()}}
     for name, edges, layers in spec.open_groups(tm):
         settings[f"cut {name}"] = dict.fromkeys(layers, edges.additive_mask())
-    assert len(settings) == 4
+    assert len(settings) == 5  # outside, and a cut of each of the four flows
     for setting, masks in settings.items():
         probs = last_probs(hf, deep_prompt.inputs, masks)[0]
         expected = (float(probs[top]) - float(full[top])) / float(full[top]) * 100

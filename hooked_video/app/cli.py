@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=5.0,
                    help="largest mean drop (%%) of the full model's top-token probability a faithful pathway may cause")
     p.add_argument("--min-accuracy", type=_share, default=0.95, help="share of the full model's accuracy it must keep")
+    p.add_argument("--method", choices=["exact", "atp"], default="exact",
+                   help="exact: every closable layer scored at every step; atp: layers ranked once by attribution "
+                        "patching and tried in that order (far fewer forwards; every figure still exact)")
     p.add_argument("--by", choices=["model", "task", "sample"], default="model",
                    help="one pathway over all samples, one per task, or one per sample")
     p.add_argument("--seeds", type=_whole_number(0), default=3,

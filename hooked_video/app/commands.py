@@ -283,14 +283,14 @@ def run_discover(args) -> None:
     model = _load(args)
     flows = discovery.PAPER_FLOWS + (("v2l",) if args.video_to_last else ())
     kwargs = dict(tolerance=args.tolerance, min_accuracy=args.min_accuracy, full_curve=not args.stop_at_faithful,
-                  flows=flows, seeds=args.seeds, preset=None if args.preset == "none" else args.preset,
+                  flows=flows, method=args.method, seeds=args.seeds, preset=None if args.preset == "none" else args.preset,
                   num_frames=args.frames, engine=args.engine, rule=args.rule, out=args.out, resume=not args.fresh)  # fmt: skip
     if args.by == "model":
         found = {"all samples": discovery.discover(model, samples, **kwargs)}
     else:
         found = discovery.discover_each(model, samples, by=args.by, **kwargs)
     table = discovery.table(found)
-    summary = {"by": args.by, "tolerance": args.tolerance, "min_accuracy": args.min_accuracy, "flows": list(flows),
+    summary = {"by": args.by, "method": args.method, "tolerance": args.tolerance, "min_accuracy": args.min_accuracy, "flows": list(flows),
                "rule": args.rule, "found": json.loads(table.to_json(orient="index")),
                "path": {k: json.loads(f.path.to_json(orient="records")) for k, f in found.items()},
                "curve": {k: json.loads(f.curve.to_json(orient="records")) for k, f in found.items() if f.curve is not None}}  # fmt: skip

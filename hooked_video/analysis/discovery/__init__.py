@@ -6,6 +6,8 @@ from hooked_video.analysis.discovery.curve import RANDOM_POINTS, resolve_preset
 from hooked_video.analysis.discovery.scoring import Scorer
 from hooked_video.analysis.discovery.search import (
     BY,
+    METHODS,
+    attribution_ranking,
     FLOW_NAMES,
     PAPER_FLOWS,
     Discovery,
@@ -15,5 +17,5 @@ from hooked_video.analysis.discovery.search import (
     table,
 )
 
-__all__ = ["BY", "FLOW_NAMES", "PAPER_FLOWS", "RANDOM_POINTS", "Discovery", "Scorer", "discover", "discover_each",
+__all__ = ["BY", "FLOW_NAMES", "METHODS", "attribution_ranking", "PAPER_FLOWS", "RANDOM_POINTS", "Discovery", "Scorer", "discover", "discover_each",
            "resolve_preset", "search", "table"]  # fmt: skip

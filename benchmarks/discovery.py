@@ -1,0 +1,133 @@
+"""Pathway discovery: what it finds on the planted toy and what it costs at a real model's shape.
+
+- ``--toy`` (CPU is enough): ``discover`` on toy-planted over N questions per temporal task, with
+  ``method="exact"`` and ``method="atp"`` side by side: the ranges found, precision and recall of the
+  planted (flow, layer) cells, exact forwards, seconds.
+- ``--preset`` (a GPU): at a preset's shape (random weights, bf16, the answer made confident),
+  per-model discovery over ``--samples`` prompts and per-sample discovery on one, whole curve
+  (every layer of every flow closed: the most work a search can do), with ``method="atp"`` and,
+  per sample, ``"exact"``: seconds, exact candidate forwards, peak memory.
+
+    python benchmarks/discovery.py --toy --per-task 2 --out results/discovery_toy.json
+    python benchmarks/discovery.py --preset llava-next-video-7b --device cuda --samples 32 --out results/discovery_7b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from shapes import PRESETS, frames_for, model_and_prompt  # noqa: E402
+
+from hooked_video import HookedVideoLLM, discovery  # noqa: E402
+from hooked_video.analysis.discovery.scoring import Scorer  # noqa: E402
+from hooked_video.data import TVBench, synthetic  # noqa: E402
+from hooked_video.zoo import planted  # noqa: E402
+
+FLOWS = ("inter", "v2q", "q2l")
+
+
+def cells(spec) -> set:
+    return set() if spec is None else {(f, l) for f in FLOWS if getattr(spec, f)
+                                       for l in range(getattr(spec, f)[0], getattr(spec, f)[1] + 1)}  # fmt: skip
+
+
+class Counted:
+    """Counts the exact candidate forwards (one per setting and sample) scored inside the context."""
+
+    def __enter__(self):
+        self.n, self._row = 0, Scorer._row
+
+        def counted(scorer, *args, **kwargs):
+            self.n += 1
+            return self._row(scorer, *args, **kwargs)
+
+        Scorer._row = counted
+        return self
+
+    def __exit__(self, *exc):
+        Scorer._row = self._row
+
+
+def timed_discovery(model, samples, device: str, **kwargs) -> dict:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with Counted() as count:
+        start = time.perf_counter()
+        found = discovery.discover(model, samples, progress=False, **kwargs)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    return {"seconds": round(seconds, 2), "candidate_forwards": count.n, "steps": len(found.path),
+            "found": None if found.spec is None else found.spec.describe(), "peak_gib": peak and round(peak, 1)}  # fmt: skip
+
+
+def toy(per_task: int) -> dict:
+    root = synthetic.generate(Path(tempfile.mkdtemp()) / "syn", tasks=synthetic.TEMPORAL_TASKS, per_task=per_task,
+                              seed=0, progress=False)  # fmt: skip
+    samples = list(TVBench(root))
+    model = HookedVideoLLM.from_pretrained("toy-planted")
+    torch.set_num_threads(2)
+    truth = cells(planted.PLANTED)
+    result = {"model": "toy-planted", "samples": len(samples), "threads": torch.get_num_threads()}
+    for method in ("exact", "atp"):
+        row = timed_discovery(model, samples, "cpu", method=method)
+        found = discovery.discover(model, samples, method=method, progress=False)  # the spec, for the cells
+        hit = len(cells(found.spec) & truth)
+        row.update(precision=hit / max(len(cells(found.spec)), 1), recall=hit / len(truth))
+        result[method] = row
+        print(method, row, flush=True)
+    return result
+
+
+def real_shape(preset: str, device: str, n_samples: int, margin: float) -> dict:
+    from knockout_sweep import make_confident
+
+    model, prompt = model_and_prompt(preset, device)
+    make_confident(model, prompt, margin)
+    options = [["left", "right", "up", "down"], ["up", "down", "left", "right"]]
+    prompts = [prompt] + [model.prepare(np.roll(frames_for(preset), i, axis=0), "which way does the ball move ?",
+                                        options[i % 2], answer=1, num_frames=None) for i in range(1, n_samples)]  # fmt: skip
+    result = {"preset": preset, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+              "n_positions": prompt.n_positions, "n_layers": model.cfg.n_layers, "confident_margin": margin,
+              "torch": torch.__version__}  # fmt: skip
+    discovery.discover(model, prompts[:1], progress=False, full_curve=False, method="atp")  # warm-up
+    result["per_sample_atp"] = timed_discovery(model, prompts[:1], device, method="atp")
+    print(result, flush=True)
+    result["per_sample_exact"] = timed_discovery(model, prompts[:1], device, method="exact")
+    print(result, flush=True)
+    result["per_model_atp"] = timed_discovery(model, prompts, device, method="atp")
+    print(result, flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--toy", action="store_true", help="toy-planted, exact vs atp (CPU)")
+    parser.add_argument("--per-task", type=int, default=2)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a real shape, random weights")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--confident", type=float, default=13.0, help="raise the answer's logit by this much")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    result = toy(args.per_task) if args.toy else real_shape(args.preset, args.device, args.samples, args.confident)
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
