@@ -3,12 +3,16 @@
 - ``--toy`` (CPU is enough): ``discover`` on toy-planted over N questions per temporal task, with
   ``method="exact"`` and ``method="atp"`` side by side: the ranges found, precision and recall of the
   planted (flow, layer) cells, exact forwards, seconds.
+- ``--toy-video-ft`` (CPU): the search with video -> last as a fourth flow (that toy reads the
+  video straight into the last position) on N questions per temporal task, whole curve, with
+  random pruning (3 seeds): the found pathway, and the curve against random pruning per size.
 - ``--preset`` (a GPU): at a preset's shape (random weights, bf16, the answer made confident),
   per-model discovery over ``--samples`` prompts and per-sample discovery on one, whole curve
   (every layer of every flow closed: the most work a search can do), with ``method="atp"`` and,
   per sample, ``"exact"``: seconds, exact candidate forwards, peak memory.
 
     python benchmarks/discovery.py --toy --per-task 2 --out results/discovery_toy.json
+    python benchmarks/discovery.py --toy-video-ft --per-task 4 --out results/discovery_toy_video_ft.json
     python benchmarks/discovery.py --preset llava-next-video-7b --device cuda --samples 32 --out results/discovery_7b.json
 """
 
@@ -73,12 +77,16 @@ def timed_discovery(model, samples, device: str, **kwargs) -> dict:
             "found": None if found.spec is None else found.spec.describe(), "peak_gib": peak and round(peak, 1)}  # fmt: skip
 
 
-def toy(per_task: int) -> dict:
+def toy_and_questions(name: str, per_task: int):
+    """A bundled toy on 2 threads, and ``per_task`` fresh questions of each temporal task."""
     root = synthetic.generate(Path(tempfile.mkdtemp()) / "syn", tasks=synthetic.TEMPORAL_TASKS, per_task=per_task,
                               seed=0, progress=False)  # fmt: skip
-    samples = list(TVBench(root))
-    model = HookedVideoLLM.from_pretrained("toy-planted")
     torch.set_num_threads(2)
+    return HookedVideoLLM.from_pretrained(name), list(TVBench(root))
+
+
+def toy(per_task: int) -> dict:
+    model, samples = toy_and_questions("toy-planted", per_task)
     truth = cells(planted.PLANTED)
     result = {"model": "toy-planted", "samples": len(samples), "threads": torch.get_num_threads()}
     for method in ("exact", "atp"):
@@ -89,6 +97,24 @@ def toy(per_task: int) -> dict:
         result[method] = row
         print(method, row, flush=True)
     return result
+
+
+def toy_video_ft(per_task: int) -> dict:
+    model, samples = toy_and_questions("toy-video-ft", per_task)
+    start = time.perf_counter()
+    found = discovery.discover(model, samples, flows=discovery.PAPER_FLOWS + ("v2l",), method="atp", seeds=3,
+                               progress=False)  # fmt: skip
+    seconds = time.perf_counter() - start
+    paper = discovery.discover(model, samples, full_curve=False, progress=False)
+    random = found.curve[found.curve.pathway == "random"].groupby("step")[["retention", "rel_change", "accuracy"]].mean()
+    rows = [{"step": int(step), "retention": r.retention, "random_rel_change": r.rel_change, "random_accuracy": r.accuracy,
+             "discovered_rel_change": found.path.loc[int(step), "rel_change"],
+             "discovered_accuracy": found.path.loc[int(step), "accuracy"]} for step, r in random.iterrows()]  # fmt: skip
+    result = {"model": "toy-video-ft", "samples": len(samples), "seconds": round(seconds, 1),
+              "found": found.spec and found.spec.describe(), "found_step": found.step, **found.summary(),
+              "paper_flows_step0": paper.path.iloc[0][["retention", "rel_change", "accuracy"]].to_dict(),
+              "paper_flows_found": paper.spec and paper.spec.describe(), "against_random": rows}  # fmt: skip
+    return json.loads(json.dumps(result, default=str))
 
 
 def real_shape(preset: str, device: str, n_samples: int, margin: float) -> dict:
@@ -115,6 +141,7 @@ def real_shape(preset: str, device: str, n_samples: int, margin: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--toy", action="store_true", help="toy-planted, exact vs atp (CPU)")
+    parser.add_argument("--toy-video-ft", action="store_true", help="toy-video-ft with video -> last searched too (CPU)")
     parser.add_argument("--per-task", type=int, default=2)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a real shape, random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -122,7 +149,12 @@ def main() -> None:
     parser.add_argument("--confident", type=float, default=13.0, help="raise the answer's logit by this much")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    result = toy(args.per_task) if args.toy else real_shape(args.preset, args.device, args.samples, args.confident)
+    if args.toy:
+        result = toy(args.per_task)
+    elif args.toy_video_ft:
+        result = toy_video_ft(args.per_task)
+    else:
+        result = real_shape(args.preset, args.device, args.samples, args.confident)
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

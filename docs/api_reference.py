@@ -32,7 +32,7 @@ API_MODULES = [
                                  "hooked_video.analysis.lens.answer", "hooked_video.analysis.lens.keywords",
                                  "hooked_video.analysis.patching", "hooked_video.analysis.pathways", "hooked_video.analysis.discovery",
                                  "hooked_video.analysis.discovery.search", "hooked_video.analysis.discovery.curve",
-                                 "hooked_video.analysis.discovery.scoring",
+                                 "hooked_video.analysis.discovery.scoring", "hooked_video.analysis.discovery.refine",
                                  "hooked_video.analysis.accuracy"]),
     ("data/: datasets", ["hooked_video.data.mcqa", "hooked_video.data.layout", "hooked_video.data.benchmarks",
                          "hooked_video.data.synthetic"]),

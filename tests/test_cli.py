@@ -158,6 +158,9 @@ def test_reproduce_command(tmp_path):
     assert settings["keyword bins"] == "disjoint" and settings["prompt template"] == "map-the-flow"
     assert "Settings: prompt template map-the-flow" in page
     assert load_results(tmp_path / "paper" / "lens", "baseline").attrs["settings"]["variant"] == "embed"
+    # the pathway search on every question (4, under the default 32), beside the ranges used
+    assert summary["discovery"]["samples"] == 4 and "ranges above" in summary["discovery"]["compared"]
+    assert "Discovered pathway vs the ranges above" in page and (tmp_path / "paper" / "discovery.png").exists()
 
 
 def test_open_ended_flow_command(tmp_path):

@@ -5,6 +5,8 @@ import json
 
 import pandas as pd
 import pytest
+import torch
+from hf_reference import last_probs, load_hf
 
 from hooked_video import HookedVideoLLM, discovery, pathways, viz
 from hooked_video.analysis.pathways import _Runner
@@ -150,10 +152,12 @@ def test_a_rerun_replays_the_stored_rows_without_forwards(toy, one_per_task, sea
     original = _Runner.knocked_out_many
     monkeypatch.setattr(_Runner, "knocked_out_many", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     again = discovery.discover(toy, one_per_task, seeds=2, preset="auto", out=out, progress=False)
-    strict = discovery.discover(toy, one_per_task, tolerance=0.5, seeds=2, out=out, progress=False)
-    assert not calls
+    assert not calls  # the same search: every step and curve point read back
     pd.testing.assert_frame_equal(again.curve, found.curve)
-    assert strict.step <= found.step and strict.path.retention.iloc[-1] == found.path.retention.iloc[-1]
+    strict = discovery.discover(toy, one_per_task, tolerance=0.1, out=out, progress=False)
+    assert strict.step < found.step  # other criteria: another pathway, on rows shared with the first search
+    shared = strict.path.loc[: strict.step, ["retention", "rel_change", "accuracy"]]
+    pd.testing.assert_frame_equal(shared, found.path.loc[: strict.step, ["retention", "rel_change", "accuracy"]])
     with pytest.raises(pathways.ResultsMismatchError):  # other frames: other rows
         discovery.discover(toy, one_per_task, num_frames=4, out=out, progress=False)
 
@@ -171,6 +175,13 @@ def test_per_task_and_per_sample_searches_share_their_rows(toy, one_per_task, tm
     by_task = discovery.table(per_task)
     assert sorted(map(str, by_sample.inter)) == sorted(map(str, by_task.inter))
     assert list(by_task.columns[:3]) == list(FLOWS) and (by_task.samples == 1).all()
+
+
+def test_a_search_of_some_flows_leaves_the_others_closed(toy, one_per_task):
+    found = discovery.discover(toy, one_per_task[:1], flows=("v2q", "q2l"), tolerance=100, min_accuracy=0,
+                               full_curve=False, progress=False)  # fmt: skip
+    assert found.spec.inter is None and found.spec.v2l is None and len(found.path) == 1 + 2 * 12
+    assert list(found.path.columns[1:3]) == ["v2q", "q2l"]
 
 
 def test_video_to_last_opens_as_a_fourth_flow(toy, one_per_task):
@@ -205,3 +216,64 @@ def test_cli_discover_writes_the_curve_and_refuses_a_users_file(tmp_path, one_pe
     (mine / "curve.png").write_bytes(b"a figure of the user's")
     assert main([*args[:6], str(mine), *args[7:]]) == 2
     assert "curve.png" in capsys.readouterr().err and (mine / "curve.png").read_bytes() == b"a figure of the user's"
+
+
+def test_refine_closes_frame_pairs_the_planted_toy_does_not_need(toy, one_per_task):
+    found = discovery.discover(toy, one_per_task, method="atp", full_curve=False, progress=False)
+    finer = discovery.refine(toy, one_per_task, found, granularity="frame-pairs", progress=False)
+    tm = one_per_task[0].prepare(toy).token_map
+    pairs = tm.n_frames * (tm.n_frames - 1) // 2
+    inter, v2q = found.spec.inter, found.spec.v2q
+    assert finer.candidates == pairs * (inter[1] - inter[0] + 1) + tm.n_frames * (v2q[1] - v2q[0] + 1)
+    path = finer.path.set_index("n_closed")
+    assert path.loc[0].retention == pytest.approx(found.path.loc[found.step, "retention"])
+    n = len(finer.closed)
+    assert path.loc[n].faithful and (n == finer.candidates or not path.loc[n + 1].faithful)  # the bisection's edge
+    assert 0 < n < finer.candidates and path.loc[n].retention < path.loc[0].retention
+    assert "Refinement of INTER" in repr(finer)
+
+
+def test_refined_edges_equal_hf_with_explicit_per_layer_masks(arch, deep, deep_prompt, deep_paths):
+    """Everything closed (tolerance 100): the last point's change equals a plain HF forward with the
+    union rule's masks plus every frame pair and frame -> question edge of the open ranges, built
+    here from the token map's frame numbers."""
+    spec = pathways.PathwaySpec(inter=(0, 1), v2q=(1, 2), q2l=(2, 3), n_layers=4)
+    found = discovery.Discovery(spec, pd.DataFrame(), 1.0, 1, 0)
+    finer = discovery.refine(deep, [deep_prompt], found, tolerance=100, min_accuracy=0, progress=False)
+    assert len(finer.closed) == finer.candidates
+    tm = deep_prompt.token_map
+    frame = tm.frame_of
+    video = frame >= 0
+    question = torch.zeros_like(video)
+    question[tm.question] = True
+    cross = video[:, None] & video[None, :] & (frame[None, :] < frame[:, None])  # [query, key]
+    masks = {}
+    for layer, edges in spec.layer_edges(tm, 4).items():
+        blocked = edges.mask.clone()
+        if layer in (0, 1):
+            blocked |= cross
+        if layer in (1, 2):
+            blocked |= question[:, None] & video[None, :]
+        acausal = ~torch.ones_like(blocked).tril()
+        masks[layer] = torch.where(blocked | acausal, torch.finfo(torch.float32).min, 0.0)[None, None]
+    hf = load_hf(deep_paths[arch], deep)
+    full = last_probs(hf, deep_prompt.inputs)[0]
+    top = int(full.argmax())
+    probs = last_probs(hf, deep_prompt.inputs, masks)[0]
+    expected = (float(probs[top]) - float(full[top])) / float(full[top]) * 100
+    last = finer.path.set_index("n_closed").loc[finer.candidates]
+    assert last.rel_change == pytest.approx(expected, abs=1e-3)
+
+
+def test_refine_refuses_what_it_cannot_do(toy, one_per_task):
+    spec = pathways.PathwaySpec(inter=None, v2q=None, q2l=(0, 11), n_layers=12)
+    found = discovery.Discovery(spec, pd.DataFrame(), 1.0, 1, 0)
+    with pytest.raises(pathways.InvalidInputError, match="one question at a time"):
+        discovery.refine(toy, one_per_task[:2], found, granularity="tokens")
+    with pytest.raises(pathways.InvalidInputError, match="granularity="):
+        discovery.refine(toy, one_per_task, found, granularity="heads")
+    with pytest.raises(pathways.InvalidInputError, match="no faithful pathway"):
+        discovery.refine(toy, one_per_task, discovery.Discovery(None, pd.DataFrame(), 1.0, 1), progress=False)
+    tokens = discovery.refine(toy, one_per_task[:1], found, granularity="tokens", tolerance=100, min_accuracy=0,
+                              progress=False)  # fmt: skip
+    assert tokens.candidates == len(one_per_task[0].prepare(toy).token_map.question) * 12  # Q2L open in every layer

@@ -86,7 +86,7 @@ Each command's --help lists its options and examples. HOOKED_VIDEO_DEBUG=1 shows
     "discover": "examples:\n  hooked-video discover --model toy-planted --data syn/ --out runs/discover\n"
                 "  hooked-video discover --model M --data TVBench/ --samples 32 --preset llava-next-7b-video-ft --out runs/d\n"
                 "  hooked-video discover --model M --data TVBench/ --by task --seeds 0 --out runs/per-task\n"
-                "A rerun with the same --out replays the stored forwards (any --tolerance); --fresh starts over.",
+                "A rerun with the same --out reuses every stored forward (also at another --tolerance); --fresh starts over.",
     "reproduce": "example:\n  hooked-video reproduce --model byminji/LLaVA-NeXT-7B-Video-FT \\\n"
                  "      --image-model llava-hf/llava-v1.6-vicuna-7b-hf --data TVBench/ --tomato TOMATO/ --out runs/paper",
     "doctor": "example:\n  hooked-video doctor    then pass the suggested --threads to the commands you run",
@@ -110,6 +110,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _non_negative(value: str) -> float:
+    """An argparse type: a number >= 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {number}")
+    return number
 
 
 def _share(value: str) -> float:
@@ -328,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(pathways.faithfulness, stored with the other results)")  # fmt: skip
 
     p = _analysis_parser(sub, "discover", "the smallest faithful pathway, found from data, and its faithfulness-size curve")
-    p.add_argument("--tolerance", type=float, default=5.0,
+    p.add_argument("--tolerance", type=_non_negative, default=5.0,
                    help="largest mean drop (%%) of the full model's top-token probability a faithful pathway may cause")
     p.add_argument("--min-accuracy", type=_share, default=0.95, help="share of the full model's accuracy it must keep")
     p.add_argument("--method", choices=["exact", "atp"], default="exact",
@@ -342,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "measured on this model, if any) or 'none'")
     p.add_argument("--video-to-last", action="store_true",
                    help="let video -> last open too (the paper's rule always blocks it)")
+    p.add_argument("--refine", choices=["frame-pairs"], default=None,
+                   help="then close the frame pairs (frame i -> frame j, frame i -> question) inside the found ranges "
+                        "that the model does not need, ranked by attribution, confirmed exactly")
     p.add_argument("--stop-at-faithful", action="store_true",
                    help="stop at the first unfaithful step instead of closing every layer (about half the forwards)")
 
@@ -364,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lens of the keyword figure: embed (W_E, the released analysis) or unembed (final norm, W_U)")
     p.add_argument("--keyword-min-count", type=_positive_int, default=100, help="drop keywords with fewer hits (released: 100)")
     p.add_argument("--overlapping-bins", action="store_true", help="the released figure's off-by-one layer bins")
+    p.add_argument("--discover-samples", type=_whole_number(0), default=32,
+                   help="questions the pathway search runs on, every task in turn (0: no search)")
     _engine_argument(p)
     _threads_argument(p)
 

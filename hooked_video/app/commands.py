@@ -294,9 +294,18 @@ def run_discover(args) -> None:
                "rule": args.rule, "found": json.loads(table.to_json(orient="index")),
                "path": {k: json.loads(f.path.to_json(orient="records")) for k, f in found.items()},
                "curve": {k: json.loads(f.curve.to_json(orient="records")) for k, f in found.items() if f.curve is not None}}  # fmt: skip
+    if args.refine:
+        finer = discovery.refine(model, samples, found["all samples"], granularity=args.refine,
+                                 tolerance=args.tolerance, min_accuracy=args.min_accuracy, num_frames=args.frames,
+                                 engine=args.engine, rule=args.rule, out=args.out, resume=not args.fresh)  # fmt: skip
+        summary["refine"] = {"granularity": args.refine, "candidates": finer.candidates,
+                             "closed": json.loads(finer.closed.to_json(orient="records")),
+                             "path": json.loads(finer.path.to_json(orient="records"))}  # fmt: skip
     _write_summary(args, summary)
     for name, one in found.items():
         print(f"{name}: {one}")
+    if args.refine:
+        print(finer)
     if args.by == "model":
         one = found["all samples"]
         save_figure(faithfulness_curve(one, title=f"{args.model}: pathway search"), Path(args.out, "curve.png"),
@@ -341,7 +350,7 @@ def run_reproduce(args) -> None:
                        tasks=args.task, samples=args.samples, window=args.window, select=args.select, device=device,
                        dtype=args.dtype, batch_size=args.batch_size, engine=args.engine, overwrite=args.overwrite,
                        lens_variant=args.keyword_lens, keyword_min_count=args.keyword_min_count,
-                       overlapping_bins=args.overlapping_bins)  # fmt: skip
+                       overlapping_bins=args.overlapping_bins, discover_samples=args.discover_samples)  # fmt: skip
     if Shard.from_environment() is not None and Shard.from_environment().index != 0:
         return
     print(f"accuracy ({result.accuracy.attrs.get('rule')}):\n{result.accuracy.round(3).to_string()}")

@@ -51,7 +51,7 @@ def run(out: str | Path = "hooked_video_demo", data: str | Path | None = None, s
     keywords = {task: {"spatial": SPATIAL_WORDS, "temporal": TEMPORAL_WORDS} for task in temporal_names}
     result = reproduce(video_model, list(benchmark), out / "results", image_model=image_model, tasks=temporal_names,
                        window=_window(video_model.cfg.n_layers), keywords=keywords, progress=progress,
-                       overwrite=overwrite, lens_variant="unembed", keyword_min_count=None)  # fmt: skip
+                       overwrite=overwrite, lens_variant="unembed", keyword_min_count=None, discover_samples=0)  # fmt: skip
     # the toys' readings use TransformerLens' lens (W_U) and a count threshold scaled to a few samples
     static = [s for s in benchmark if s.id.split("/")[0] in synthetic.SINGLE_FRAME_TASKS]
     static_acc = pd.concat({name: accuracy(m, static, progress=False).accuracy

@@ -38,6 +38,8 @@ def check_names(args) -> None:
     unknown = [t for t in getattr(args, "target", None) or [] if t not in known]
     if unknown:
         raise ValueError(f"unknown target(s) {unknown}; known: {known}")
+    if args.command == "discover" and args.refine and args.by != "model":
+        raise ValueError(f"--refine refines the pathway found over all samples; drop --by {args.by}")
     if args.command == "discover" and args.preset not in ("auto", "none", *PRESET_NAMES):
         raise ValueError(f"unknown preset {args.preset!r} (--preset); presets: {PRESET_NAMES}, 'auto' or 'none'")
     if args.command == "prune":
@@ -51,6 +53,11 @@ def check_names(args) -> None:
 
 def check_placement(args) -> None:
     """Placement options that would be dropped are errors."""
+    from hooked_video.runtime.distributed import environment_number  # light: no torch
+
+    if args.command == "discover" and environment_number("WORLD_SIZE", 1) > 1:
+        raise ValueError("discover runs in one process (every step needs every sample's figures); run it without "
+                         "torchrun / accelerate launch, with --device-map to split a large model over GPUs")  # fmt: skip
     if getattr(args, "device_map", None) is None:
         for option, value in (("--max-memory", "max_memory"), ("--gpus-per-process", "gpus_per_process")):
             if getattr(args, value, None) is not None:
@@ -60,7 +67,6 @@ def check_placement(args) -> None:
     if getattr(args, "device", None) is not None:
         raise ValueError(f"give either --device {args.device} (the whole model on one device) or --device-map (a model "
                          "split over GPUs), not both")  # fmt: skip
-    from hooked_video.runtime.distributed import environment_number  # light: no torch
 
     if getattr(args, "gpus_per_process", None) is not None and environment_number("WORLD_SIZE", 1) <= 1:
         raise ValueError("--gpus-per-process applies under torchrun / accelerate launch (several processes, each "

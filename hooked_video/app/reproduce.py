@@ -8,7 +8,9 @@ model (Figs. 2-3), whose baselines give the accuracy per task (the paper's rule)
 (Fig. 2); the logit lens over video tokens with keyword frequencies (Fig. 4) and answer
 probability by layer (Fig. 3, right) on correctly answered samples; the effective pathways
 against random pruning (Table 1), with the model's preset when it is one of the paper's models,
-else with ranges derived from the sweep. Then ``out/index.html`` with one figure per task.
+else with ranges derived from the sweep; a pathway discovered from a subset of the questions
+(``discovery.discover``, attribution-ranked, exact figures), side by side with those ranges and
+random pruning of the same sizes. Then ``out/index.html`` with one figure per task.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from hooked_video import viz
-from hooked_video.analysis import flow, lens, pathways
+from hooked_video.analysis import discovery, flow, lens, pathways
 from hooked_video.analysis.accuracy import PAPER_RULE
 from hooked_video.runtime.distributed import barrier, resolve_shard
 from hooked_video.data.benchmarks import PAPER_TVBENCH_TASKS
@@ -47,6 +49,7 @@ class Reproduction:
     figures: dict = field(default_factory=dict)
     seconds: float = 0.0
     settings: dict = field(default_factory=dict)
+    discovery: discovery.Discovery | None = None
 
 
 def default_dtype(device) -> str:
@@ -106,7 +109,7 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
               spec: pathways.PathwaySpec | None = None, device=None, dtype=None, batch_size: int = 8,
               progress: bool = True, shard="auto", engine: str = "auto", overwrite: bool = False,
               lens_variant: str = "embed", keyword_min_count: int | None = 100,
-              overlapping_bins: bool = False) -> Reproduction:  # fmt: skip
+              overlapping_bins: bool = False, discover_samples: int = 32) -> Reproduction:  # fmt: skip
     """Run the paper's analyses and write ``out/index.html`` (see the module docstring).
 
     Args:
@@ -132,6 +135,9 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
         shard: "auto" (default): under ``torchrun`` / ``accelerate launch`` each process runs its
             share of every analysis and process 0 writes the report; None: all samples here.
         engine: how knockout passes run, as in ``flow.sweep`` ("compiled" for long GPU runs).
+        discover_samples: questions the pathway search runs on (taken from every task in turn;
+            0: no search). It runs in one process (process 0 under a launcher), stored under
+            ``out/discovery``.
         overwrite: replace ``index.html``, ``summary.json`` and figures in ``out`` that hooked-video did
             not write (default: refuse them, before any work; see ``outputs``).
     """
@@ -166,7 +172,10 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
     result = Reproduction(names, acc, sweep, image_cf, lens_run, keyword_tables, spec, source, report, report_tomato)
     result.settings = _settings(video_model, window, select, engine, norm, lens_variant, keyword_min_count, overlapping_bins)
     if shard is not None and shard.index != 0:
-        return result  # process 0 writes the figures and the report
+        return result  # process 0 searches, writes the figures and the report
+    if discover_samples:
+        result.discovery = discovery.discover(video_model, interleaved(items, discover_samples), method="atp", seeds=3,
+                                              preset=spec, engine=engine, out=out / "discovery", progress=progress)  # fmt: skip
     result.figures = _figures(result)
     for name, figure in result.figures.items():
         save_figure(figure, out / f"{name}.png", overwrite, dpi=90)
@@ -174,6 +183,20 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
     _write_summary(out, result, overwrite)
     write_report(out, "Map the Flow: the paper's analyses", _intro(result), report_sections(result), overwrite=overwrite)
     return result
+
+
+def interleaved(items: list, n: int) -> list:
+    """At most ``n`` of ``items``, taking each task's questions in turn (every task represented)."""
+    by_task: dict[str, list] = {}
+    for item in items:
+        by_task.setdefault(item.task, []).append(item)
+    queues = list(by_task.values())
+    chosen = []
+    while len(chosen) < n and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(queue.pop(0))
+    return chosen
 
 
 def released_norm(model) -> str:
@@ -243,6 +266,8 @@ def _figures(r: Reproduction) -> dict:
         figures["answer_probability"] = viz.answer_probability_plot(r.lens.answer_probability, by_task=True)
     for task, table in (r.keywords or {}).items():
         figures[f"keywords_{task.lower().replace(' ', '_')}"] = viz.keyword_bars(table, title=f"{task}: lens keywords")
+    if r.discovery is not None:
+        figures["discovery"] = viz.faithfulness_curve(r.discovery, title="discovered pathway vs random pruning and the ranges used")
     return figures
 
 
@@ -289,7 +314,27 @@ def report_sections(r: Reproduction) -> list[Section]:
                             f"Q2L {r.spec.q2l} (0-based).", table=table))  # fmt: skip
     if r.pathways_tomato is not None:
         sections.append(Section("Effective pathways (TOMATO)", table=r.pathways_tomato.accuracy))
+    if r.discovery is not None:
+        found = r.discovery
+        text = (f"Searched on {found.samples} questions (every task in turn): {found!r}. Compared on the same questions "
+                f"with the ranges above ({r.spec_source}) and random pruning of the found pathway's size (3 seeds).")
+        sections.append(Section("Discovered pathway vs the ranges above", text, "discovery.png", table=discovery_table(found)))
     return sections
+
+
+def discovery_table(found: discovery.Discovery) -> pd.DataFrame:
+    """The found pathway, the ranges it was compared with, and random pruning of the found size
+    (mean over seeds): edges kept, mean change of the top token's probability (%), accuracy."""
+    columns = ["retention", "rel_change", "accuracy"]
+    rows = {}
+    if found.step is not None:
+        rows["discovered"] = found.path.loc[found.step, columns]
+    curve = found.curve if found.curve is not None else pd.DataFrame(columns=["pathway", "step", *columns])
+    for name, part in (("ranges above", curve[curve.pathway == "preset"]),
+                       ("random, same size", curve[(curve.pathway == "random") & (curve.step == found.step)])):
+        if len(part):
+            rows[name] = part[columns].astype(float).mean()
+    return pd.DataFrame(rows).T.astype(float).round(4)
 
 
 def _write_summary(out: Path, r: Reproduction, overwrite: bool = False) -> None:
@@ -300,6 +345,8 @@ def _write_summary(out: Path, r: Reproduction, overwrite: bool = False) -> None:
         "pathways": {"accuracy": r.pathways.accuracy.round(4).to_dict("index"),
                      "retention": r.pathways.retention.retention.round(4).to_dict()},
         "knocked_out_samples": int(r.sweep.sample_id.nunique()) if len(r.sweep) else 0,
+        "discovery": None if r.discovery is None else {
+            **{k: v for k, v in r.discovery.summary().items()}, "compared": discovery_table(r.discovery).to_dict("index")},
         "settings": r.settings,
     }  # fmt: skip
     write_text(out / "summary.json", json.dumps(summary, indent=1, default=str), overwrite)

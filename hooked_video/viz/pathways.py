@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from hooked_video.viz.html import StaticFigure
 
-PANELS = {"accuracy": "accuracy (paper's rule)", "kept": "P(full model's top token) kept (%)"}
+PANELS = {"accuracy": "accuracy", "kept": "P(full model's top token) kept (%)"}
 
 
 def faithfulness_curve(found, title: str = "") -> Figure:
@@ -16,7 +16,7 @@ def faithfulness_curve(found, title: str = "") -> Figure:
     top-token probability kept (100 + mean relative change). ``found`` is a ``Discovery`` (its
     ``curve``, else its ``path``) or such a table. The discovered path is a line with its found
     pathway starred, random pruning the mean over seeds with the seeds' range shaded, the preset
-    one marker, the full model's accuracy a dashed line."""
+    one marker, the full model's accuracy a dotted line."""
     table = found if isinstance(found, pd.DataFrame) else (found.curve if found.curve is not None else found.path)
     full_accuracy = table.attrs.get("full_accuracy", getattr(found, "full_accuracy", None))
     if "pathway" not in table:

@@ -1,8 +1,9 @@
-"""Pathway discovery: the smallest faithful pathway of a model, found from data (``search``), its
-faithfulness-size curve against random pruning and the preset (``curve``), scored exactly
-(``scoring``)."""
+"""Pathway discovery: the smallest faithful pathway of a model, found from data (``search``: ``discover``, ``greedy``), its
+faithfulness-size curve against random pruning and the preset (``curve``), finer edge groups
+inside it (``refine``: frame pairs, question tokens), scored exactly (``scoring``)."""
 
 from hooked_video.analysis.discovery.curve import RANDOM_POINTS, resolve_preset
+from hooked_video.analysis.discovery.refine import GRANULARITIES, Refinement, refine
 from hooked_video.analysis.discovery.scoring import Scorer
 from hooked_video.analysis.discovery.search import (
     BY,
@@ -13,9 +14,9 @@ from hooked_video.analysis.discovery.search import (
     Discovery,
     discover,
     discover_each,
-    search,
+    greedy,
     table,
 )
 
-__all__ = ["BY", "FLOW_NAMES", "METHODS", "attribution_ranking", "PAPER_FLOWS", "RANDOM_POINTS", "Discovery", "Scorer", "discover", "discover_each",
-           "resolve_preset", "search", "table"]  # fmt: skip
+__all__ = ["BY", "GRANULARITIES", "Refinement", "refine", "FLOW_NAMES", "METHODS", "attribution_ranking", "PAPER_FLOWS", "RANDOM_POINTS", "Discovery", "Scorer", "discover", "discover_each",
+           "greedy", "resolve_preset", "table"]  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hooked_video.analysis.pathways import PRESETS, PathwaySpec, preset_for, random_layer_edges, sample_seed
+from hooked_video.analysis.pathways import PRESETS, PathwaySpec, causal_edges, preset_for, random_layer_edges, sample_seed
 from hooked_video.core.checks import InvalidInputError
 
 #: About how many sizes of the path get random-pruning points (the found pathway's size always does).
@@ -32,7 +32,7 @@ def _reachable(scorer, fraction: float) -> bool:
     """Whether every prompt has enough causal pairs at or after the video start to prune ``fraction``."""
     for prompt in scorer.prompts:
         n, start = prompt.n_positions, int(prompt.token_map.video_group.min())
-        if int(fraction * n * (n + 1) // 2) > (n - start) * (n - start + 1) // 2:
+        if int(fraction * causal_edges(n)) > causal_edges(n - start):  # as random_layer_edges counts
             return False
     return True
 
@@ -40,12 +40,12 @@ def _reachable(scorer, fraction: float) -> bool:
 def random_setting(scorer, fraction: float, seed: int) -> dict:
     """The random baseline pruning ``fraction`` of each layer's causal edges, one draw per sample
     and layer (seeded by ``seed`` and the sample id, as ``pathways.evaluate`` draws)."""
-    name = f"random {fraction:.6f} seed {seed}"
+    name = f"random {fraction!r} seed {seed}"  # the exact fraction: nearby sizes must not share rows
     return {name: lambda i, prompt: random_layer_edges(prompt.token_map, scorer.n_layers, fraction,
                                                        sample_seed(seed, scorer.ids[i]))}  # fmt: skip
 
 
-def baselines(scorer, found, preset: PathwaySpec | None, seeds: int, progress: bool = False) -> pd.DataFrame | None:
+def baselines(scorer, found, preset: PathwaySpec | None, seeds: int) -> pd.DataFrame | None:
     """``found.path`` as the "discovered" curve, plus random pruning at about ``RANDOM_POINTS`` of
     its sizes and at the found pathway's (``seeds`` seeds each), plus ``preset``: one row per point
     (pathway, step, seed, retention, rel_change, flipped, accuracy). None with neither."""

@@ -5,7 +5,7 @@ Every candidate a pathway search tries, and every random-pruning point of its cu
 trace per prompt (the engine recomputes only the rows and layers a setting changes), scores
 each (setting, sample) pair once, and with a results store writes each sample's rows as they
 are computed, so a search that is interrupted resumes where it stopped: its steps replay from
-the stored rows without a forward.
+the stored rows without candidate forwards.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Scorer:
     """
 
     def __init__(self, model, items: list, num_frames: int | None, engine: str, store=None, progress: bool = False,
-                 rule: str = PAPER_RULE) -> None:  # fmt: skip
+                 rule: str = PAPER_RULE, stored: list[dict] | None = None) -> None:  # fmt: skip
         self.model, self.store, self.n_layers, self.rule = model, store, model.cfg.n_layers, rule
         self.ids = [sample_id for sample_id, _, _ in items]
         self.tasks = [task for _, task, _ in items]
@@ -50,7 +50,8 @@ class Scorer:
             self.p_top.append(float(probs[self.top[-1]]))
             self.full_correct.append(option_prediction(logits, prompt, model.tokenizer, rule) == prompt.answer)
         mine = set(self.ids)
-        stored = store.rows("rows") if store is not None else []
+        if stored is None:  # the store's rows (a caller scoring several groups reads them once)
+            stored = store.rows("rows") if store is not None else []
         self.done = {(r["setting"], r["sample_id"]): r for r in stored if r["sample_id"] in mine}
         self.figures: dict[str, dict] = {}
 

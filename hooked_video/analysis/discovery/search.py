@@ -11,7 +11,7 @@ paper's rule) at or above ``min_accuracy`` x the full model's. The whole path is
 faithfulness-size curve; random pruning of the same sizes and the model's preset join it in
 ``found.curve``::
 
-    found = discovery.discover(model, samples, out="runs/discover")   # a rerun resumes
+    found = discovery.discover(model, samples, out="runs/discover")   # a rerun replays stored rows
     found.spec, found.path, found.curve
     viz.faithfulness_curve(found)
     pathways.evaluate(model, samples, found.spec)       # its exact figures, as for any spec
@@ -56,7 +56,7 @@ class Discovery:
             layer closed at that step, retention (edges kept / causal edges, over the samples),
             mean relative change of the top token's probability (%), share of changed top tokens,
             accuracy, and whether the step is faithful.
-        full_accuracy: the full model's accuracy on the samples (the paper's rule).
+        full_accuracy: the full model's accuracy on the samples (the search's rule).
         samples: how many samples the figures are over.
         step: the row of ``path`` that ``spec`` is (None with no spec).
         curve: the faithfulness-size curve: the path ("discovered"), random pruning of the same
@@ -132,7 +132,7 @@ def attribution_ranking(model, items: list, flows: Sequence[str], num_frames: in
     return {(f, layer): float(means.get((*FLOW_CONDITIONS[f], layer), 0.0)) for f in flows for layer in range(model.cfg.n_layers)}
 
 
-def search(scorer: Scorer, tolerance: float = 5.0, min_accuracy: float = 0.95, full_curve: bool = True,
+def greedy(scorer: Scorer, tolerance: float = 5.0, min_accuracy: float = 0.95, full_curve: bool = True,
            flows: Sequence[str] = PAPER_FLOWS, progress: bool = True,
            ranking: dict[tuple[str, int], float] | None = None) -> Discovery:  # fmt: skip
     """The greedy search of ``discover`` over a scorer's prompts (its arguments as there).
@@ -182,13 +182,15 @@ def search(scorer: Scorer, tolerance: float = 5.0, min_accuracy: float = 0.95, f
     table = pd.DataFrame(path)
     unfaithful = table.index[~table.faithful]
     last = (int(unfaithful[0]) - 1) if len(unfaithful) else len(table) - 1  # the end of the first faithful run
-    found = PathwaySpec(**{f: table.loc[last, f] for f in flows}, n_layers=n_layers) if last >= 0 else None
+    found = None
+    if last >= 0:  # flows not searched stay closed
+        found = PathwaySpec(**{f: (table.loc[last, f] if f in flows else None) for f in FLOWS}, n_layers=n_layers)
     return Discovery(found, table, full_accuracy, len(scorer.prompts), last if last >= 0 else None, flows=flows)
 
 
 def _open(model, items: list, out, resume: bool, num_frames, rule: str):
     """The results store of a search (None without ``out``): one row per (setting, sample), so any
-    search over these samples, at any tolerance, reads the rows another one wrote."""
+    search over these samples, with any criteria, reads the rows another one wrote."""
     if out is None:
         return None
     config = {"num_frames": num_frames, "rule": rule, "model": model_identity(model), "dtype": str(next(model.hf_model.parameters()).dtype)}
@@ -222,7 +224,9 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
             ("auto": the preset measured on this model, if any).
         rule: the accuracy rule (``accuracy.RULES``; the paper's by default).
         out: a results folder: every scored (setting, sample) row is stored as it is computed and
-            a rerun (any tolerance, the same samples and frames) replays them without forwards.
+            never computed again: a rerun of the same search replays its steps from the folder (one
+            traced forward per sample, plus the ranking's backward with "atp"), and a search with
+            other criteria, per task or per sample over the same questions reuses every row it shares.
     """
     flows = _check(tolerance, min_accuracy, flows)
     check_rule(rule)
@@ -237,8 +241,8 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
     try:
         scorer = Scorer(model, items, num_frames, engine, store, progress, rule)
         ranking = attribution_ranking(model, items, flows, num_frames, rule, progress) if method == "atp" else None
-        found = search(scorer, tolerance, min_accuracy, full_curve, flows, progress, ranking)
-        found.curve = baselines(scorer, found, preset, seeds, progress)
+        found = greedy(scorer, tolerance, min_accuracy, full_curve, flows, progress, ranking)
+        found.curve = baselines(scorer, found, preset, seeds)
     finally:
         if store is not None:
             store.close()
@@ -248,9 +252,12 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
 def discover_each(model, samples: Iterable, by: str = "task", **kwargs) -> dict[str, Discovery]:
     """One ``discover`` per task (``by="task"``) or per sample (``by="sample"``), keyed by task name
     or sample id; ``kwargs`` as ``discover``'s (one results folder holds every search's rows).
-    ``discovery.table(result)`` puts the found pathways side by side."""
+    ``discovery.table(result)`` puts the found pathways side by side; its ``full_accuracy``
+    column says where the full model was wrong (a one-sample search then keeps the wrong answer)."""
     if by not in BY:
         raise InvalidInputError(f"by={by!r}: one of {BY} (discover itself pools every sample)")
+    _check(kwargs.get("tolerance", 5.0), kwargs.get("min_accuracy", 0.95), kwargs.get("flows", PAPER_FLOWS))
+    check_count(kwargs.get("seeds", 0), "seeds", minimum=0, allow_none=False)
     out, resume, progress = kwargs.pop("out", None), kwargs.pop("resume", True), kwargs.pop("progress", True)
     num_frames, engine, rule = kwargs.pop("num_frames", 8), kwargs.pop("engine", "auto"), kwargs.pop("rule", PAPER_RULE)
     check_rule(rule)
@@ -263,14 +270,15 @@ def discover_each(model, samples: Iterable, by: str = "task", **kwargs) -> dict[
     for item in items:
         groups.setdefault(item[1] if by == "task" else item[0], []).append(item)
     store = _open(model, items, out, resume, num_frames, rule)
+    stored = store.rows("rows") if store is not None else []  # read once for all groups
     found = {}
     try:
         for name, group in tqdm(groups.items(), desc=f"discovery per {by}", disable=not progress):
-            scorer = Scorer(model, group, num_frames, engine, store, rule=rule)
+            scorer = Scorer(model, group, num_frames, engine, store, rule=rule, stored=stored)
             flows = kwargs.get("flows", PAPER_FLOWS)
             ranking = attribution_ranking(model, group, flows, num_frames, rule) if method == "atp" else None
-            found[name] = search(scorer, progress=False, ranking=ranking, **kwargs)
-            found[name].curve = baselines(scorer, found[name], preset, seeds, False)
+            found[name] = greedy(scorer, progress=False, ranking=ranking, **kwargs)
+            found[name].curve = baselines(scorer, found[name], preset, seeds)
     finally:
         if store is not None:
             store.close()
