@@ -9,8 +9,10 @@
 - ``--preset`` (a GPU): at a preset's shape (random weights, bf16, the answer made confident),
   per-model discovery over ``--samples`` prompts and per-sample discovery on one, whole curve
   (every layer of every flow closed: the most work a search can do), with ``method="atp"`` and,
-  per sample, ``"exact"``: seconds, exact candidate forwards, peak memory.
+  per sample, ``"exact"``: seconds, exact candidate forwards, peak memory. ``--refine-in PRESET``
+  times ``refine(granularity="frame-pairs")`` inside that preset's ranges instead.
 
+    python benchmarks/discovery.py --preset llava-next-video-7b --device cuda --refine-in llava-next-7b-video-ft
     python benchmarks/discovery.py --toy --per-task 2 --out results/discovery_toy.json
     python benchmarks/discovery.py --toy-video-ft --per-task 4 --out results/discovery_toy_video_ft.json
     python benchmarks/discovery.py --preset llava-next-video-7b --device cuda --samples 32 --out results/discovery_7b.json
@@ -117,7 +119,9 @@ def toy_video_ft(per_task: int) -> dict:
     return json.loads(json.dumps(result, default=str))
 
 
-def real_shape(preset: str, device: str, n_samples: int, margin: float) -> dict:
+def real_shape_prompts(preset: str, device: str, n_samples: int, margin: float):
+    """The preset's random-weight model (its answer made confident) and ``n_samples`` prompts
+    (the frames rolled, two option orders)."""
     from knockout_sweep import make_confident
 
     model, prompt = model_and_prompt(preset, device)
@@ -125,6 +129,43 @@ def real_shape(preset: str, device: str, n_samples: int, margin: float) -> dict:
     options = [["left", "right", "up", "down"], ["up", "down", "left", "right"]]
     prompts = [prompt] + [model.prepare(np.roll(frames_for(preset), i, axis=0), "which way does the ball move ?",
                                         options[i % 2], answer=1, num_frames=None) for i in range(1, n_samples)]  # fmt: skip
+    return model, prompts
+
+
+def refine_at_shape(preset: str, device: str, n_samples: int, margin: float, pathway: str) -> dict:
+    """``refine(granularity="frame-pairs")`` inside a preset pathway's ranges over ``n_samples``
+    prompts. Random weights give no natural tolerance, so a first call with tolerance 100 scores
+    the two ends (nothing / every group closed) and the timed call bisects between them with the
+    tolerance half-way, reading the ends from the same folder."""
+    import shutil
+
+    model, prompts = real_shape_prompts(preset, device, n_samples, margin)
+    from hooked_video.analysis.pathways import PathwaySpec
+
+    top = model.cfg.n_layers - 1
+    spec = PathwaySpec((0, top), (0, top), (0, top)) if pathway == "all" else PathwaySpec.preset(pathway)
+    found = discovery.Discovery(spec, None, 1.0, len(prompts), 0)
+    folder = Path(tempfile.mkdtemp()) / "refine"
+    ends = discovery.refine(model, prompts, found, tolerance=100, min_accuracy=0, out=folder, progress=False)
+    changes = ends.path.set_index("n_closed").rel_change
+    tolerance = -(changes.iloc[0] + changes.iloc[-1]) / 2
+    with Counted() as count:
+        torch.cuda.synchronize() if device.startswith("cuda") else None
+        start = time.perf_counter()
+        finer = discovery.refine(model, prompts, found, tolerance=tolerance, min_accuracy=0, out=folder, progress=False)
+        torch.cuda.synchronize() if device.startswith("cuda") else None
+        seconds = time.perf_counter() - start
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    return {"preset": preset, "pathway": pathway, "samples": len(prompts), "candidates": finer.candidates,
+            "ends_rel_change": [float(changes.iloc[0]), float(changes.iloc[-1])], "tolerance": float(tolerance),
+            "bisection_points": len(finer.path), "new_points_scored": count.n // len(prompts), "closed": len(finer.closed),
+            "seconds": round(seconds, 2),
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}  # fmt: skip
+
+
+def real_shape(preset: str, device: str, n_samples: int, margin: float) -> dict:
+    model, prompts = real_shape_prompts(preset, device, n_samples, margin)
+    prompt = prompts[0]
     result = {"preset": preset, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
               "n_positions": prompt.n_positions, "n_layers": model.cfg.n_layers, "confident_margin": margin,
               "torch": torch.__version__}  # fmt: skip
@@ -147,12 +188,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--confident", type=float, default=13.0, help="raise the answer's logit by this much")
+    parser.add_argument("--refine-in", default=None, metavar="PATHWAY_PRESET",
+                        help="with --preset: time refine(granularity='frame-pairs') inside this preset's ranges "
+                             "('all': every flow open in every layer)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.toy:
         result = toy(args.per_task)
     elif args.toy_video_ft:
         result = toy_video_ft(args.per_task)
+    elif args.refine_in:
+        result = refine_at_shape(args.preset, args.device, args.samples, args.confident, args.refine_in)
     else:
         result = real_shape(args.preset, args.device, args.samples, args.confident)
     print(json.dumps(result, indent=1))
