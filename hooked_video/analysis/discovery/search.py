@@ -228,25 +228,41 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
             traced forward per sample, plus the ranking's backward with "atp"), and a search with
             other criteria, per task or per sample over the same questions reuses every row it shares.
     """
+    items = identify_all(samples)
+    if not items:
+        raise InvalidInputError("no samples to discover a pathway on")
+    return _search_groups(model, items, {"all": items}, tolerance, min_accuracy, full_curve, flows, method, seeds,
+                          preset, num_frames, engine, rule, out, resume, progress)["all"]  # fmt: skip
+
+
+def _search_groups(model, items: list, groups: dict[str, list], tolerance, min_accuracy, full_curve, flows, method,
+                   seeds, preset, num_frames, engine, rule, out, resume, progress) -> dict[str, Discovery]:  # fmt: skip
+    """One search per group of ``items`` (arguments checked once, one results folder for all)."""
     flows = _check(tolerance, min_accuracy, flows)
     check_rule(rule)
     if method not in METHODS:
         raise InvalidInputError(f"method={method!r}: one of {METHODS}")
     check_count(seeds, "seeds", minimum=0, allow_none=False)
     preset = resolve_preset(model, preset)
-    items = identify_all(samples)
-    if not items:
-        raise InvalidInputError("no samples to discover a pathway on")
     store = _open(model, items, out, resume, num_frames, rule)
+    stored = store.rows("rows") if store is not None else []  # read once for all groups
+    alone = len(groups) == 1
+    found = {}
     try:
-        scorer = Scorer(model, items, num_frames, engine, store, progress, rule)
-        ranking = attribution_ranking(model, items, flows, num_frames, rule, progress) if method == "atp" else None
-        found = greedy(scorer, tolerance, min_accuracy, full_curve, flows, progress, ranking)
-        found.curve = baselines(scorer, found, preset, seeds)
+        for name, group in tqdm(groups.items(), desc="discovery per group", disable=not progress or alone):
+            scorer = Scorer(model, group, num_frames, engine, store, progress and alone, rule, stored)
+            ranking = attribution_ranking(model, group, flows, num_frames, rule, progress and alone) if method == "atp" else None
+            found[name] = greedy(scorer, tolerance, min_accuracy, full_curve, flows, progress and alone, ranking)
+            found[name].curve = baselines(scorer, found[name], preset, seeds)
     finally:
         if store is not None:
             store.close()
     return found
+
+
+#: ``discover``'s settings and their defaults (``discover_each`` takes the same).
+_DEFAULTS = dict(tolerance=5.0, min_accuracy=0.95, full_curve=True, flows=PAPER_FLOWS, method="exact", seeds=0, preset=None,
+                 num_frames=8, engine="auto", rule=PAPER_RULE, out=None, resume=True, progress=True)
 
 
 def discover_each(model, samples: Iterable, by: str = "task", **kwargs) -> dict[str, Discovery]:
@@ -256,33 +272,15 @@ def discover_each(model, samples: Iterable, by: str = "task", **kwargs) -> dict[
     column says where the full model was wrong (a one-sample search then keeps the wrong answer)."""
     if by not in BY:
         raise InvalidInputError(f"by={by!r}: one of {BY} (discover itself pools every sample)")
-    _check(kwargs.get("tolerance", 5.0), kwargs.get("min_accuracy", 0.95), kwargs.get("flows", PAPER_FLOWS))
-    check_count(kwargs.get("seeds", 0), "seeds", minimum=0, allow_none=False)
-    out, resume, progress = kwargs.pop("out", None), kwargs.pop("resume", True), kwargs.pop("progress", True)
-    num_frames, engine, rule = kwargs.pop("num_frames", 8), kwargs.pop("engine", "auto"), kwargs.pop("rule", PAPER_RULE)
-    check_rule(rule)
-    seeds, preset = kwargs.pop("seeds", 0), resolve_preset(model, kwargs.pop("preset", None))
-    method = kwargs.pop("method", "exact")
-    if method not in METHODS:
-        raise InvalidInputError(f"method={method!r}: one of {METHODS}")
+    settings = {**_DEFAULTS, **kwargs}
+    unknown = set(kwargs) - set(_DEFAULTS)
+    if unknown:
+        raise TypeError(f"discover_each() got unexpected arguments {sorted(unknown)}")
     items = identify_all(samples)
     groups: dict[str, list] = {}
     for item in items:
         groups.setdefault(item[1] if by == "task" else item[0], []).append(item)
-    store = _open(model, items, out, resume, num_frames, rule)
-    stored = store.rows("rows") if store is not None else []  # read once for all groups
-    found = {}
-    try:
-        for name, group in tqdm(groups.items(), desc=f"discovery per {by}", disable=not progress):
-            scorer = Scorer(model, group, num_frames, engine, store, rule=rule, stored=stored)
-            flows = kwargs.get("flows", PAPER_FLOWS)
-            ranking = attribution_ranking(model, group, flows, num_frames, rule) if method == "atp" else None
-            found[name] = greedy(scorer, progress=False, ranking=ranking, **kwargs)
-            found[name].curve = baselines(scorer, found[name], preset, seeds)
-    finally:
-        if store is not None:
-            store.close()
-    return found
+    return _search_groups(model, items, groups, **settings)
 
 
 def table(discoveries: dict[str, Discovery]) -> pd.DataFrame:
