@@ -48,7 +48,7 @@ API_MODULES = [
                                             "hooked_video.app.report", "hooked_video.app.outputs", "hooked_video.app.reproduce",
                                             "hooked_video.app.demo"]),
     ("zoo/: toy and tiny models", ["hooked_video.zoo", "hooked_video.zoo.tiny", "hooked_video.zoo.tiny_parts",
-                                   "hooked_video.zoo.tiny_families", "hooked_video.zoo.tiny_paper", "hooked_video.zoo.train",
+                                   "hooked_video.zoo.tiny_families", "hooked_video.zoo.tiny_paper", "hooked_video.zoo.train", "hooked_video.zoo.scenes",
                                    "hooked_video.zoo.planted"]),
 ]
 MODULES = [module for _, modules in API_MODULES for module in modules]

@@ -120,7 +120,7 @@ def test_reduced_demo_end_to_end(tmp_path):
     for figure in ("knockout", "cross_frame", "blueprint", "answer_probability"):
         assert f'src="results/{figure}.png"' in page and (tmp_path / "report" / "results" / f"{figure}.png").stat().st_size > 5000
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert set(summary["accuracy"]["overall"]) == {"toy-image", "toy-video-ft"}
+    assert set(summary["accuracy"]["overall"]) == {"toy16-image", "toy16-video-ft"}
     assert "Too little evidence" in page  # two questions per task cannot carry a finding
     assert "numbered from 1" in page and "<style>" in page
     for n in range(1, 5):  # one verdict, in the same words in the terminal, summary.json and the page

@@ -15,9 +15,8 @@ def held_out(tmp_path_factory):
 
 
 def test_bundle_is_small_and_complete():
-    files = [p for name in ZOO for p in (MODELS_DIR / name).iterdir()]
-    assert sum(p.stat().st_size for p in files) < 20 * 2**20
     for name in ZOO:
+        assert sum(p.stat().st_size for p in (MODELS_DIR / name).iterdir()) < 20 * 2**20, name
         assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "README.md"} <= {
             p.name for p in (MODELS_DIR / name).iterdir()}  # fmt: skip
 
@@ -40,6 +39,20 @@ def test_toy_image_solves_single_frames_but_not_time(held_out):
     chance = {t: 1 / len(synthetic.make_clip(t, 0).options) for t in synthetic.TEMPORAL_TASKS}
     excess = sum(acc[t] - chance[t] for t in synthetic.TEMPORAL_TASKS) / len(chance)
     assert excess < 0.15, acc  # near chance on average over the temporal tasks
+
+
+def test_toy16_pair_as_its_cards_say(held_out):
+    """The deeper pair (mp4 clips, 12 per task): the video model solves the temporal tasks (object
+    count well above chance), the image model the colour task but not time."""
+    video = by_stem(accuracy(HookedVideoLLM.from_pretrained("toy16-video-ft"), held_out, progress=False), held_out)
+    image = by_stem(accuracy(HookedVideoLLM.from_pretrained("toy16-image"), held_out, progress=False), held_out)
+    assert HookedVideoLLM.from_pretrained("toy16-video-ft").cfg.n_layers == 16
+    for task in ("action_antonym", "action_sequence", "moving_direction", "scene_transition", "colour", "position"):
+        assert video[task] >= 0.9, (task, video[task])
+    assert video["object_count"] >= 0.5 and min(video[t] for t in synthetic.SINGLE_FRAME_TASKS) >= 0.75, video
+    assert image["colour"] >= 0.9, image
+    chance = {t: 1 / len(synthetic.make_clip(t, 0).options) for t in synthetic.TEMPORAL_TASKS}
+    assert sum(image[t] - chance[t] for t in synthetic.TEMPORAL_TASKS) / len(chance) < 0.15, image
 
 
 def test_zoo_names_resolve_and_missing_weights_are_explained(tmp_path, monkeypatch):

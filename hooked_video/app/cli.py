@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "sizes and hook points"), ("tokens", "the token map of a video prompt")]:  # fmt: skip
         p = _command(sub, name, text)
         p.add_argument("model", nargs="?" if name == "info" else None,
-                       help="local folder, hub id or bundled model (toy-video-ft, toy-image)")  # fmt: skip
+                       help="local folder, hub id or bundled model (toy16-video-ft, toy-video-ft, ...)")  # fmt: skip
         _placement_arguments(p)
         if name == "tokens":
             p.add_argument("video", help="video file")
@@ -387,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="where to time the toy forward (default: cpu)")
 
     p = _command(sub, "demo", "the whole analysis on the bundled toy models, offline")
-    p.add_argument("--model", default="toy-video-ft", help="the video model (default: toy-video-ft)")
-    p.add_argument("--image-model", default="toy-image", help="the image model to compare with")
+    p.add_argument("--model", default="toy16-video-ft", help="the video model (default: toy16-video-ft)")
+    p.add_argument("--image-model", default="toy16-image", help="the image model to compare with")
     p.add_argument("--data", default=None, help="synthetic benchmark folder (default: ~/.cache/hooked_video/synthetic)")
     p.add_argument("--samples", type=_positive_int, default=8, help="questions per task")
     p.add_argument("--out", default="hooked_video_demo", help="report folder")

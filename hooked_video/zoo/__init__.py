@@ -10,6 +10,8 @@ MODELS_DIR = Path(__file__).parent / "models"
 ZOO = {
     "toy-image": "toy LLaVA-NeXT-Video, trained on single-frame tasks only (static clips)",
     "toy-video-ft": "toy-image fine-tuned on the temporal tasks of the synthetic benchmark",
+    "toy16-image": "16-layer toy LLaVA-NeXT-Video, trained on still pictures (single-frame tasks and two-object scenes)",
+    "toy16-video-ft": "toy16-image fine-tuned on the temporal tasks and two-object scenes whose questions choose what to read",
     "toy-planted": "toy-video-ft trained to route every answer through one known pathway (PathwaySpec.preset(\"toy-planted\"))",
 }
 
