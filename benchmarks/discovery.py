@@ -15,6 +15,7 @@
     python benchmarks/discovery.py --preset llava-next-video-7b --device cuda --refine-in llava-next-7b-video-ft
     python benchmarks/discovery.py --toy --per-task 2 --out results/discovery_toy.json
     python benchmarks/discovery.py --toy-video-ft --per-task 4 --out results/discovery_toy_video_ft.json
+    python benchmarks/discovery.py --toy-video-ft --video-model toy16-video-ft --per-task 4 --out results/discovery_toy16_video_ft.json
     python benchmarks/discovery.py --preset llava-next-video-7b --device cuda --samples 32 --out results/discovery_7b.json
 """
 
@@ -101,8 +102,8 @@ def toy(per_task: int) -> dict:
     return result
 
 
-def toy_video_ft(per_task: int) -> dict:
-    model, samples = toy_and_questions("toy-video-ft", per_task)
+def toy_video_ft(per_task: int, name: str = "toy-video-ft") -> dict:
+    model, samples = toy_and_questions(name, per_task)
     start = time.perf_counter()
     found = discovery.discover(model, samples, flows=discovery.PAPER_FLOWS + ("v2l",), method="atp", seeds=3,
                                progress=False)  # fmt: skip
@@ -112,7 +113,7 @@ def toy_video_ft(per_task: int) -> dict:
     rows = [{"step": int(step), "retention": r.retention, "random_rel_change": r.rel_change, "random_accuracy": r.accuracy,
              "discovered_rel_change": found.path.loc[int(step), "rel_change"],
              "discovered_accuracy": found.path.loc[int(step), "accuracy"]} for step, r in random.iterrows()]  # fmt: skip
-    result = {"model": "toy-video-ft", "samples": len(samples), "seconds": round(seconds, 1),
+    result = {"model": name, "samples": len(samples), "seconds": round(seconds, 1),
               "found": found.spec and found.spec.describe(), "found_step": found.step, **found.summary(),
               "paper_flows_step0": paper.path.iloc[0][["retention", "rel_change", "accuracy"]].to_dict(),
               "paper_flows_found": paper.spec and paper.spec.describe(), "against_random": rows}  # fmt: skip
@@ -183,6 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--toy", action="store_true", help="toy-planted, exact vs atp (CPU)")
     parser.add_argument("--toy-video-ft", action="store_true", help="toy-video-ft with video -> last searched too (CPU)")
+    parser.add_argument("--video-model", default="toy-video-ft", help="the bundled model --toy-video-ft searches")
     parser.add_argument("--per-task", type=int, default=2)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a real shape, random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -196,7 +198,7 @@ def main() -> None:
     if args.toy:
         result = toy(args.per_task)
     elif args.toy_video_ft:
-        result = toy_video_ft(args.per_task)
+        result = toy_video_ft(args.per_task, args.video_model)
     elif args.refine_in:
         result = refine_at_shape(args.preset, args.device, args.samples, args.confident, args.refine_in)
     else:
