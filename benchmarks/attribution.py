@@ -9,6 +9,7 @@
   pairs and per-head rows, side by side in one run; median of 3, peak memory.
 
     python benchmarks/attribution.py --fidelity --out results/attribution_fidelity_toys.json
+    python benchmarks/attribution.py --fidelity --models toy16-video-ft --out results/attribution_fidelity_toy16.json
     python benchmarks/attribution.py --speed --preset llava-next-video-7b --device cuda --out results/attribution_7b.json
 """
 
@@ -50,12 +51,12 @@ def frame_pair_targets(n_frames: int) -> dict:
     return {"frame-pairs": {f"frame {i}->frame {j}": pair(i, j) for j in range(n_frames) for i in range(j)}}
 
 
-def fidelity(per_task: int, steps: int) -> dict:
+def fidelity(per_task: int, steps: int, models=("toy-video-ft", "toy-image")) -> dict:
     root = synthetic.generate(Path(tempfile.mkdtemp()) / "syn", tasks=synthetic.TEMPORAL_TASKS, per_task=per_task, seed=0,
                               progress=False)  # fmt: skip
     samples = list(TVBench(root))
     result = {"window": TOY_WINDOW, "steps": steps, "per_task": per_task}
-    for name in ("toy-video-ft", "toy-image"):
+    for name in models:
         model = HookedVideoLLM.from_pretrained(name)
         start = time.perf_counter()
         exact = flow.sweep(model, samples, window=TOY_WINDOW, progress=False)
@@ -67,7 +68,7 @@ def fidelity(per_task: int, steps: int) -> dict:
             table = attribution.compare(estimated, exact)
             row[method] = medians(table)
             row[f"{method}_by_target"] = medians(attribution.compare(estimated, exact, by_target=True), "target")
-        if name == "toy-video-ft":  # where summing a window's layers is weak: wider windows
+        if name.endswith("video-ft"):  # where summing a window's layers is weak: wider windows
             row["atp_by_window"] = {}
             for width in (1, 3, 5, 9):
                 exact_w = flow.sweep(model, samples, window=width, progress=False)
@@ -138,13 +139,14 @@ def main() -> None:
     parser.add_argument("--preset", default="llava-next-video-7b")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--per-task", type=int, default=4)
+    parser.add_argument("--models", nargs="+", default=["toy-video-ft", "toy-image"], help="bundled models (--fidelity)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     result = {}
     if args.fidelity:
-        result["fidelity"] = fidelity(args.per_task, args.steps)
+        result["fidelity"] = fidelity(args.per_task, args.steps, args.models)
     if args.speed:
         result["speed"] = speed(args.preset, args.device, args.repeats)
     if args.out:
