@@ -44,9 +44,10 @@ def test_toy_image_solves_single_frames_but_not_time(held_out):
 def test_toy16_pair_as_its_cards_say(held_out):
     """The deeper pair (mp4 clips, 12 per task): the video model solves the temporal tasks (object
     count well above chance), the image model the colour task but not time."""
-    video = by_stem(accuracy(HookedVideoLLM.from_pretrained("toy16-video-ft"), held_out, progress=False), held_out)
+    video_model = HookedVideoLLM.from_pretrained("toy16-video-ft")
+    assert video_model.cfg.n_layers == 16
+    video = by_stem(accuracy(video_model, held_out, progress=False), held_out)
     image = by_stem(accuracy(HookedVideoLLM.from_pretrained("toy16-image"), held_out, progress=False), held_out)
-    assert HookedVideoLLM.from_pretrained("toy16-video-ft").cfg.n_layers == 16
     for task in ("action_antonym", "action_sequence", "moving_direction", "scene_transition", "colour", "position"):
         assert video[task] >= 0.9, (task, video[task])
     assert video["object_count"] >= 0.5 and min(video[t] for t in synthetic.SINGLE_FRAME_TASKS) >= 0.75, video

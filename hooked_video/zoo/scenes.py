@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hooked_video.data.synthetic import COLOURS, DIRECTIONS, QUADRANTS, SHAPES, Canvas, Clip, draw
+from hooked_video.data.synthetic import COLOURS, DIRECTIONS, QUADRANTS, SHAPES, Canvas, Clip, _pick, _static, draw
 
 STEPS = {"left": (-4.0, 0.0), "right": (4.0, 0.0), "up": (0.0, -4.0), "down": (0.0, 4.0)}
 
@@ -33,7 +33,7 @@ class Scene:
 
 
 def _two_objects(rng) -> tuple[list[str], list[str]]:
-    colours = [list(COLOURS)[i] for i in rng.choice(len(COLOURS), 2, replace=False)]
+    colours = _pick(rng, list(COLOURS), 2)
     shapes = list(SHAPES) if rng.integers(2) else list(SHAPES)[::-1]
     return colours, shapes
 
@@ -95,8 +95,7 @@ def static_pair(rng, canvas: Canvas = Canvas()) -> Scene:
         cy = rng.uniform(8, half - 8) + (half if quadrant >= 2 else 0)
         draw(image, shape, COLOURS[colour], cx, cy, 12)
         questions.append((f"Where is the {colour} {shape} ?", list(QUADRANTS), int(quadrant)))
-    frames = np.broadcast_to(image, (canvas.frames, *image.shape)).copy()
-    return Scene(frames, questions + _attribute_questions(colours, shapes))
+    return Scene(_static(canvas, image), questions + _attribute_questions(colours, shapes))
 
 
 #: Scene name -> (maker, kind): "temporal" scenes need several frames, "single-frame" ones do not.
@@ -108,4 +107,4 @@ def scene_clips(name: str, rng, questions: int = 2) -> list[Clip]:
     """``questions`` different questions of one fresh scene (fewer if it has fewer)."""
     scene = SCENES[name][0](rng)
     order = rng.permutation(len(scene.questions))[:questions]
-    return [Clip(scene.frames, *scene.questions[i][:2], scene.questions[i][2]) for i in order]
+    return [Clip(scene.frames, *scene.questions[i]) for i in order]

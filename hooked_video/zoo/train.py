@@ -129,14 +129,13 @@ class TextBatcher(Batcher):
         return ids + [letter, *answer, tokenizer.eos_token_id], letter
 
     def batch(self, clips: list):
-        input_ids, mask, pixels, last, targets = super().batch(clips)
-        answer_lengths = [2 + len(self.hooked.tokenizer.encode(f") {c.options[c.answer]}", add_special_tokens=False))
-                          for c in clips]  # fmt: skip
-        last = last - torch.tensor(answer_lengths, device=last.device)  # the prompt's last position
+        input_ids, mask, pixels, _, targets = super().batch(clips)
+        # each prompt's own last position (the answer follows it), from the cached prompts
+        last = torch.tensor([self.prompt_of(c).n_positions - 1 for c in clips], device=input_ids.device)
         following = torch.full_like(input_ids, -100)
         following[:, :-1] = torch.where(mask[:, 1:].bool(), input_ids[:, 1:], -100)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        following[positions[None] < last[:, None].to(input_ids.device)] = -100  # only the answer is predicted
+        following[positions[None] < last[:, None]] = -100  # only the answer is predicted
         return input_ids, mask, pixels, last, targets, following
 
 
