@@ -1,8 +1,8 @@
 """Pathway discovery: what it finds on the planted toy and what it costs at a real model's shape.
 
 - ``--toy`` (CPU is enough): ``discover`` on toy-planted over N questions per temporal task, with
-  ``method="exact"`` and ``method="atp"`` side by side: the ranges found, precision and recall of the
-  planted (flow, layer) cells, exact forwards, seconds.
+  ``method="exact"``, ``"atp"`` and ``"gates"`` side by side: the ranges found, precision and recall of
+  the planted (flow, layer) cells, exact forwards, seconds.
 - ``--toy-video-ft`` (CPU): the search with video -> last as a fourth flow (that toy reads the
   video straight into the last position) on N questions per temporal task, whole curve, with
   random pruning (3 seeds): the found pathway, and the curve against random pruning per size.
@@ -16,7 +16,9 @@
     python benchmarks/discovery.py --toy --per-task 2 --out results/discovery_toy.json
     python benchmarks/discovery.py --toy-video-ft --per-task 4 --out results/discovery_toy_video_ft.json
     python benchmarks/discovery.py --toy-video-ft --video-model toy16-video-ft --per-task 4 --out results/discovery_toy16_video_ft.json
+    python benchmarks/discovery.py --toy-video-ft --video-model toy16-video-ft --per-task 4 --method gates --out results/discovery_toy16_video_ft_gates.json
     python benchmarks/discovery.py --preset llava-next-video-7b --device cuda --samples 32 --out results/discovery_7b.json
+    python benchmarks/discovery.py --preset llava-next-video-7b --device cuda --samples 32 --method gates --out results/discovery_gates_7b_h200.json
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,7 +95,7 @@ def toy(per_task: int) -> dict:
     model, samples = toy_and_questions("toy-planted", per_task)
     truth = cells(planted.PLANTED)
     result = {"model": "toy-planted", "samples": len(samples), "threads": torch.get_num_threads()}
-    for method in ("exact", "atp"):
+    for method in discovery.METHODS:
         row = timed_discovery(model, samples, "cpu", method=method)
         found = discovery.discover(model, samples, method=method, progress=False)  # the spec, for the cells
         hit = len(cells(found.spec) & truth)
@@ -102,10 +105,10 @@ def toy(per_task: int) -> dict:
     return result
 
 
-def toy_video_ft(per_task: int, name: str = "toy-video-ft") -> dict:
+def toy_video_ft(per_task: int, name: str = "toy-video-ft", method: str = "atp") -> dict:
     model, samples = toy_and_questions(name, per_task)
     start = time.perf_counter()
-    found = discovery.discover(model, samples, flows=discovery.PAPER_FLOWS + ("v2l",), method="atp", seeds=3,
+    found = discovery.discover(model, samples, flows=discovery.PAPER_FLOWS + ("v2l",), method=method, seeds=3,
                                progress=False)  # fmt: skip
     seconds = time.perf_counter() - start
     paper = discovery.discover(model, samples, full_curve=False, progress=False)
@@ -113,11 +116,37 @@ def toy_video_ft(per_task: int, name: str = "toy-video-ft") -> dict:
     rows = [{"step": int(step), "retention": r.retention, "random_rel_change": r.rel_change, "random_accuracy": r.accuracy,
              "discovered_rel_change": found.path.loc[int(step), "rel_change"],
              "discovered_accuracy": found.path.loc[int(step), "accuracy"]} for step, r in random.iterrows()]  # fmt: skip
-    result = {"model": name, "samples": len(samples), "seconds": round(seconds, 1),
+    result = {"model": name, "method": method, "samples": len(samples), "seconds": round(seconds, 1),
               "found": found.spec and found.spec.describe(), "found_step": found.step, **found.summary(),
               "paper_flows_step0": paper.path.iloc[0][["retention", "rel_change", "accuracy"]].to_dict(),
-              "paper_flows_found": paper.spec and paper.spec.describe(), "against_random": rows}  # fmt: skip
+              "paper_flows_found": paper.spec and paper.spec.describe(), "against_random": rows,
+              "refined": refined_against_random(model, samples, found)}  # fmt: skip
     return json.loads(json.dumps(result, default=str))
+
+
+def refined_against_random(model, samples, found, seeds: int = 3) -> list[dict]:
+    """Below the found pathway: ``refine`` at each granularity, and random pruning of the refined
+    pathway's size (``seeds`` seeds, mean)."""
+    from hooked_video.analysis.discovery.curve import random_setting
+    from hooked_video.data.mcqa import identify_all
+
+    scorer = Scorer(model, identify_all(samples), 8, "auto")
+    out = []
+    for granularity in ("frame-pairs", "cells"):
+        start = time.perf_counter()
+        finer = discovery.refine(model, samples, found, granularity=granularity, progress=False)
+        seconds = time.perf_counter() - start
+        kept = finer.path[finer.path.faithful].iloc[-1]
+        settings = {}
+        for seed in range(seeds):
+            settings.update(random_setting(scorer, 1 - float(kept.retention), seed))
+        random = pd.DataFrame(scorer.score(settings).values()).mean()
+        out.append({"granularity": granularity, "seconds": round(seconds, 1), "candidates": finer.candidates,
+                    "closed": len(finer.closed), "points": len(finer.path), "retention": kept.retention,
+                    "rel_change": kept.rel_change, "accuracy": kept.accuracy, "random_rel_change": random.rel_change,
+                    "random_accuracy": random.accuracy})  # fmt: skip
+        print(out[-1], flush=True)
+    return out
 
 
 def real_shape_prompts(preset: str, device: str, n_samples: int, margin: float):
@@ -136,7 +165,7 @@ def real_shape_prompts(preset: str, device: str, n_samples: int, margin: float):
 def refine_at_shape(preset: str, device: str, n_samples: int, margin: float, pathway: str) -> dict:
     """``refine(granularity="frame-pairs")`` inside a preset pathway's ranges over ``n_samples``
     prompts. Random weights give no natural tolerance, so a first call with tolerance 100 scores
-    the two ends (nothing / every group closed) and the timed call bisects between them with the
+    the two ends (nothing / every group closed) and the timed call searches between them with the
     tolerance half-way, reading the ends from the same folder."""
     import shutil
 
@@ -159,18 +188,23 @@ def refine_at_shape(preset: str, device: str, n_samples: int, margin: float, pat
     shutil.rmtree(folder.parent, ignore_errors=True)
     return {"preset": preset, "pathway": pathway, "samples": len(prompts), "candidates": finer.candidates,
             "ends_rel_change": [float(changes.iloc[0]), float(changes.iloc[-1])], "tolerance": float(tolerance),
-            "bisection_points": len(finer.path), "new_points_scored": count.n // len(prompts), "closed": len(finer.closed),
+            "points": len(finer.path), "new_points_scored": count.n // len(prompts), "closed": len(finer.closed),
             "seconds": round(seconds, 2),
             "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}  # fmt: skip
 
 
-def real_shape(preset: str, device: str, n_samples: int, margin: float) -> dict:
+def real_shape(preset: str, device: str, n_samples: int, margin: float, method: str = "atp") -> dict:
     model, prompts = real_shape_prompts(preset, device, n_samples, margin)
     prompt = prompts[0]
     result = {"preset": preset, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
               "n_positions": prompt.n_positions, "n_layers": model.cfg.n_layers, "confident_margin": margin,
               "torch": torch.__version__}  # fmt: skip
     discovery.discover(model, prompts[:1], progress=False, full_curve=False, method="atp")  # warm-up
+    if method == "gates":  # per sample, then per model; the gates' training included
+        for name, chosen in (("per_sample_gates", prompts[:1]), ("per_model_gates", prompts)):
+            result[name] = timed_discovery(model, chosen, device, method="gates")
+            print(result, flush=True)
+        return result
     result["per_sample_atp"] = timed_discovery(model, prompts[:1], device, method="atp")
     print(result, flush=True)
     result["per_sample_exact"] = timed_discovery(model, prompts[:1], device, method="exact")
@@ -185,6 +219,8 @@ def main() -> None:
     parser.add_argument("--toy", action="store_true", help="toy-planted, exact vs atp (CPU)")
     parser.add_argument("--toy-video-ft", action="store_true", help="toy-video-ft with video -> last searched too (CPU)")
     parser.add_argument("--video-model", default="toy-video-ft", help="the bundled model --toy-video-ft searches")
+    parser.add_argument("--method", choices=["atp", "gates"], default="atp",
+                        help="the search --toy-video-ft runs; with --preset, gates times only method='gates'")
     parser.add_argument("--per-task", type=int, default=2)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a real shape, random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -198,11 +234,11 @@ def main() -> None:
     if args.toy:
         result = toy(args.per_task)
     elif args.toy_video_ft:
-        result = toy_video_ft(args.per_task, args.video_model)
+        result = toy_video_ft(args.per_task, args.video_model, args.method)
     elif args.refine_in:
         result = refine_at_shape(args.preset, args.device, args.samples, args.confident, args.refine_in)
     else:
-        result = real_shape(args.preset, args.device, args.samples, args.confident)
+        result = real_shape(args.preset, args.device, args.samples, args.confident, args.method)
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

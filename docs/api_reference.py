@@ -33,6 +33,7 @@ API_MODULES = [
                                  "hooked_video.analysis.patching", "hooked_video.analysis.pathways", "hooked_video.analysis.discovery",
                                  "hooked_video.analysis.discovery.search", "hooked_video.analysis.discovery.curve",
                                  "hooked_video.analysis.discovery.scoring", "hooked_video.analysis.discovery.refine",
+                                 "hooked_video.analysis.discovery.groups", "hooked_video.analysis.discovery.gates",
                                  "hooked_video.analysis.accuracy"]),
     ("data/: datasets", ["hooked_video.data.mcqa", "hooked_video.data.layout", "hooked_video.data.benchmarks",
                          "hooked_video.data.synthetic"]),
@@ -92,7 +93,8 @@ NAMES = [
      ["hooked_video.analysis.discovery.search.discover", "hooked_video.analysis.discovery.search.discover_each",
       "hooked_video.analysis.discovery.refine.refine", "hooked_video.viz.pathways.faithfulness_curve"],
      "the smallest faithful pathway found from data (layers closed one at a time, exact), per model, task or "
-     "sample, its faithfulness-size curve against random pruning and the preset, and the frame pairs inside it"),
+     "sample, its faithfulness-size curve against random pruning and the preset, and the frame pairs, "
+     "question tokens or video cells inside it"),
     ("pathways.faithfulness", ["hooked_video.analysis.pathways.faithfulness"],
      "is a pathway enough (everything outside it knocked out) and is each of its flows needed (each cut)"),
     ("accuracy.accuracy", ["hooked_video.analysis.accuracy.accuracy"], "multiple-choice accuracy per task"),

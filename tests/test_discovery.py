@@ -61,10 +61,12 @@ def test_discovery_recovers_the_planted_pathway_and_round_trips(toy, one_per_tas
     assert "Discovery over 5 samples" in repr(found)
 
 
-def test_attribution_ranked_search_finds_the_same_pathway_with_fewer_forwards(toy, one_per_task, monkeypatch):
+def test_ranked_searches_find_the_same_pathway_with_fewer_forwards(toy, one_per_task, monkeypatch):
+    """Attribution patching and learned gates only order the candidates: the same pathway, exact figures."""
     counts = {}
     original = discovery.Scorer._row
-    for method in ("exact", "atp"):
+    weights = {name: p.clone() for name, p in toy.hf_model.named_parameters()}
+    for method in ("exact", "atp", "gates"):
         counts[method] = 0
 
         def counted(self, *args, _method=method, **kwargs):
@@ -75,9 +77,34 @@ def test_attribution_ranked_search_finds_the_same_pathway_with_fewer_forwards(to
         found = discovery.discover(toy, one_per_task, method=method, full_curve=False, progress=False)
         counts[method, "spec"] = found.spec
         counts[method, "figures"] = found.path.loc[found.step, ["retention", "rel_change", "accuracy"]].tolist()
-    assert counts["atp", "spec"] == counts["exact", "spec"]
-    assert counts["atp", "figures"] == pytest.approx(counts["exact", "figures"], abs=1e-4)  # exact either way (lanes batch differently)
-    assert counts["atp"] < counts["exact"] / 2
+    for method in ("atp", "gates"):
+        assert counts[method, "spec"] == counts["exact", "spec"], method
+        assert counts[method, "figures"] == pytest.approx(counts["exact", "figures"], abs=1e-4)  # exact either way (lanes batch differently)
+        assert counts[method] < counts["exact"] / 2, method
+    # the gates learned alone: the model's weights unchanged, their gradients switched back on
+    assert all(torch.equal(p, weights[name]) and p.requires_grad for name, p in toy.hf_model.named_parameters())
+
+
+def test_a_closed_gate_equals_hf_with_explicit_per_layer_masks(arch, deep, deep_prompt, deep_paths):
+    """Gates at 0 for cross-frame in layer 0 and video -> question in layer 2 (1 elsewhere) give the
+    probabilities of a plain HF forward with those edges masked, built here from frame numbers."""
+    from hooked_video.analysis.discovery.gates import flow_masks, gate_hooks
+
+    tm = deep_prompt.token_map
+    frame = tm.frame_of
+    video = frame >= 0
+    question = torch.zeros_like(video)
+    question[tm.question] = True
+    theta = torch.full((2, 4), 40.0)
+    theta[0, 0] = theta[1, 2] = -40.0
+    logits = deep.run_with_hooks(deep.embed(deep_prompt), fwd_hooks=gate_hooks(theta, flow_masks(tm, ("inter", "v2q"), 4)))
+    blocked = {0: video[:, None] & video[None, :] & (frame[None, :] < frame[:, None]), 2: question[:, None] & video[None, :]}
+    masks = {layer: torch.where(b | ~torch.ones_like(b).tril(), torch.finfo(torch.float32).min, 0.0)[None, None]
+             for layer, b in blocked.items()}  # fmt: skip
+    hf = load_hf(deep_paths[arch], deep)
+    expected = last_probs(hf, deep_prompt.inputs, masks)[0]
+    assert torch.allclose(logits[0, -1].float().softmax(-1), expected, atol=1e-5)
+    assert not torch.allclose(expected, last_probs(hf, deep_prompt.inputs)[0], atol=1e-5)  # the gates did close something
 
 
 def test_discovery_on_every_architecture_round_trips(arch, deep, deep_prompt):
@@ -210,7 +237,10 @@ def test_cli_discover_writes_the_curve_and_refuses_a_users_file(tmp_path, one_pe
     summary = json.loads((out / "summary.json").read_text())
     assert summary["found"]["all samples"]["samples"] == 3 and {r["pathway"] for r in summary["curve"]["all samples"]} == {
         "discovered", "random", "preset"}
-    assert main(args) == 0  # a rerun: the files it wrote itself are replaced
+    assert main([*args, "--refine", "cells", "--refine-points", "6"]) == 0  # a rerun replaces its own files
+    refined = json.loads((out / "summary.json").read_text())["refine"]
+    assert refined["granularity"] == "cells" and 1 <= len(refined["path"]) <= 6
+    assert len(refined["pathway"]["closed"]) == len(refined["closed"]) and "cells groups closed" in capsys.readouterr().out
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "curve.png").write_bytes(b"a figure of the user's")
@@ -225,44 +255,73 @@ def test_refine_closes_frame_pairs_the_planted_toy_does_not_need(toy, one_per_ta
     pairs = tm.n_frames * (tm.n_frames - 1) // 2
     inter, v2q = found.spec.inter, found.spec.v2q
     assert finer.candidates == pairs * (inter[1] - inter[0] + 1) + tm.n_frames * (v2q[1] - v2q[0] + 1)
-    path = finer.path.set_index("n_closed")
+    path = finer.path
     assert path.loc[0].retention == pytest.approx(found.path.loc[found.step, "retention"])
+    assert path.loc[0].n_closed == 0 and path.loc[0].faithful
     n = len(finer.closed)
-    assert path.loc[n].faithful and (n == finer.candidates or not path.loc[n + 1].faithful)  # the bisection's edge
-    assert 0 < n < finer.candidates and path.loc[n].retention < path.loc[0].retention
-    assert "Refinement of INTER" in repr(finer)
+    assert 0 < n < finer.candidates
+    kept = path[path.faithful]
+    assert kept.n_closed.iloc[-1] == n and kept.retention.iloc[-1] < path.loc[0].retention
+    assert kept.n_closed.is_monotonic_increasing and not path.iloc[1:][~path.faithful.iloc[1:]].empty
+    # every rejected point was unfaithful, every kept one faithful, by the search's own criteria
+    assert ((path.rel_change >= -5) & (path.accuracy >= 0.95 * found.full_accuracy - 1e-12)).eq(path.faithful).all()
+    assert "Refinement of INTER" in repr(finer) and f"{n} of {finer.candidates}" in repr(finer)
+
+
+def test_a_refined_pathway_round_trips_through_evaluate(toy, one_per_task):
+    """refine(granularity="cells") closes single video cells; its pathway, given to pathways.evaluate,
+    has the search's last faithful point's edge count and the same predictions."""
+    found = discovery.discover(toy, one_per_task, method="atp", full_curve=False, progress=False)
+    finer = discovery.refine(toy, one_per_task, found, granularity="cells", progress=False, max_points=24)
+    tm = one_per_task[0].prepare(toy).token_map
+    v2q = found.spec.v2q
+    assert finer.candidates == len(tm.video) * (v2q[1] - v2q[0] + 1)  # no video -> last range: cells -> question only
+    assert len(finer.path) <= 24 and len(finer.closed) > 0
+    assert finer.closed.label.str.fullmatch(r"cell \d+,\d+,\d+->question").all()
+    report = pathways.evaluate(toy, one_per_task, finer.pathway, random_baseline=False, progress=False)
+    last = finer.path[finer.path.faithful].iloc[-1]
+    assert report.retention.loc["pathways", "retention"] == pytest.approx(last.retention, rel=1e-9)
+    assert report.accuracy.loc["overall", "pathways"] == pytest.approx(last.accuracy)
+    assert finer.pathway.settings()["closed"][0] == [finer.closed.label[0], int(finer.closed.layer[0])]
+    assert "minus" in finer.pathway.describe()
+    other = pathways.PathwaySpec(inter=None, v2q=(0, 1), q2l=None, n_layers=12)
+    with pytest.raises(pathways.InvalidInputError, match="token grid"):
+        discovery.RefinedPathway(other, ((("cell->question", 99, 0, 0), 0),), "cells").layer_edges(tm, 12)
 
 
 def test_refined_edges_equal_hf_with_explicit_per_layer_masks(arch, deep, deep_prompt, deep_paths):
     """Everything closed (tolerance 100): the last point's change equals a plain HF forward with the
-    union rule's masks plus every frame pair and frame -> question edge of the open ranges, built
-    here from the token map's frame numbers."""
-    spec = pathways.PathwaySpec(inter=(0, 1), v2q=(1, 2), q2l=(2, 3), n_layers=4)
+    union rule's masks plus, built here from the token map's frame numbers and cells, every frame
+    pair and frame -> question edge of the open ranges ("frame-pairs"), or every video cell ->
+    question and cell -> last edge of them ("cells")."""
+    spec = pathways.PathwaySpec(inter=(0, 1), v2q=(1, 2), q2l=(2, 3), v2l=(2, 3), n_layers=4)
     found = discovery.Discovery(spec, pd.DataFrame(), 1.0, 1, 0)
-    finer = discovery.refine(deep, [deep_prompt], found, tolerance=100, min_accuracy=0, progress=False)
-    assert len(finer.closed) == finer.candidates
     tm = deep_prompt.token_map
     frame = tm.frame_of
     video = frame >= 0
-    question = torch.zeros_like(video)
+    cell = tm.cell[:, 0] >= 0
+    question, last = torch.zeros_like(video), torch.zeros_like(video)
     question[tm.question] = True
+    last[-1] = True
     cross = video[:, None] & video[None, :] & (frame[None, :] < frame[:, None])  # [query, key]
-    masks = {}
-    for layer, edges in spec.layer_edges(tm, 4).items():
-        blocked = edges.mask.clone()
-        if layer in (0, 1):
-            blocked |= cross
-        if layer in (1, 2):
-            blocked |= question[:, None] & video[None, :]
-        acausal = ~torch.ones_like(blocked).tril()
-        masks[layer] = torch.where(blocked | acausal, torch.finfo(torch.float32).min, 0.0)[None, None]
+    extra = {"frame-pairs": {0: cross, 1: cross | (question[:, None] & video[None, :]), 2: question[:, None] & video[None, :]},
+             "cells": {1: question[:, None] & cell[None, :], 2: (question | last)[:, None] & cell[None, :],
+                       3: last[:, None] & cell[None, :]}}  # fmt: skip
     hf = load_hf(deep_paths[arch], deep)
     full = last_probs(hf, deep_prompt.inputs)[0]
     top = int(full.argmax())
-    probs = last_probs(hf, deep_prompt.inputs, masks)[0]
-    expected = (float(probs[top]) - float(full[top])) / float(full[top]) * 100
-    last = finer.path.set_index("n_closed").loc[finer.candidates]
-    assert last.rel_change == pytest.approx(expected, abs=1e-3)
+    for granularity, added in extra.items():
+        finer = discovery.refine(deep, [deep_prompt], found, granularity, tolerance=100, min_accuracy=0, progress=False)
+        assert len(finer.closed) == finer.candidates
+        masks = {}
+        for layer, edges in spec.layer_edges(tm, 4).items():
+            blocked = edges.mask | added.get(layer, torch.zeros_like(edges.mask))
+            acausal = ~torch.ones_like(blocked).tril()
+            masks[layer] = torch.where(blocked | acausal, torch.finfo(torch.float32).min, 0.0)[None, None]
+        probs = last_probs(hf, deep_prompt.inputs, masks)[0]
+        expected = (float(probs[top]) - float(full[top])) / float(full[top]) * 100
+        assert finer.path.iloc[-1].n_closed == finer.candidates
+        assert finer.path.iloc[-1].rel_change == pytest.approx(expected, abs=1e-3), granularity
 
 
 def test_refine_refuses_what_it_cannot_do(toy, one_per_task):
@@ -272,6 +331,10 @@ def test_refine_refuses_what_it_cannot_do(toy, one_per_task):
         discovery.refine(toy, one_per_task[:2], found, granularity="tokens")
     with pytest.raises(pathways.InvalidInputError, match="granularity="):
         discovery.refine(toy, one_per_task, found, granularity="heads")
+    with pytest.raises(pathways.InvalidInputError, match="sparsity"):
+        discovery.discover(toy, one_per_task, method="gates", sparsity=-1)
+    with pytest.raises(pathways.InvalidInputError, match="max_points"):
+        discovery.refine(toy, one_per_task, found, max_points=0)
     with pytest.raises(pathways.InvalidInputError, match="no faithful pathway"):
         discovery.refine(toy, one_per_task, discovery.Discovery(None, pd.DataFrame(), 1.0, 1), progress=False)
     tokens = discovery.refine(toy, one_per_task[:1], found, granularity="tokens", tolerance=100, min_accuracy=0,

@@ -342,9 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=_non_negative, default=5.0,
                    help="largest mean drop (%%) of the full model's top-token probability a faithful pathway may cause")
     p.add_argument("--min-accuracy", type=_share, default=0.95, help="share of the full model's accuracy it must keep")
-    p.add_argument("--method", choices=["exact", "atp"], default="exact",
+    p.add_argument("--method", choices=["exact", "atp", "gates"], default="exact",
                    help="exact: every closable layer scored at every step; atp: layers ranked once by attribution "
-                        "patching and tried in that order (far fewer forwards; every figure still exact)")
+                        "patching and tried in that order (far fewer forwards; every figure still exact); gates: "
+                        "the same in the order of learned gates (30 Adam steps of 8 questions first)")
     p.add_argument("--by", choices=["model", "task", "sample"], default="model",
                    help="one pathway over all samples, one per task, or one per sample")
     p.add_argument("--seeds", type=_whole_number(0), default=3,
@@ -353,9 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "measured on this model, if any) or 'none'")
     p.add_argument("--video-to-last", action="store_true",
                    help="let video -> last open too (the paper's rule always blocks it)")
-    p.add_argument("--refine", choices=["frame-pairs"], default=None,
-                   help="then close the frame pairs (frame i -> frame j, frame i -> question) inside the found ranges "
-                        "that the model does not need, ranked by attribution, confirmed exactly")
+    p.add_argument("--refine", choices=["frame-pairs", "cells"], default=None,
+                   help="then close the finer edge groups inside the found ranges that the model does not need: frame "
+                        "pairs (frame i -> frame j, frame i -> question) or video cells (cell -> question, cell -> "
+                        "last), ranked by attribution, confirmed exactly")
+    p.add_argument("--refine-points", type=_whole_number(1), default=64,
+                   help="the most exact points the refinement tries (each one forward per sample)")
     p.add_argument("--stop-at-faithful", action="store_true",
                    help="stop at the first unfaithful step instead of closing every layer (about half the forwards)")
 

@@ -297,8 +297,9 @@ def run_discover(args) -> None:
     if args.refine:
         finer = discovery.refine(model, samples, found["all samples"], granularity=args.refine,
                                  tolerance=args.tolerance, min_accuracy=args.min_accuracy, num_frames=args.frames,
-                                 engine=args.engine, rule=args.rule, out=args.out, resume=not args.fresh)  # fmt: skip
-        summary["refine"] = {"granularity": args.refine, "candidates": finer.candidates,
+                                 engine=args.engine, rule=args.rule, out=args.out, resume=not args.fresh,
+                                 max_points=args.refine_points)  # fmt: skip
+        summary["refine"] = {"granularity": args.refine, "candidates": finer.candidates, "pathway": finer.pathway.settings(),
                              "closed": json.loads(finer.closed.to_json(orient="records")),
                              "path": json.loads(finer.path.to_json(orient="records"))}  # fmt: skip
     _write_summary(args, summary)

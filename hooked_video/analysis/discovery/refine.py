@@ -1,37 +1,42 @@
-"""Below the paper's granularity: which frame pairs (or question tokens) inside a found pathway's
-ranges does the model need?
+"""Below the paper's granularity: which frame pairs, question tokens or video cells inside a
+found pathway's ranges does the model need?
 
 A pathway at the paper's granularity opens whole flows in whole layers. ``refine`` splits its
-open flows into finer edge groups, one per layer: frame i -> frame j (i < j) in the cross-frame
-range, frame i -> the question in the video -> question range (``granularity="frame-pairs"``),
-or each question token -> the last position in the question -> last range (``"tokens"``, one
-question at a time: token positions differ between questions). It ranks the groups once by
-attribution patching (the least harmful first) and finds, by bisection with exact forwards,
-how many of them can be closed on top of the pathway while it stays faithful::
+open flows into finer edge groups (``groups``), one per layer: frame i -> frame j (i < j) in the
+cross-frame range and frame i -> the question in the video -> question range
+(``granularity="frame-pairs"``); each question token -> the last position in the question ->
+last range (``"tokens"``, one question at a time: token positions differ between questions); each
+video cell (frame, row, column) -> the question in the video -> question range and -> the last
+position in the video -> last range (``"cells"``). It ranks the groups once by attribution
+patching (the least harmful first) and closes them on top of the pathway in that order, in
+chunks, each checked by exact forwards: a chunk that keeps the pathway faithful stays closed, one
+that does not is split in two and its halves tried in turn, down to single groups, which are left
+open. A group the ranking misplaces costs a few exact points instead of stopping the search::
 
     found = discovery.discover(model, samples)
     finer = discovery.refine(model, samples, found, granularity="frame-pairs")
     finer.closed        # the groups closed (label, layer, estimate), least harmful first
-    finer.path          # every bisection point: closed groups, retention, change, accuracy
+    finer.path          # every exact point tried: closed groups, retention, change, accuracy
+    pathways.evaluate(model, samples, finer.pathway)   # the refined pathway, as any spec
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from hooked_video.analysis import knockout as ko
 from hooked_video.analysis.accuracy import PAPER_RULE, check_rule
+from hooked_video.analysis.discovery.groups import GRANULARITIES, RefinedPathway, candidates, label
 from hooked_video.analysis.discovery.scoring import Scorer
 from hooked_video.analysis.discovery.search import Discovery, _open
-from hooked_video.core.checks import InvalidInputError
+from hooked_video.core.checks import InvalidInputError, check_count
 from hooked_video.data.mcqa import identify_all
-
-GRANULARITIES = ("frame-pairs", "tokens")
 
 
 @dataclass
@@ -40,12 +45,14 @@ class Refinement:
 
     Attributes:
         spec: the pathway refined (the paper's granularity).
-        granularity: "frame-pairs" or "tokens".
+        granularity: "frame-pairs", "tokens" or "cells".
         closed: the finer groups closed on top of ``spec`` (label, layer, mean estimate %), in
-            the order they were ranked; empty where closing even one is unfaithful.
-        path: one row per exact point of the bisection (``n_closed`` groups closed): retention,
-            rel_change, flipped, accuracy, faithful.
+            the order they were ranked; empty where closing any is unfaithful.
+        path: one row per exact point tried, in order (point 0: the spec itself): ``n_closed``
+            groups closed (those kept so far plus the chunk tried), ``chunk`` (its size),
+            retention, rel_change, flipped, accuracy, faithful (the chunk then stays closed).
         candidates: how many finer groups the spec's ranges hold.
+        pathway: the refined pathway (``spec`` with ``closed`` closed), for ``pathways.evaluate``.
     """
 
     spec: object
@@ -53,39 +60,19 @@ class Refinement:
     closed: pd.DataFrame
     path: pd.DataFrame
     candidates: int
+    pathway: RefinedPathway | None = None
 
     def __repr__(self) -> str:
-        row = self.path[self.path.n_closed == len(self.closed)].iloc[0]
+        row = self.path[self.path.faithful].iloc[-1]
         return (f"Refinement of {self.spec.describe()}: {len(self.closed)} of {self.candidates} {self.granularity} groups "
                 f"closed, keeps {row.retention:.1%} of the edges, change {row.rel_change:+.2f}%, accuracy "
                 f"{row.accuracy:.3f}")  # fmt: skip
 
 
-def _groups(spec, granularity: str, tm) -> dict[tuple[str, int], Callable[[], ko.EdgeSet]]:
-    """(label, layer) -> a builder of the edges of every finer group inside the spec's open ranges
-    (built only when closed: a prompt of a thousand positions has hundreds of groups)."""
-    out = {}
-    if granularity == "frame-pairs":
-        frame = tm.frame_group
-        for layer in _layers(spec.inter):
-            out.update({(f"frame {i}->frame {j}", layer): (lambda i=i, j=j: ko.between(frame(i), frame(j), tm))
-                        for j in range(tm.n_frames) for i in range(j)})  # fmt: skip
-        for layer in _layers(spec.v2q):
-            out.update({(f"frame {i}->question", layer): (lambda i=i: ko.between(frame(i), tm.question, tm))
-                        for i in range(tm.n_frames)})  # fmt: skip
-    else:
-        for layer in _layers(spec.q2l):
-            out.update({(f"token {k}->last", layer): (lambda k=k: ko.between(tm.question[k : k + 1], tm.last, tm))
-                        for k in range(len(tm.question))})  # fmt: skip
-    return out
-
-
-def _layers(r) -> range:
-    return range(r[0], r[1] + 1) if r is not None else range(0)
-
-
 def _estimates(model, items: list, granularity: str, num_frames, rule: str) -> dict[tuple[str, int], float]:
     """(label, layer) -> mean AtP estimate (%) of closing that group alone in that layer."""
+    if granularity == "cells":
+        return _cell_estimates(model, items, num_frames)
     from hooked_video.analysis.attribution import attribute
 
     rows = attribute(model, [item for _, _, item in items], window=1, select="all", granularity=granularity, rule=rule,
@@ -96,17 +83,44 @@ def _estimates(model, items: list, granularity: str, num_frames, rule: str) -> d
     return rows.groupby(["condition", "layer"]).estimate.mean().to_dict()
 
 
+def _cell_estimates(model, items: list, num_frames) -> dict[tuple[str, int], float]:
+    """(label, layer) -> mean AtP estimate (%) of one video cell -/-> the question, or -/-> the last
+    position, in one layer: one backward per sample, every cell at once."""
+    from hooked_video.analysis.attribution.estimates import pair_effects
+    from hooked_video.analysis.attribution.gradients import pattern_gradients
+    from hooked_video.data.mcqa import to_prompt
+
+    totals: dict[tuple[str, int], float] = {}
+    for _, _, item in items:
+        prompt = to_prompt(model, item, num_frames)
+        tm = prompt.token_map
+        grads = pattern_gradients(model, model.embed(prompt))
+        video = tm.video.tolist()
+        effects = pair_effects(grads, [tm.question, tm.last], [[p] for p in video])  # (layer, 2, cells)
+        del grads
+        for c, p in enumerate(video):
+            place = tuple(int(x) for x in tm.cell[p])
+            for target, kind in enumerate(("cell->question", "cell->last")):
+                name = label((kind, *place))
+                for layer, value in enumerate(effects[:, target, c].tolist()):
+                    totals[(name, layer)] = totals.get((name, layer), 0.0) + 100 * math.expm1(value)
+    return {key: value / len(items) for key, value in totals.items()}
+
+
 def refine(model, samples: Iterable, found: Discovery, granularity: str = "frame-pairs", tolerance: float = 5.0,
            min_accuracy: float = 0.95, num_frames: int | None = 8, engine: str = "auto", rule: str = PAPER_RULE,
-           out: str | Path | None = None, resume: bool = True, progress: bool = True) -> Refinement:  # fmt: skip
+           out: str | Path | None = None, resume: bool = True, progress: bool = True, max_points: int = 64) -> Refinement:  # fmt: skip
     """Close as many finer edge groups inside ``found.spec`` as faithfulness allows (see the
     module docstring). ``tolerance`` and ``min_accuracy`` as in ``discover``; the full model's
-    figures are the reference, as there. ``out``: a results folder (``discover``'s may be reused)."""
+    figures are the reference, as there. ``out``: a results folder (``discover``'s may be reused).
+    ``max_points``: the most exact points tried (each one forward per sample); the search stops
+    there with what it closed so far."""
     if granularity not in GRANULARITIES:
         raise InvalidInputError(f"granularity={granularity!r}: one of {GRANULARITIES}")
     if found.spec is None:
         raise InvalidInputError("the search found no faithful pathway to refine (found.spec is None)")
     check_rule(rule)
+    check_count(max_points, "max_points", allow_none=False)
     items = identify_all(samples)
     if granularity == "tokens" and len(items) != 1:
         raise InvalidInputError(f"granularity='tokens' refines one question at a time (got {len(items)}): token "
@@ -116,44 +130,33 @@ def refine(model, samples: Iterable, found: Discovery, granularity: str = "frame
     try:
         scorer = Scorer(model, items, num_frames, engine, store, progress, rule)
         estimates = _estimates(model, items, granularity, num_frames, rule)
-        labels = list(_groups(spec, granularity, scorer.prompts[0].token_map))
-        ranked = sorted(labels, key=lambda cell: -estimates.get(cell, 0.0))
-        base = spec.describe()
+        groups = candidates(spec, granularity, scorer.prompts[0].token_map)
+        ranked = sorted(groups, key=lambda g: -estimates.get((label(g[0]), g[1]), 0.0))
+        base, full = spec.describe(), scorer.full_accuracy
+        points: list[dict] = []
 
-        def setting(k: int) -> dict:
-            digest = hashlib.sha1(repr(ranked[:k]).encode()).hexdigest()[:12]
+        def faithful(pathway: RefinedPathway, chunk: int) -> bool:
+            names = [(label(g), layer) for g, layer in pathway.closed]
+            name = f"{base} | {granularity} closed {len(names)} {hashlib.sha1(repr(names).encode()).hexdigest()[:12]}"
+            figures = scorer.score({name: lambda i, prompt: pathway.layer_edges(prompt.token_map, n_layers)})[name]
+            ok = figures["rel_change"] >= -tolerance and figures["accuracy"] >= min_accuracy * full - 1e-12
+            points.append({"n_closed": len(names), "chunk": chunk, **figures, "faithful": ok})
+            return ok
 
-            def edges_of(i, prompt):
-                edges = spec.layer_edges(prompt.token_map, n_layers)
-                groups = _groups(spec, granularity, prompt.token_map)
-                for label, layer in ranked[:k]:
-                    edges[layer] = edges[layer] | groups[(label, layer)]()
-                return edges
-
-            return {f"{base} | {granularity} closed {k} {digest}": edges_of}
-
-        full = scorer.full_accuracy
-        points: dict[int, dict] = {}
-
-        def score(k: int) -> bool:
-            name, edges_of = next(iter(setting(k).items()))
-            figures = scorer.score({name: edges_of})[name]
-            faithful = figures["rel_change"] >= -tolerance and figures["accuracy"] >= min_accuracy * full - 1e-12
-            points[k] = {"n_closed": k, **figures, "faithful": faithful}
-            return faithful
-
-        low, high = 0, len(ranked)  # low: faithful (the spec itself, checked), high: the first unknown above
-        if not score(0):
-            high = 0
-        elif score(high):
-            low = high
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (middle, high) if score(middle) else (low, middle)
+        kept: list = []
+        chunks = [ranked] if faithful(RefinedPathway(spec, (), granularity), 0) and ranked else []
+        bar = tqdm(total=max_points, desc=f"refining ({granularity})", disable=not progress)
+        while chunks and len(points) < max_points:
+            chunk = chunks.pop(0)
+            if faithful(RefinedPathway(spec, tuple(kept + chunk), granularity), len(chunk)):
+                kept += chunk
+            elif len(chunk) > 1:
+                chunks[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+            bar.update()
+        bar.close()
     finally:
         if store is not None:
             store.close()
-    closed = pd.DataFrame([{"label": label, "layer": layer, "estimate": estimates.get((label, layer), 0.0)}
-                           for label, layer in ranked[:low]], columns=["label", "layer", "estimate"])  # fmt: skip
-    path = pd.DataFrame(sorted(points.values(), key=lambda r: r["n_closed"]))
-    return Refinement(spec, granularity, closed, path, len(ranked))
+    closed = pd.DataFrame([{"label": label(group), "layer": layer, "estimate": estimates.get((label(group), layer), 0.0)}
+                           for group, layer in kept], columns=["label", "layer", "estimate"])  # fmt: skip
+    return Refinement(spec, granularity, closed, pd.DataFrame(points), len(ranked), RefinedPathway(spec, tuple(kept), granularity))

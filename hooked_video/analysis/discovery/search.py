@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from hooked_video.analysis.accuracy import PAPER_RULE, check_rule
 from hooked_video.analysis.discovery.curve import baselines, resolve_preset
+from hooked_video.analysis.discovery.gates import gate_ranking
 from hooked_video.analysis.discovery.scoring import Scorer
 from hooked_video.analysis.pathways import FLOWS, PathwaySpec
 from hooked_video.core.checks import InvalidInputError, check_count
@@ -42,7 +43,7 @@ FLOW_NAMES = {"inter": "cross-frame", "v2q": "video->question", "q2l": "question
 FLOW_CONDITIONS = {"inter": ("cross-frame", "cross-frame"), "v2q": ("vql-to-ql", "video->question"),
                    "q2l": ("vql-to-ql", "question->last"), "v2l": ("vql-to-ql", "video->last")}  # fmt: skip
 BY = ("task", "sample")
-METHODS = ("exact", "atp")
+METHODS = ("exact", "atp", "gates")
 
 
 @dataclass
@@ -201,7 +202,7 @@ def _open(model, items: list, out, resume: bool, num_frames, rule: str):
 def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: float = 0.95, full_curve: bool = True,
              flows: Sequence[str] = PAPER_FLOWS, method: str = "exact", seeds: int = 0,
              preset: PathwaySpec | str | None = None, num_frames: int | None = 8, engine: str = "auto", rule: str = PAPER_RULE, out: str | Path | None = None,
-             resume: bool = True, progress: bool = True) -> Discovery:  # fmt: skip
+             resume: bool = True, progress: bool = True, gate_steps: int = 30, sparsity: float = 0.5) -> Discovery:  # fmt: skip
     """The smallest pathway that stays faithful on ``samples``, found by closing one layer at a
     time (see the module docstring), and the path to it.
 
@@ -216,7 +217,9 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
         method: "exact" (every closable layer scored by exact forwards at every step) or "atp" (the
             layers ranked once by attribution patching, ``attribution_ranking``, and tried in that
             order, exactly, until one stays faithful: about one candidate per step instead of up to
-            two per flow). Every figure of the path is exact either way.
+            two per flow) or "gates" (the same, in the order of learned continuous gates, one per
+            flow and layer, trained with a sparsity penalty: ``gates``). Every figure of the path is
+            exact either way.
         seeds: random pruning (the paper's rule: a share of each layer's causal edges at or after
             the video start, drawn uniformly) at the sizes of about ten steps of the path and of
             the found pathway, with this many seeds each, into ``found.curve``.
@@ -227,22 +230,29 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
             never computed again: a rerun of the same search replays its steps from the folder (one
             traced forward per sample, plus the ranking's backward with "atp"), and a search with
             other criteria, per task or per sample over the same questions reuses every row it shares.
+        gate_steps, sparsity: with "gates": Adam steps (each a forward and backward on up to 8
+            samples) and the penalty's weight on the share of the flows' edges kept
+            (``gates.gate_logits``).
     """
     items = identify_all(samples)
     if not items:
         raise InvalidInputError("no samples to discover a pathway on")
     return _search_groups(model, items, {"all": items}, tolerance, min_accuracy, full_curve, flows, method, seeds,
-                          preset, num_frames, engine, rule, out, resume, progress)["all"]  # fmt: skip
+                          preset, num_frames, engine, rule, out, resume, progress, gate_steps, sparsity)["all"]  # fmt: skip
 
 
 def _search_groups(model, items: list, groups: dict[str, list], tolerance, min_accuracy, full_curve, flows, method,
-                   seeds, preset, num_frames, engine, rule, out, resume, progress) -> dict[str, Discovery]:  # fmt: skip
+                   seeds, preset, num_frames, engine, rule, out, resume, progress, gate_steps,
+                   sparsity) -> dict[str, Discovery]:  # fmt: skip
     """One search per group of ``items`` (arguments checked once, one results folder for all)."""
     flows = _check(tolerance, min_accuracy, flows)
     check_rule(rule)
     if method not in METHODS:
         raise InvalidInputError(f"method={method!r}: one of {METHODS}")
     check_count(seeds, "seeds", minimum=0, allow_none=False)
+    check_count(gate_steps, "gate_steps", allow_none=False)
+    if not sparsity >= 0:
+        raise InvalidInputError(f"sparsity={sparsity!r}: the penalty's weight, a number >= 0")
     preset = resolve_preset(model, preset)
     store = _open(model, items, out, resume, num_frames, rule)
     stored = store.rows("rows") if store is not None else []  # read once for all groups
@@ -251,7 +261,11 @@ def _search_groups(model, items: list, groups: dict[str, list], tolerance, min_a
     try:
         for name, group in tqdm(groups.items(), desc="discovery per group", disable=not progress or alone):
             scorer = Scorer(model, group, num_frames, engine, store, progress and alone, rule, stored)
-            ranking = attribution_ranking(model, group, flows, num_frames, rule, progress and alone) if method == "atp" else None
+            ranking = None
+            if method == "atp":
+                ranking = attribution_ranking(model, group, flows, num_frames, rule, progress and alone)
+            elif method == "gates":
+                ranking = gate_ranking(model, group, flows, num_frames, gate_steps, sparsity, progress and alone)
             found[name] = greedy(scorer, tolerance, min_accuracy, full_curve, flows, progress and alone, ranking)
             found[name].curve = baselines(scorer, found[name], preset, seeds)
     finally:
@@ -262,7 +276,7 @@ def _search_groups(model, items: list, groups: dict[str, list], tolerance, min_a
 
 #: ``discover``'s settings and their defaults (``discover_each`` takes the same).
 _DEFAULTS = dict(tolerance=5.0, min_accuracy=0.95, full_curve=True, flows=PAPER_FLOWS, method="exact", seeds=0, preset=None,
-                 num_frames=8, engine="auto", rule=PAPER_RULE, out=None, resume=True, progress=True)
+                 num_frames=8, engine="auto", rule=PAPER_RULE, out=None, resume=True, progress=True, gate_steps=30, sparsity=0.5)
 
 
 def discover_each(model, samples: Iterable, by: str = "task", **kwargs) -> dict[str, Discovery]:
