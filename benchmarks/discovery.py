@@ -142,7 +142,7 @@ def refined_against_random(model, samples, found, seeds: int = 3) -> list[dict]:
             settings.update(random_setting(scorer, 1 - float(kept.retention), seed))
         random = pd.DataFrame(scorer.score(settings).values()).mean()
         out.append({"granularity": granularity, "seconds": round(seconds, 1), "candidates": finer.candidates,
-                    "closed": len(finer.closed), "points": len(finer.path), "retention": kept.retention,
+                    "closed": len(finer.closed), "untried": finer.untried, "points": len(finer.path), "retention": kept.retention,
                     "rel_change": kept.rel_change, "accuracy": kept.accuracy, "random_rel_change": random.rel_change,
                     "random_accuracy": random.accuracy})  # fmt: skip
         print(out[-1], flush=True)

@@ -83,6 +83,15 @@ def test_ranked_searches_find_the_same_pathway_with_fewer_forwards(toy, one_per_
         assert counts[method] < counts["exact"] / 2, method
     # the gates learned alone: the model's weights unchanged, their gradients switched back on
     assert all(torch.equal(p, weights[name]) and p.requires_grad for name, p in toy.hf_model.named_parameters())
+    frozen = next(toy.hf_model.parameters())
+    frozen.requires_grad_(False)  # a parameter the user froze stays frozen
+    try:
+        from hooked_video.analysis.discovery.gates import gate_logits
+
+        theta = gate_logits(toy, identify_all(one_per_task[:2]), ("inter", "v2q"), 8, steps=1)
+        assert theta.shape == (2, toy.cfg.n_layers) and not frozen.requires_grad
+    finally:
+        frozen.requires_grad_(True)
 
 
 def test_a_closed_gate_equals_hf_with_explicit_per_layer_masks(arch, deep, deep_prompt, deep_paths):
@@ -97,9 +106,13 @@ def test_a_closed_gate_equals_hf_with_explicit_per_layer_masks(arch, deep, deep_
     question[tm.question] = True
     theta = torch.full((2, 4), 40.0)
     theta[0, 0] = theta[1, 2] = -40.0
-    logits = deep.run_with_hooks(deep.embed(deep_prompt), fwd_hooks=gate_hooks(theta, flow_masks(tm, ("inter", "v2q"), 4)))
-    blocked = {0: video[:, None] & video[None, :] & (frame[None, :] < frame[:, None]), 2: question[:, None] & video[None, :]}
-    masks = {layer: torch.where(b | ~torch.ones_like(b).tril(), torch.finfo(torch.float32).min, 0.0)[None, None]
+    last_self = torch.zeros(len(video), len(video), dtype=torch.bool)
+    last_self[-1, -1] = True  # blocked in every layer, as the search's first step blocks last -> last
+    hooks = gate_hooks(theta, flow_masks(tm, ("inter", "v2q"), 4), blocked=last_self)
+    logits = deep.run_with_hooks(deep.embed(deep_prompt), fwd_hooks=hooks)
+    blocked = {0: video[:, None] & video[None, :] & (frame[None, :] < frame[:, None]), 1: torch.zeros_like(last_self),
+               2: question[:, None] & video[None, :], 3: torch.zeros_like(last_self)}  # fmt: skip
+    masks = {layer: torch.where(b | last_self | ~torch.ones_like(b).tril(), torch.finfo(torch.float32).min, 0.0)[None, None]
              for layer, b in blocked.items()}  # fmt: skip
     hf = load_hf(deep_paths[arch], deep)
     expected = last_probs(hf, deep_prompt.inputs, masks)[0]
@@ -237,6 +250,7 @@ def test_cli_discover_writes_the_curve_and_refuses_a_users_file(tmp_path, one_pe
     summary = json.loads((out / "summary.json").read_text())
     assert summary["found"]["all samples"]["samples"] == 3 and {r["pathway"] for r in summary["curve"]["all samples"]} == {
         "discovered", "random", "preset"}
+    assert main([*args, "--refine-points", "6"]) == 2 and "--refine-points applies only" in capsys.readouterr().err
     assert main([*args, "--refine", "cells", "--refine-points", "6"]) == 0  # a rerun replaces its own files
     refined = json.loads((out / "summary.json").read_text())["refine"]
     assert refined["granularity"] == "cells" and 1 <= len(refined["path"]) <= 6
@@ -260,12 +274,21 @@ def test_refine_closes_frame_pairs_the_planted_toy_does_not_need(toy, one_per_ta
     assert path.loc[0].n_closed == 0 and path.loc[0].faithful
     n = len(finer.closed)
     assert 0 < n < finer.candidates
-    kept = path[path.faithful]
-    assert kept.n_closed.iloc[-1] == n and kept.retention.iloc[-1] < path.loc[0].retention
-    assert kept.n_closed.is_monotonic_increasing and not path.iloc[1:][~path.faithful.iloc[1:]].empty
-    # every rejected point was unfaithful, every kept one faithful, by the search's own criteria
-    assert ((path.rel_change >= -5) & (path.accuracy >= 0.95 * found.full_accuracy - 1e-12)).eq(path.faithful).all()
+    # replay the search from its points: each tries the groups kept so far plus a chunk, a chunk stays
+    # closed only where the point was faithful, a failed chunk is tried again in halves
+    kept, pending = 0, [finer.candidates]
+    for _, point in path.iloc[1:].iterrows():
+        chunk = pending.pop(0)
+        assert point.chunk == chunk and point.n_closed == kept + chunk
+        if point.faithful:
+            kept += chunk
+        elif chunk > 1:
+            pending[:0] = [chunk // 2, chunk - chunk // 2]
+    assert kept == n and sum(pending) == finer.untried and not path.faithful.iloc[1:].all()
+    assert path[path.faithful].retention.iloc[-1] < path.loc[0].retention
     assert "Refinement of INTER" in repr(finer) and f"{n} of {finer.candidates}" in repr(finer)
+    strict = discovery.refine(toy, one_per_task, found, tolerance=0, min_accuracy=1, progress=False)
+    assert len(strict.path) == 1 and strict.closed.empty and "itself is not faithful" in repr(strict)
 
 
 def test_a_refined_pathway_round_trips_through_evaluate(toy, one_per_task):
@@ -283,10 +306,15 @@ def test_a_refined_pathway_round_trips_through_evaluate(toy, one_per_task):
     assert report.retention.loc["pathways", "retention"] == pytest.approx(last.retention, rel=1e-9)
     assert report.accuracy.loc["overall", "pathways"] == pytest.approx(last.accuracy)
     assert finer.pathway.settings()["closed"][0] == [finer.closed.label[0], int(finer.closed.layer[0])]
+    line = next(l for l in viz.faithfulness_curve(found, refined=finer).axes[0].lines if l.get_label() == "refined: cells")
+    assert list(line.get_xdata()) == pytest.approx(list(finer.path[finer.path.faithful].retention * 100))
     assert "minus" in finer.pathway.describe()
+    assert discovery.RefinedPathway.from_settings(json.loads(json.dumps(finer.pathway.settings()))) == finer.pathway
     other = pathways.PathwaySpec(inter=None, v2q=(0, 1), q2l=None, n_layers=12)
     with pytest.raises(pathways.InvalidInputError, match="token grid"):
         discovery.RefinedPathway(other, ((("cell->question", 99, 0, 0), 0),), "cells").layer_edges(tm, 12)
+    with pytest.raises(pathways.InvalidInputError, match="unknown edge group"):
+        discovery.RefinedPathway(other, ((("cell->questions", 0, 0, 0), 0),), "cells")
 
 
 def test_refined_edges_equal_hf_with_explicit_per_layer_masks(arch, deep, deep_prompt, deep_paths):

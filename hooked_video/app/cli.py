@@ -356,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let video -> last open too (the paper's rule always blocks it)")
     p.add_argument("--refine", choices=["frame-pairs", "cells"], default=None,
                    help="then close the finer edge groups inside the found ranges that the model does not need: frame "
-                        "pairs (frame i -> frame j, frame i -> question) or video cells (cell -> question, cell -> "
-                        "last), ranked by attribution, confirmed exactly")
+                        "pairs (frame i -> frame j, frame i -> question) or video cells (cell -> question; cell -> "
+                        "last too with --video-to-last), ranked by attribution, confirmed exactly")
     p.add_argument("--refine-points", type=_whole_number(1), default=64,
                    help="the most exact points the refinement tries (each one forward per sample)")
     p.add_argument("--stop-at-faithful", action="store_true",

@@ -299,7 +299,8 @@ def run_discover(args) -> None:
                                  tolerance=args.tolerance, min_accuracy=args.min_accuracy, num_frames=args.frames,
                                  engine=args.engine, rule=args.rule, out=args.out, resume=not args.fresh,
                                  max_points=args.refine_points)  # fmt: skip
-        summary["refine"] = {"granularity": args.refine, "candidates": finer.candidates, "pathway": finer.pathway.settings(),
+        summary["refine"] = {"granularity": args.refine, "candidates": finer.candidates, "untried": finer.untried,
+                             "pathway": finer.pathway.settings(),
                              "closed": json.loads(finer.closed.to_json(orient="records")),
                              "path": json.loads(finer.path.to_json(orient="records"))}  # fmt: skip
     _write_summary(args, summary)
@@ -309,8 +310,8 @@ def run_discover(args) -> None:
         print(finer)
     if args.by == "model":
         one = found["all samples"]
-        save_figure(faithfulness_curve(one, title=f"{args.model}: pathway search"), Path(args.out, "curve.png"),
-                    overwrite=args.overwrite, dpi=120)  # fmt: skip
+        figure = faithfulness_curve(one, title=f"{args.model}: pathway search", refined=[finer] if args.refine else ())
+        save_figure(figure, Path(args.out, "curve.png"), overwrite=args.overwrite, dpi=120)
         if one.curve is not None:
             print(one.curve.groupby("pathway")[["retention", "rel_change", "accuracy"]].agg(["min", "max"]).round(3).to_string())
         print(f"curve: {Path(args.out, 'curve.png')}")

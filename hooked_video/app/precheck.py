@@ -40,6 +40,8 @@ def check_names(args) -> None:
         raise ValueError(f"unknown target(s) {unknown}; known: {known}")
     if args.command == "discover" and args.refine and args.by != "model":
         raise ValueError(f"--refine refines the pathway found over all samples; drop --by {args.by}")
+    if args.command == "discover" and not args.refine and args.refine_points != 64:
+        raise ValueError("--refine-points applies only with --refine frame-pairs or --refine cells; add one, or drop it")
     if args.command == "discover" and args.preset not in ("auto", "none", *PRESET_NAMES):
         raise ValueError(f"unknown preset {args.preset!r} (--preset); presets: {PRESET_NAMES}, 'auto' or 'none'")
     if args.command == "prune":

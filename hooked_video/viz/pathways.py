@@ -11,12 +11,14 @@ from hooked_video.viz.html import StaticFigure
 PANELS = {"accuracy": "accuracy", "kept": "P(full model's top token) kept (%)"}
 
 
-def faithfulness_curve(found, title: str = "") -> Figure:
+def faithfulness_curve(found, title: str = "", refined=()) -> Figure:
     """Two panels over the share of attention edges kept (%): accuracy, and the full model's
     top-token probability kept (100 + mean relative change). ``found`` is a ``Discovery`` (its
     ``curve``, else its ``path``) or such a table. The discovered path is a line with its found
     pathway starred, random pruning the mean over seeds with the seeds' range shaded, the preset
-    one marker, the full model's accuracy a dotted line."""
+    one marker, the full model's accuracy a dotted line. ``refined``: ``discovery.refine``
+    results (one or several), each drawn as the line of its faithful points below the pathway it
+    refined."""
     table = found if isinstance(found, pd.DataFrame) else (found.curve if found.curve is not None else found.path)
     full_accuracy = table.attrs.get("full_accuracy", getattr(found, "full_accuracy", None))
     if "pathway" not in table:
@@ -36,6 +38,10 @@ def faithfulness_curve(found, title: str = "") -> Figure:
             spread = random.groupby("x")[value].agg(["mean", "min", "max"]).sort_index()
             ax.plot(spread.index, spread["mean"], "--s", markersize=3, color="C1", label="random pruning (mean)")
             ax.fill_between(spread.index, spread["min"], spread["max"], color="C1", alpha=0.2, linewidth=0)
+        for i, finer in enumerate([refined] if hasattr(refined, "path") else refined):
+            kept = finer.path[finer.path.faithful].sort_values("n_closed")
+            y = kept.accuracy if value == "accuracy" else 100 + kept.rel_change
+            ax.plot(kept.retention * 100, y, "-^", markersize=4, color=f"C{3 + i}", label=f"refined: {finer.granularity}")
         preset = table[table.pathway == "preset"]
         if len(preset):
             ax.plot(preset.x, preset[value], "D", markersize=7, color="C2", label="preset")

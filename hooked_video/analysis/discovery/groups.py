@@ -17,6 +17,7 @@ and ``pathways.faithfulness`` take it as they take a spec::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -49,6 +50,19 @@ def label(group: Group) -> str:
     return f"{source} {where}->{target}"
 
 
+def parse(text: str) -> Group:
+    """The group a ``label`` names (``parse(label(g)) == g``)."""
+    match = re.fullmatch(r"(frame|token|cell) ([\d,]+)->(frame (\d+)|question|last)", text)
+    if match is None:
+        raise InvalidInputError(f"{text!r} names no edge group (e.g. 'frame 0->frame 3', 'token 4->last', "
+                                "'cell 2,1,0->question')")  # fmt: skip
+    source, place, target, target_frame = match.groups()
+    numbers = tuple(int(x) for x in place.split(","))
+    if target_frame is not None:
+        return ("frame->frame", *numbers, int(target_frame))
+    return (f"{source}->{target}", *numbers)
+
+
 def _places(kind: str, tm: TokenMap) -> list[tuple[int, ...]]:
     if kind == "frame->frame":
         return [(i, j) for j in range(tm.n_frames) for i in range(j)]
@@ -73,6 +87,9 @@ def candidates(spec: PathwaySpec, granularity: str, tm: TokenMap) -> list[tuple[
 def _endpoints(group: Group, tm: TokenMap, cells: Int[torch.Tensor, "T H W"]) -> tuple[torch.Tensor, torch.Tensor]:
     """(source positions, target positions) of one group in a prompt."""
     kind, *place = group
+    if kind in ("frame->frame", "frame->question") and max(place) >= tm.n_frames:
+        raise InvalidInputError(f"this pathway closes frame {max(place)}, but the prompt has {tm.n_frames} frames: "
+                                "frame groups belong to one number of frames")  # fmt: skip
     if kind == "frame->frame":
         return tm.frame_group(place[0]), tm.frame_group(place[1])
     if kind == "frame->question":
@@ -82,10 +99,12 @@ def _endpoints(group: Group, tm: TokenMap, cells: Int[torch.Tensor, "T H W"]) ->
             raise InvalidInputError(f"this pathway closes question token {place[0]}, but the prompt's question block has "
                                     f"{len(tm.question)} tokens: token groups belong to one question")  # fmt: skip
         return tm.question[place[0] : place[0] + 1], tm.last
-    if any(not 0 <= x < n for x, n in zip(place, cells.shape)) or cells[tuple(place)] < 0:
+    if len(place) != 3 or any(not 0 <= x < n for x, n in zip(place, cells.shape)):
         raise InvalidInputError(f"this pathway closes video cell {tuple(place)}, which the prompt's token grid "
                                 f"{tuple(cells.shape)} does not have: cell groups belong to one grid layout")  # fmt: skip
-    return cells[tuple(place)].reshape(1), (tm.question if kind == "cell->question" else tm.last)
+    position = cells[tuple(place)].reshape(1)
+    source = position[position >= 0]  # a frame whose processor dropped the cell: nothing to close
+    return source, (tm.question if kind == "cell->question" else tm.last)
 
 
 def close(edges: dict[int, ko.EdgeSet], groups: Sequence[tuple[Group, int]], tm: TokenMap) -> dict[int, ko.EdgeSet]:
@@ -115,7 +134,12 @@ class RefinedPathway:
     granularity: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "closed", tuple((tuple(g), int(layer)) for g, layer in self.closed))
+        closed = tuple((tuple(g), int(layer)) for g, layer in self.closed)
+        kinds = {kind for _, kind in (pair for pairs in SPLITS.values() for pair in pairs)}
+        wrong = [g for g, _ in closed if not g or g[0] not in kinds]
+        if wrong:
+            raise InvalidInputError(f"unknown edge group {wrong[0]!r}: a group is (kind, *place) with kind one of {sorted(kinds)}")
+        object.__setattr__(self, "closed", closed)
 
     @property
     def n_layers(self) -> int | None:
@@ -143,3 +167,11 @@ class RefinedPathway:
 
     def describe(self) -> str:
         return f"{self.spec.describe()} minus {len(self.closed)} {self.granularity} groups"
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "RefinedPathway":
+        """The pathway ``settings()`` recorded (e.g. ``summary.json``'s ``refine.pathway`` of
+        ``hooked-video discover --refine``)."""
+        fields = {k: v for k, v in settings.items() if k not in ("granularity", "closed")}
+        spec = PathwaySpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()})
+        return cls(spec, tuple((parse(text), layer) for text, layer in settings["closed"]), settings["granularity"])

@@ -53,6 +53,8 @@ class Refinement:
             retention, rel_change, flipped, accuracy, faithful (the chunk then stays closed).
         candidates: how many finer groups the spec's ranges hold.
         pathway: the refined pathway (``spec`` with ``closed`` closed), for ``pathways.evaluate``.
+        untried: groups never tried because the search reached ``max_points`` (0: every group was
+            tried, alone or in a chunk).
     """
 
     spec: object
@@ -61,12 +63,19 @@ class Refinement:
     path: pd.DataFrame
     candidates: int
     pathway: RefinedPathway | None = None
+    untried: int = 0
 
     def __repr__(self) -> str:
-        row = self.path[self.path.faithful].iloc[-1]
+        faithful = self.path[self.path.faithful]
+        if faithful.empty:
+            row = self.path.iloc[0]
+            return (f"Refinement of {self.spec.describe()}: the pathway itself is not faithful on these samples (change "
+                    f"{row.rel_change:+.2f}%, accuracy {row.accuracy:.3f}); nothing closed")  # fmt: skip
+        row = faithful.iloc[-1]
+        stopped = f"; {self.untried} not tried (max_points reached)" if self.untried else ""
         return (f"Refinement of {self.spec.describe()}: {len(self.closed)} of {self.candidates} {self.granularity} groups "
                 f"closed, keeps {row.retention:.1%} of the edges, change {row.rel_change:+.2f}%, accuracy "
-                f"{row.accuracy:.3f}")  # fmt: skip
+                f"{row.accuracy:.3f}{stopped}")  # fmt: skip
 
 
 def _estimates(model, items: list, granularity: str, num_frames, rule: str) -> dict[tuple[str, int], float]:
@@ -129,8 +138,8 @@ def refine(model, samples: Iterable, found: Discovery, granularity: str = "frame
     store = _open(model, items, out, resume, num_frames, rule)
     try:
         scorer = Scorer(model, items, num_frames, engine, store, progress, rule)
+        groups = _candidates(spec, granularity, [p.token_map for p in scorer.prompts])
         estimates = _estimates(model, items, granularity, num_frames, rule)
-        groups = candidates(spec, granularity, scorer.prompts[0].token_map)
         ranked = sorted(groups, key=lambda g: -estimates.get((label(g[0]), g[1]), 0.0))
         base, full = spec.describe(), scorer.full_accuracy
         points: list[dict] = []
@@ -144,19 +153,31 @@ def refine(model, samples: Iterable, found: Discovery, granularity: str = "frame
             return ok
 
         kept: list = []
-        chunks = [ranked] if faithful(RefinedPathway(spec, (), granularity), 0) and ranked else []
-        bar = tqdm(total=max_points, desc=f"refining ({granularity})", disable=not progress)
-        while chunks and len(points) < max_points:
-            chunk = chunks.pop(0)
-            if faithful(RefinedPathway(spec, tuple(kept + chunk), granularity), len(chunk)):
-                kept += chunk
-            elif len(chunk) > 1:
-                chunks[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+        with tqdm(total=max_points, desc=f"refining ({granularity})", disable=not progress) as bar:
+            chunks = [ranked] if faithful(RefinedPathway(spec, (), granularity), 0) and ranked else []
             bar.update()
-        bar.close()
+            while chunks and len(points) < max_points:
+                chunk = chunks.pop(0)
+                if faithful(RefinedPathway(spec, tuple(kept + chunk), granularity), len(chunk)):
+                    kept += chunk
+                elif len(chunk) > 1:
+                    chunks[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+                bar.update()
     finally:
         if store is not None:
             store.close()
     closed = pd.DataFrame([{"label": label(group), "layer": layer, "estimate": estimates.get((label(group), layer), 0.0)}
                            for group, layer in kept], columns=["label", "layer", "estimate"])  # fmt: skip
-    return Refinement(spec, granularity, closed, pd.DataFrame(points), len(ranked), RefinedPathway(spec, tuple(kept), granularity))
+    return Refinement(spec, granularity, closed, pd.DataFrame(points), len(ranked), RefinedPathway(spec, tuple(kept), granularity),
+                      sum(len(chunk) for chunk in chunks))  # fmt: skip
+
+
+def _candidates(spec, granularity: str, maps: list) -> list:
+    """The finer groups of every prompt (a compressed frame lacks some cells), in first-seen order;
+    the prompts must share one token grid (frames and cells are named by place)."""
+    shapes = {tm.grid_shape for tm in maps}
+    if granularity != "tokens" and len(shapes) > 1:
+        raise InvalidInputError(f"granularity={granularity!r} names frames and cells by place, but these prompts have "
+                                f"token grids {sorted(shapes)} (T, H, W): refine questions of one layout (the same "
+                                "frames and resolution) together")  # fmt: skip
+    return list(dict.fromkeys(group for tm in maps for group in candidates(spec, granularity, tm)))

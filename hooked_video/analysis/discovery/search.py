@@ -228,7 +228,8 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
         rule: the accuracy rule (``accuracy.RULES``; the paper's by default).
         out: a results folder: every scored (setting, sample) row is stored as it is computed and
             never computed again: a rerun of the same search replays its steps from the folder (one
-            traced forward per sample, plus the ranking's backward with "atp"), and a search with
+            traced forward per sample, plus the ranking's backward with "atp", or the gates' training
+            with "gates", whose order can then differ slightly and score a few new rows), and a search with
             other criteria, per task or per sample over the same questions reuses every row it shares.
         gate_steps, sparsity: with "gates": Adam steps (each a forward and backward on up to 8
             samples) and the penalty's weight on the share of the flows' edges kept
