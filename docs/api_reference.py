@@ -34,6 +34,7 @@ API_MODULES = [
                                  "hooked_video.analysis.discovery.search", "hooked_video.analysis.discovery.curve",
                                  "hooked_video.analysis.discovery.scoring", "hooked_video.analysis.discovery.refine",
                                  "hooked_video.analysis.discovery.groups", "hooked_video.analysis.discovery.gates",
+                                 "hooked_video.analysis.discovery.blocks", "hooked_video.analysis.discovery.ranked",
                                  "hooked_video.analysis.accuracy"]),
     ("data/: datasets", ["hooked_video.data.mcqa", "hooked_video.data.layout", "hooked_video.data.benchmarks",
                          "hooked_video.data.synthetic"]),
@@ -95,6 +96,10 @@ NAMES = [
      "the smallest faithful pathway found from data (layers closed one at a time, exact), per model, task or "
      "sample, its faithfulness-size curve against random pruning and the preset, and the frame pairs, "
      "question tokens or video cells inside it"),
+    ("discovery.size_curve, BlockPathway", ["hooked_video.analysis.discovery.ranked.size_curve",
+                                            "hooked_video.analysis.discovery.blocks.BlockPathway"],
+     "the faithfulness-size curve over every attention edge, down to one edge per row: block groups ranked by "
+     "attribution, each size exact, beside random pruning and the preset"),
     ("pathways.faithfulness", ["hooked_video.analysis.pathways.faithfulness"],
      "is a pathway enough (everything outside it knocked out) and is each of its flows needed (each cut)"),
     ("accuracy.accuracy", ["hooked_video.analysis.accuracy.accuracy"], "multiple-choice accuracy per task"),

@@ -255,11 +255,22 @@ def test_cli_discover_writes_the_curve_and_refuses_a_users_file(tmp_path, one_pe
     refined = json.loads((out / "summary.json").read_text())["refine"]
     assert refined["granularity"] == "cells" and 1 <= len(refined["path"]) <= 6
     assert len(refined["pathway"]["closed"]) == len(refined["closed"]) and "cells groups closed" in capsys.readouterr().out
+    assert main([*args, "--size-curve"]) == 0
+    drawn = json.loads((out / "summary.json").read_text())["size_curve"]
+    table = pd.read_csv(out / "size_curve.csv")
+    assert set(table.pathway) == {"ranked", "random", "preset"} and len(table) == len(drawn["points"])
+    assert "SizeCurve over 3 samples" in capsys.readouterr().out
+    if drawn["smallest"] is not None:
+        assert discovery.BlockPathway.from_settings(drawn["smallest"]).n_layers == 12
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "curve.png").write_bytes(b"a figure of the user's")
     assert main([*args[:6], str(mine), *args[7:]]) == 2
     assert "curve.png" in capsys.readouterr().err and (mine / "curve.png").read_bytes() == b"a figure of the user's"
+    (mine / "curve.png").unlink()
+    (mine / "size_curve.csv").write_text("a table of the user's")
+    assert main([*args[:6], str(mine), *args[7:], "--size-curve"]) == 2
+    assert "size_curve.csv" in capsys.readouterr().err and (mine / "size_curve.csv").read_text() == "a table of the user's"
 
 
 def test_refine_closes_frame_pairs_the_planted_toy_does_not_need(toy, one_per_task):

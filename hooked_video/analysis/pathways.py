@@ -50,7 +50,15 @@ PRESETS: dict[str, dict] = {
     # Not the paper's: the bundled toy trained to use exactly this pathway (hooked_video.zoo.planted).
     "toy-planted": dict(inter=(1, 3), v2q=(4, 7), q2l=(8, 10), n_layers=12, random_fraction=None,
                         checkpoint="toy-planted", family="llava_next_video"),
+    # Not the paper's: the bundled toys' ranges read off their own knockout curves the paper's way
+    # (PathwaySpec.from_sweep, threshold 10%, window 9, 20 synthetic temporal questions; benchmarks/discovery.py --toy-presets).
+    "toy-video-ft": dict(inter=(0, 7), v2q=(0, 4), q2l=(7, 11), n_layers=12, random_fraction=None,
+                         checkpoint="toy-video-ft", family="llava_next_video"),
+    "toy16-video-ft": dict(inter=None, v2q=(0, 15), q2l=(4, 15), n_layers=16, random_fraction=None,
+                           checkpoint="toy16-video-ft", family="llava_next_video"),
 }
+#: Presets that are only a sweep's reading (``from_sweep``) of a bundled toy: ``reproduce`` reads its own sweep instead.
+SWEEP_READ_PRESETS = ("toy-video-ft", "toy16-video-ft")
 RANDOM_FRACTIONS = ("run", "sample")
 
 def preset_for(model) -> str | None:

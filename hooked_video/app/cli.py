@@ -86,6 +86,7 @@ Each command's --help lists its options and examples. HOOKED_VIDEO_DEBUG=1 shows
     "discover": "examples:\n  hooked-video discover --model toy-planted --data syn/ --out runs/discover\n"
                 "  hooked-video discover --model M --data TVBench/ --samples 32 --preset llava-next-7b-video-ft --out runs/d\n"
                 "  hooked-video discover --model M --data TVBench/ --by task --seeds 0 --out runs/per-task\n"
+                "  hooked-video discover --model toy16-video-ft --data syn/ --size-curve --out runs/curve\n"
                 "A rerun with the same --out reuses every stored forward (also at another --tolerance); --fresh starts over.",
     "reproduce": "example:\n  hooked-video reproduce --model byminji/LLaVA-NeXT-7B-Video-FT \\\n"
                  "      --image-model llava-hf/llava-v1.6-vicuna-7b-hf --data TVBench/ --tomato TOMATO/ --out runs/paper",
@@ -362,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the most exact points the refinement tries (each one forward per sample)")
     p.add_argument("--stop-at-faithful", action="store_true",
                    help="stop at the first unfaithful step instead of closing every layer (about half the forwards)")
+    p.add_argument("--size-curve", action="store_true",
+                   help="also the faithfulness-size curve over every attention edge, down to one edge per row: block "
+                        "groups (prefix, each frame, question, text, last) x layers ranked by attribution and closed "
+                        "least harmful first, each size exact, beside random pruning and the preset (size_curve.csv)")
 
     p = _command(sub, "reproduce", "the paper's pipeline on a video model (and an image model), with a report")
     p.add_argument("--model", required=True, help="the video model (e.g. byminji/LLaVA-NeXT-7B-Video-FT)")

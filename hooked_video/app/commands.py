@@ -303,14 +303,25 @@ def run_discover(args) -> None:
                              "pathway": finer.pathway.settings(),
                              "closed": json.loads(finer.closed.to_json(orient="records")),
                              "path": json.loads(finer.path.to_json(orient="records"))}  # fmt: skip
+    curve = None
+    if args.size_curve:
+        curve = discovery.size_curve(model, samples, seeds=args.seeds, preset=kwargs["preset"], min_accuracy=args.min_accuracy,
+                                     num_frames=args.frames, engine=args.engine, rule=args.rule, out=args.out,
+                                     resume=not args.fresh)  # fmt: skip
+        write_text(Path(args.out, "size_curve.csv"), curve.table.to_csv(index=False), overwrite=args.overwrite)
+        summary["size_curve"] = {"smallest": curve.smallest and curve.smallest.settings(),
+                                 "points": json.loads(curve.table.to_json(orient="records"))}  # fmt: skip
     _write_summary(args, summary)
     for name, one in found.items():
         print(f"{name}: {one}")
     if args.refine:
         print(finer)
+    if curve is not None:
+        print(curve)
     if args.by == "model":
         one = found["all samples"]
-        figure = faithfulness_curve(one, title=f"{args.model}: pathway search", refined=[finer] if args.refine else ())
+        figure = faithfulness_curve(one, title=f"{args.model}: pathway search", refined=[finer] if args.refine else (),
+                                    ranked=curve)  # fmt: skip
         save_figure(figure, Path(args.out, "curve.png"), overwrite=args.overwrite, dpi=120)
         if one.curve is not None:
             print(one.curve.groupby("pathway")[["retention", "rel_change", "accuracy"]].agg(["min", "max"]).round(3).to_string())

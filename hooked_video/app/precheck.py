@@ -123,6 +123,6 @@ def check_out(args) -> None:
     out = getattr(args, "out", None)
     if out is None or args.command in ("tokens", "info", "build-tiny"):
         return
-    names = {"demo": DEMO_FILES, "reproduce": REPORT_FILES, "discover": ("summary.json", "curve.png")}.get(
+    names = {"demo": DEMO_FILES, "reproduce": REPORT_FILES, "discover": ("summary.json", "curve.png", "size_curve.csv")}.get(
         args.command, ("summary.json",))
     check_folder(out, names, getattr(args, "overwrite", False))

@@ -247,8 +247,8 @@ def _pathway_spec(model, sweep: pd.DataFrame, spec) -> tuple[pathways.PathwaySpe
     if spec is not None:
         return spec, "given"
     preset = pathways.preset_for(model)
-    if preset is not None:
-        return pathways.PathwaySpec.preset(preset), f"the paper's preset {preset!r}"
+    if preset is not None and preset not in pathways.SWEEP_READ_PRESETS:
+        return pathways.PathwaySpec.preset(preset), f"the preset {preset!r}"
     if sweep.empty:
         return pathways.PathwaySpec(None, None, None, n_layers=model.cfg.n_layers), "no correctly answered sample to derive ranges"
     return pathways.PathwaySpec.from_sweep(sweep), "derived from this sweep (mean drop > 10%)"

@@ -61,9 +61,11 @@ def group_effects(grads: PatternGradients, mask: Bool[torch.Tensor, "query key"]
 
 
 def pair_effects(grads: PatternGradients, query_groups: list[torch.Tensor], key_groups: list[torch.Tensor],
-                 per_head: bool = False, integrated: bool = False) -> Float[torch.Tensor, "layer *head qgroup kgroup"]:  # fmt: skip
+                 per_head: bool = False, integrated: bool = False,
+                 self_edges: bool = True) -> Float[torch.Tensor, "layer *head qgroup kgroup"]:  # fmt: skip
     """Effect of blocking key group j from query group i, for every (i, j) at once, per layer:
-    (layer, [head,] n_query_groups, n_key_groups); a pair with no causal edge is 0."""
+    (layer, [head,] n_query_groups, n_key_groups); a pair with no causal edge is 0.
+    ``self_edges=False``: each query keeps its own edge (query = key) open."""
     pattern = grads.pattern
     device = pattern.device
     onehot = torch.zeros(pattern.shape[-1], len(key_groups), device=device)
@@ -77,6 +79,11 @@ def pair_effects(grads: PatternGradients, query_groups: list[torch.Tensor], key_
             q = torch.as_tensor(positions, device=device)
             weighted = grads.weighted[layer][..., q, :]
             s_k, p_k, s = weighted @ onehot, pattern[layer][..., q, :] @ onehot, weighted.sum(-1, keepdim=True)
+            if not self_edges:  # take each row's own entry out of the key groups that hold it
+                rows = torch.arange(len(q), device=device)
+                own = onehot[q]  # (rows, key groups)
+                s_k = s_k - weighted[..., rows, q, None] * own
+                p_k = p_k - pattern[layer][..., q, :][..., rows, q, None] * own
             per_group.append(_effect(s_k, p_k, s, alphas, integrated).sum(-2).mean(0))  # (heads, key groups)
         out.append(torch.stack(per_group, -2))  # (heads, query groups, key groups)
     stacked = torch.stack(out).cpu()

@@ -39,7 +39,8 @@ class PatternGradients:
 
 
 def pattern_gradients(model, embedded, answer: int | None = None, gate: Bool[torch.Tensor, "query key"] | None = None,
-                      alphas: Float[torch.Tensor, "batch"] | None = None) -> PatternGradients:  # fmt: skip
+                      alphas: Float[torch.Tensor, "batch"] | None = None,
+                      blocked: dict[int, Bool[torch.Tensor, "query key"]] | None = None) -> PatternGradients:  # fmt: skip
     """Patterns and their gradients for one embedded prompt (``model.embed(prompt)``).
 
     Args:
@@ -47,6 +48,8 @@ def pattern_gradients(model, embedded, answer: int | None = None, gate: Bool[tor
             first batch item's argmax, the baseline answer when that item is the clean model).
         gate: edges (query, key) scaled by ``alphas`` in every layer (None: no gate).
         alphas: one gate value per batch item (default: one item at 1, the clean model).
+        blocked: layer -> edges knocked out there (their entries zeroed and the rows
+            renormalised, which is the knockout's softmax): the gradients of a pruned model.
     """
     n_layers = model.cfg.n_layers
     alphas = torch.ones(1) if alphas is None else torch.as_tensor(alphas, dtype=torch.float32).reshape(-1)
@@ -57,7 +60,12 @@ def pattern_gradients(model, embedded, answer: int | None = None, gate: Bool[tor
         gated = gate.to(device)
         scale = 1 - (1 - alphas.to(device).view(-1, 1, 1, 1)) * gated  # (batch, 1, N, N)
 
+    knocked = {layer: mask.to(device) for layer, mask in (blocked or {}).items() if mask.any()}
+
     def keep(pattern, hook):
+        if hook.layer() in knocked:
+            pattern = pattern.masked_fill(knocked[hook.layer()], 0)
+            pattern = pattern / pattern.sum(-1, keepdim=True)
         if scale is not None:
             weights = pattern * scale.to(pattern.dtype)
             pattern = weights / weights.sum(-1, keepdim=True)

@@ -45,6 +45,31 @@ def random_setting(scorer, fraction: float, seed: int) -> dict:
                                                        sample_seed(seed, scorer.ids[i]))}  # fmt: skip
 
 
+def preset_row(scorer, preset: PathwaySpec) -> dict:
+    """The preset scored on the scorer's samples, as a curve row."""
+    preset.check_model(scorer.model)
+    name = preset.describe()
+    figures = scorer.score({name: lambda i, prompt: preset.layer_edges(prompt.token_map, scorer.n_layers)})[name]
+    return {"pathway": "preset", "step": np.nan, "seed": np.nan, **figures}
+
+
+def random_rows(scorer, fractions: dict, seeds: int) -> tuple[list[dict], list]:
+    """Random pruning at each ``fractions`` value (key -> pruned share; the key names the point in
+    the rows' ``step``), ``seeds`` seeds each, all scored side by side: (rows, keys of the shares
+    the paper's rule cannot reach on these prompts)."""
+    skipped, points, settings = [], [], {}
+    for key, fraction in fractions.items():
+        if not _reachable(scorer, fraction):  # the rule draws only among pairs at or after the video start
+            skipped.append(key)
+            continue
+        for seed in range(seeds):
+            setting = random_setting(scorer, fraction, seed)
+            settings.update(setting)
+            points.append((key, seed, next(iter(setting))))
+    scored = scorer.score(settings)  # all points of a sample side by side in the engine
+    return [{"pathway": "random", "step": key, "seed": seed, **scored[name]} for key, seed, name in points], skipped
+
+
 def baselines(scorer, found, preset: PathwaySpec | None, seeds: int) -> pd.DataFrame | None:
     """``found.path`` as the "discovered" curve, plus random pruning at about ``RANDOM_POINTS`` of
     its sizes and at the found pathway's (``seeds`` seeds each), plus ``preset``: one row per point
@@ -55,25 +80,12 @@ def baselines(scorer, found, preset: PathwaySpec | None, seeds: int) -> pd.DataF
     rows = [{"pathway": "discovered", "step": int(r.step), "seed": np.nan, **{k: r[k] for k in FIGURES}}
             for _, r in path.iterrows()]  # fmt: skip
     if preset is not None:
-        preset.check_model(scorer.model)
-        name = preset.describe()
-        figures = scorer.score({name: lambda i, prompt: preset.layer_edges(prompt.token_map, scorer.n_layers)})[name]
-        rows.append({"pathway": "preset", "step": np.nan, "seed": np.nan, **figures})
+        rows.append(preset_row(scorer, preset))
     steps = sorted(set(np.linspace(0, len(path) - 1, min(RANDOM_POINTS, len(path))).round().astype(int).tolist())
                    | ({found.step} if found.step is not None else set()))  # fmt: skip
-    skipped, points, settings = [], [], {}
-    for step in steps if seeds else []:
-        fraction = 1 - float(path.loc[step, "retention"])
-        if not _reachable(scorer, fraction):  # the rule draws only among pairs at or after the video start
-            skipped.append(step)
-            continue
-        for seed in range(seeds):
-            setting = random_setting(scorer, fraction, seed)
-            settings.update(setting)
-            points.append((step, seed, next(iter(setting))))
-    scored = scorer.score(settings)  # all points of a sample side by side in the engine
-    rows += [{"pathway": "random", "step": step, "seed": seed, **scored[name]} for step, seed, name in points]
-    table = pd.DataFrame(rows)
+    fractions = {step: 1 - float(path.loc[step, "retention"]) for step in steps} if seeds else {}
+    random, skipped = random_rows(scorer, fractions, seeds)
+    table = pd.DataFrame(rows + random)
     table.attrs["unreachable_steps"] = skipped
     table.attrs["full_accuracy"] = scorer.full_accuracy
     return table

@@ -1,0 +1,98 @@
+"""The faithfulness-size curve over every attention edge (``discovery.size_curve``) on the bundled
+toys, against random pruning and the toy's preset; and how those presets were read off.
+
+- default (CPU): per model, N questions per temporal task, 3 random seeds, the toy's preset: per
+  size the ranked pathway's figures beside random pruning's mean, the preset and the ranked
+  pathway at the preset's size, the smallest pathway that keeps 95% of the full accuracy,
+  seconds, and whether the ranked curve is above random at every size random can reach.
+- ``--toy-presets`` (CPU): the paper's way of reading a pathway off knockout curves
+  (``PathwaySpec.from_sweep``, threshold 10%, window 9) on each toy's cross-frame and vql-to-ql
+  sweep: the ranges ``PRESETS["toy-video-ft"]`` and ``PRESETS["toy16-video-ft"]`` hold.
+
+    python benchmarks/size_curve.py --models toy16-video-ft toy-video-ft --per-task 4 --out results/size_curve_toys.json
+    python benchmarks/size_curve.py --toy-presets --per-task 4 --out results/toy_presets.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from discovery import toy_and_questions  # noqa: E402
+
+from hooked_video import discovery, flow  # noqa: E402
+from hooked_video.analysis.pathways import PathwaySpec  # noqa: E402
+
+
+def curve_of(name: str, per_task: int) -> dict:
+    model, samples = toy_and_questions(name, per_task)
+    start = time.perf_counter()
+    curve = discovery.size_curve(model, samples, seeds=3, preset="auto", progress=False)
+    seconds = time.perf_counter() - start
+    table = curve.table
+    ranked = table[table.pathway == "ranked"]
+    grid = ranked[ranked["size"].notna()].set_index("size")
+    random = table[table.pathway == "random"].groupby("size")[["retention", "rel_change", "accuracy"]].mean()
+    rows = [{"size": size, "retention": r.retention, "rel_change": r.rel_change, "accuracy": r.accuracy,
+             "random_rel_change": random.rel_change.get(size), "random_accuracy": random.accuracy.get(size)}
+            for size, r in grid.iterrows()]  # fmt: skip
+    preset = table[table.pathway == "preset"]
+    at_preset = None
+    if len(preset):
+        p = preset.iloc[0]
+        r = grid.loc[round(float(p.retention), 6)]
+        at_preset = {"preset": curve_preset_name(model), "retention": p.retention, "rel_change": p.rel_change,
+                     "accuracy": p.accuracy, "ranked_retention": r.retention, "ranked_rel_change": r.rel_change,
+                     "ranked_accuracy": r.accuracy}  # fmt: skip
+    smallest = None
+    if curve.smallest is not None:
+        s = ranked[ranked.n_closed == len(curve.smallest.closed)].iloc[0]
+        smallest = {"n_closed": int(s.n_closed), "retention": s.retention, "rel_change": s.rel_change, "accuracy": s.accuracy}
+    reached = [r for r in rows if r["random_accuracy"] is not None]
+    return {"model": name, "samples": curve.samples, "seconds": round(seconds, 1), "full_accuracy": curve.full_accuracy,
+            "sizes": rows, "preset": at_preset, "smallest_keeping_95pct_accuracy": smallest,
+            "above_random_accuracy_everywhere": all(r["accuracy"] >= r["random_accuracy"] for r in reached),
+            "above_random_probability_everywhere": all(r["rel_change"] >= r["random_rel_change"] for r in reached),
+            "random_reaches_down_to": min((r["size"] for r in reached), default=None)}  # fmt: skip
+
+
+def curve_preset_name(model) -> str | None:
+    from hooked_video.analysis.pathways import preset_for
+
+    return preset_for(model)
+
+
+def toy_presets(per_task: int) -> dict:
+    out = {}
+    for name in ("toy-video-ft", "toy16-video-ft"):
+        model, samples = toy_and_questions(name, per_task)
+        sweep = flow.sweep(model, samples, targets=["cross-frame", "vql-to-ql"], window=9, progress=False)
+        spec = PathwaySpec.from_sweep(sweep, threshold=10.0)
+        means = sweep.groupby(["condition", "layer"]).rel_change.mean().unstack(0).round(2)
+        out[name] = {"inter": spec.inter, "v2q": spec.v2q, "q2l": spec.q2l, "samples": len(samples),
+                     "per_layer_mean_rel_change": json.loads(means.to_json())}  # fmt: skip
+        print(name, spec.describe(), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["toy16-video-ft", "toy-video-ft"])
+    parser.add_argument("--per-task", type=int, default=4)
+    parser.add_argument("--toy-presets", action="store_true", help="read the toys' presets off their sweeps")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    result = toy_presets(args.per_task) if args.toy_presets else [curve_of(name, args.per_task) for name in args.models]
+    print(json.dumps(result, indent=1, default=str))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

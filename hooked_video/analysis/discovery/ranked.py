@@ -1,0 +1,236 @@
+"""The faithfulness-size curve over every attention edge, from the full model down to one edge
+per row: block groups (``blocks``) ranked by attribution patching and closed in that order.
+
+The greedy search of ``discover`` moves the paper's flows, and its path ends where the union
+rule's families are all closed. ``size_curve`` goes further: it ranks every (source block,
+target block, layer) group by the attribution estimate of closing it (one forward and backward
+per sample: the size of the first-order change of log P(top token), per edge) and closes the
+groups least harmful per edge first, until the next size of the grid is reached; there the groups
+still open are ranked again with the closed ones knocked out (a first-order estimate is only good
+near the point it is taken at). Each size is scored exactly; random pruning (the paper's rule,
+several seeds) and the preset are scored at the same sizes on the same samples. The smallest
+pathway that keeps ``min_accuracy`` of the full model's accuracy (at every size down to it) is
+then narrowed down by bisection on the closing order::
+
+    curve = discovery.size_curve(model, samples, seeds=3, preset="auto")
+    curve.table                       # pathway (ranked / random / preset), size, retention, figures
+    curve.smallest                    # a BlockPathway; pathways.evaluate takes it
+    viz.faithfulness_curve(curve)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hooked_video.analysis.accuracy import PAPER_RULE, check_rule
+from hooked_video.analysis.attribution.estimates import pair_effects
+from hooked_video.analysis.attribution.gradients import pattern_gradients
+from hooked_video.analysis.discovery.blocks import BlockPathway, blocks, group_sizes
+from hooked_video.analysis.discovery.curve import preset_row, random_rows, resolve_preset
+from hooked_video.analysis.discovery.scoring import Scorer
+from hooked_video.analysis.discovery.search import _open
+from hooked_video.analysis.pathways import PathwaySpec, causal_edges
+from hooked_video.core.checks import InvalidInputError, check_count
+from hooked_video.data.mcqa import identify_all
+
+#: The shares of edges kept that the curve is scored at (the smallest reachable stands in for
+#: sizes below the floor of one edge per row).
+SIZES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005)
+
+
+@dataclass
+class SizeCurve:
+    """What ``size_curve`` measured.
+
+    Attributes:
+        table: one row per point: ``pathway`` ("ranked", "random", "preset"), ``size`` (the share
+            of edges asked for; NaN for the preset and bisection points), ``n_closed`` (ranked
+            groups closed), ``seed`` (random), retention, rel_change (mean % change of the full
+            model's top-token probability), flipped, accuracy (the rule's).
+        ranking: one row per block group, in the order they are closed: source, target, layer,
+            edges (over the samples), estimate (mean change of log P(top token) per sample),
+            per_edge (its size per edge of one sample), ranked_at (the grid size at which it was
+            ranked; the groups after the last size's closings keep that size's order).
+        smallest: the smallest ranked pathway that keeps ``min_accuracy`` x the full accuracy, as
+            every larger one does (None only where the full model itself does not).
+        full_accuracy: the full model's accuracy on the samples.
+        samples: how many samples the figures are over.
+        n_layers: the model's depth.
+    """
+
+    table: pd.DataFrame
+    ranking: pd.DataFrame
+    smallest: BlockPathway | None
+    full_accuracy: float
+    samples: int
+    n_layers: int
+
+    def pathway(self, n_closed: int) -> BlockPathway:
+        """The ranked pathway with the first ``n_closed`` groups closed."""
+        head = self.ranking.iloc[:n_closed]
+        return BlockPathway(tuple(zip(head.source, head.target, head.layer.astype(int))), self.n_layers)
+
+    def summary(self) -> pd.DataFrame:
+        """Ranked, random (mean over seeds) and preset side by side per size asked for."""
+        grid = self.table[self.table["size"].notna() | (self.table.pathway == "preset")]
+        return grid.groupby(["pathway", "size"], dropna=False)[["retention", "rel_change", "accuracy"]].mean().unstack(0)
+
+    def __repr__(self) -> str:
+        best = ""
+        if self.smallest is not None:
+            row = self.table[(self.table.pathway == "ranked") & (self.table.n_closed == len(self.smallest.closed))].iloc[0]
+            best = f"; smallest keeping the accuracy: {row.retention:.1%} of the edges, accuracy {row.accuracy:.3f}"
+        ranked = self.table[self.table.pathway == "ranked"]
+        return (f"SizeCurve over {self.samples} samples: {len(ranked)} ranked points from {ranked.retention.max():.1%} to "
+                f"{ranked.retention.min():.1%} of the edges{best}; full accuracy {self.full_accuracy:.3f}")  # fmt: skip
+
+
+def rank_groups(model, scorer: Scorer, closed: BlockPathway | None = None, progress: bool = False) -> pd.DataFrame:
+    """The block groups of the scorer's prompts still open on top of ``closed``, least harmful per
+    edge first: source, target, layer, edges (over the samples), estimate (the mean first-order
+    change of log P(top token) when the group's edges leave the attention rows, which renormalise;
+    gradients taken with ``closed`` knocked out, each token's own edge kept), per_edge (|estimate|
+    per edge of one sample)."""
+    done = set(closed.closed) if closed is not None else set()
+    effects: dict[tuple, float] = {}
+    edges: dict[tuple, int] = {}
+    for i, prompt in enumerate(tqdm(scorer.prompts, desc="ranking block groups", disable=not progress)):
+        tm = prompt.token_map
+        named = blocks(tm)
+        names, positions = list(named), list(named.values())
+        knocked = {l: e.mask for l, e in closed.layer_edges(tm, scorer.n_layers).items()} if closed is not None else None
+        grads = pattern_gradients(model, model.embed(prompt), answer=scorer.top[i], blocked=knocked)
+        per_layer = pair_effects(grads, positions, positions, self_edges=False)  # (layer, target, source)
+        del grads
+        sizes = group_sizes(tm)
+        for t, s in zip(*torch.nonzero(sizes, as_tuple=True)):
+            for layer in range(scorer.n_layers):
+                key = (names[s], names[t], layer)
+                if key not in done:
+                    effects[key] = effects.get(key, 0.0) + float(per_layer[layer, t, s])
+                    edges[key] = edges.get(key, 0) + int(sizes[t, s])
+    n = len(scorer.prompts)
+    table = pd.DataFrame([{"source": s, "target": t, "layer": layer, "edges": edges[(s, t, layer)], "estimate": e / n}
+                          for (s, t, layer), e in effects.items()], columns=["source", "target", "layer", "edges", "estimate"])  # fmt: skip
+    table["per_edge"] = table.estimate.abs() / table.edges * n
+    return table.sort_values("per_edge", kind="stable").reset_index(drop=True)
+
+
+def _total_edges(scorer: Scorer) -> int:
+    return sum(causal_edges(p.n_positions) for p in scorer.prompts) * scorer.n_layers
+
+
+def _count_to(order: pd.DataFrame, closed_edges: int, total: int, size: float) -> int:
+    """How many groups of ``order`` to close after ``closed_edges`` so that at most ``size`` of
+    ``total`` is left (all of them where that is below the floor)."""
+    left = total - closed_edges - np.concatenate([[0], order.edges.cumsum().to_numpy()])
+    return int(min(np.searchsorted(-left, -size * total), len(order)))
+
+
+def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: int = 3,
+               preset: PathwaySpec | str | None = "auto", min_accuracy: float = 0.95, rerank: bool = True, bisect: int = 8,
+               num_frames: int | None = 8, engine: str = "auto", rule: str = PAPER_RULE, out: str | Path | None = None,
+               resume: bool = True, progress: bool = True) -> SizeCurve:  # fmt: skip
+    """The faithfulness-size curve of ranked block pathways (see the module docstring).
+
+    Args:
+        sizes: shares of the edges kept to score (1.0: the full model).
+        seeds: random-pruning draws per size (the paper's rule; sizes it cannot reach, those
+            below the share of edges at or after the video start, are left out).
+        preset: a ``PathwaySpec``, a preset name, "auto" (the preset measured on this model, if
+            any) or None; scored on the same samples, and its size joins ``sizes``.
+        min_accuracy: the share of the full model's accuracy ``smallest`` must keep.
+        rerank: rank the open groups again at each size, with the groups closed so far knocked
+            out (one more backward per sample and size); False: one ranking of the full model.
+        bisect: the most extra points spent narrowing ``smallest`` down between grid sizes.
+        num_frames, engine, rule: as ``discover``.
+        out: a results folder (``discover``'s may be shared: rows are named by their content).
+    """
+    items = identify_all(samples)
+    if not items:
+        raise InvalidInputError("no samples to draw a size curve on")
+    sizes = sorted({float(s) for s in sizes}, reverse=True)
+    if not sizes or not all(0 < s <= 1 for s in sizes):
+        raise InvalidInputError(f"sizes={sizes!r}: shares of the edges kept, each in (0, 1]")
+    if not 0 <= min_accuracy <= 1:
+        raise InvalidInputError(f"min_accuracy={min_accuracy!r}: a share of the full model's accuracy, 0..1")
+    check_count(seeds, "seeds", minimum=0, allow_none=False)
+    check_count(bisect, "bisect", minimum=0, allow_none=False)
+    check_rule(rule)
+    preset = resolve_preset(model, preset)
+    store = _open(model, items, out, resume, num_frames, rule)
+    try:
+        scorer = Scorer(model, items, num_frames, engine, store, progress, rule)
+        layouts = {tuple(blocks(p.token_map)) for p in scorer.prompts}
+        if len(layouts) > 1:
+            raise InvalidInputError(f"these prompts have different blocks ({sorted(layouts)}): block groups are named by "
+                                    "frame, so draw a size curve over questions of one number of frames")  # fmt: skip
+        rows = [preset_row(scorer, preset)] if preset is not None else []
+        if preset is not None:
+            sizes = sorted(set(sizes) | {round(float(rows[0]["retention"]), 6)}, reverse=True)
+        full, total = scorer.full_accuracy, _total_edges(scorer)
+        curve = SizeCurve(pd.DataFrame(), pd.DataFrame(), None, full, len(items), scorer.n_layers)
+
+        def score(k: int, size: float) -> dict:
+            pathway = curve.pathway(k)
+            name = f"blocks closed {k} {hashlib.sha1(repr(pathway.closed).encode()).hexdigest()[:12]}"
+            figures = scorer.score({name: lambda i, prompt: pathway.layer_edges(prompt.token_map, scorer.n_layers)})[name]
+            return {"pathway": "ranked", "size": size, "n_closed": k, "seed": np.nan, **figures}
+
+        ranked, n_closed, ranked_with = [], 0, None
+        for size in tqdm(sizes, desc="ranked sizes", disable=not progress):
+            if ranked_with is None or (rerank and ranked_with != n_closed):  # rank what is open, the rest knocked out
+                fresh = rank_groups(model, scorer, curve.pathway(n_closed) if n_closed else None).assign(ranked_at=size)
+                curve.ranking = pd.concat([curve.ranking.iloc[:n_closed], fresh], ignore_index=True) if n_closed else fresh
+                ranked_with = n_closed
+            closed_edges = int(curve.ranking.edges.iloc[:n_closed].sum())
+            n_closed += _count_to(curve.ranking.iloc[n_closed:], closed_edges, total, size)
+            ranked.append(score(n_closed, size))
+        random, _ = random_rows(scorer, {size: 1 - size for size in sizes if size < 1}, seeds)
+        needed = full * min_accuracy - 1e-12
+        low = _last_keeping(ranked, needed)
+        if low is not None:
+            ranked += _bisect(ranked, low, score, needed, bisect)
+            low = _last_keeping(ranked, needed)
+        smallest = curve.pathway(low) if low is not None else None
+    finally:
+        if store is not None:
+            store.close()
+    random = [{**r, "size": r.pop("step")} for r in random]
+    curve.table = pd.DataFrame(ranked + random + rows).drop(columns="step", errors="ignore")
+    curve.table.attrs["full_accuracy"] = full
+    curve.smallest = smallest
+    return curve
+
+
+def _last_keeping(points: list[dict], needed: float) -> int | None:
+    """The most groups closed while every point with fewer closed keeps the accuracy (the end of
+    the run that starts at the full model; a lucky point past a failing one does not count)."""
+    low = None
+    for point in sorted(points, key=lambda r: r["n_closed"]):
+        if point["accuracy"] < needed:
+            break
+        low = point["n_closed"]
+    return low
+
+
+def _bisect(grid: list[dict], low: int, score, needed: float, budget: int) -> list[dict]:
+    """Points between ``low`` (keeps the accuracy) and the next grid point (does not), halving that
+    range of the ranking each time."""
+    above = [r["n_closed"] for r in grid if r["n_closed"] > low]
+    if not above:
+        return []
+    high, points = min(above), []
+    while high - low > 1 and len(points) < budget:
+        middle = (low + high) // 2
+        points.append(score(middle, np.nan))
+        low, high = (middle, high) if points[-1]["accuracy"] >= needed else (low, middle)
+    return points
