@@ -4,7 +4,8 @@ toys, against random pruning and the toy's preset; and how those presets were re
 - default (CPU): per model, N questions per temporal task, 3 random seeds, the toy's preset: per
   size the ranked pathway's figures beside random pruning's mean, the preset and the ranked
   pathway at the preset's size, the smallest pathway that keeps 95% of the full accuracy,
-  seconds, and whether the ranked curve is above random at every size random can reach.
+  seconds, and whether the ranked curve is above random at every size random can reach; and the
+  same curve with one ranking of the full model (``rerank=False``), to show what re-ranking buys.
 - ``--toy-presets`` (CPU): the paper's way of reading a pathway off knockout curves
   (``PathwaySpec.from_sweep``, threshold 10%, window 9) on each toy's cross-frame and vql-to-ql
   sweep: the ranges ``PRESETS["toy-video-ft"]`` and ``PRESETS["toy16-video-ft"]`` hold.
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from discovery import toy_and_questions  # noqa: E402
 
 from hooked_video import discovery, flow  # noqa: E402
-from hooked_video.analysis.pathways import PathwaySpec  # noqa: E402
+from hooked_video.analysis.pathways import PathwaySpec, preset_for  # noqa: E402
 
 
 def curve_of(name: str, per_task: int) -> dict:
@@ -46,25 +47,20 @@ def curve_of(name: str, per_task: int) -> dict:
     if len(preset):
         p = preset.iloc[0]
         r = grid.loc[round(float(p.retention), 6)]
-        at_preset = {"preset": curve_preset_name(model), "retention": p.retention, "rel_change": p.rel_change,
+        at_preset = {"preset": preset_for(model), "retention": p.retention, "rel_change": p.rel_change,
                      "accuracy": p.accuracy, "ranked_retention": r.retention, "ranked_rel_change": r.rel_change,
                      "ranked_accuracy": r.accuracy}  # fmt: skip
-    smallest = None
-    if curve.smallest is not None:
-        s = ranked[ranked.n_closed == len(curve.smallest.closed)].iloc[0]
-        smallest = {"n_closed": int(s.n_closed), "retention": s.retention, "rel_change": s.rel_change, "accuracy": s.accuracy}
+    s = ranked[ranked.n_closed == len(curve.smallest.closed)].iloc[0]
+    smallest = {"n_closed": int(s.n_closed), "retention": s.retention, "rel_change": s.rel_change, "accuracy": s.accuracy}
+    once = discovery.size_curve(model, samples, seeds=0, preset=None, rerank=False, bisect=0, progress=False).table
+    one_shot = [{"size": r["size"], "retention": r.retention, "rel_change": r.rel_change, "accuracy": r.accuracy}
+                for _, r in once[once["size"].notna()].iterrows()]  # fmt: skip
     reached = [r for r in rows if r["random_accuracy"] is not None]
     return {"model": name, "samples": curve.samples, "seconds": round(seconds, 1), "full_accuracy": curve.full_accuracy,
-            "sizes": rows, "preset": at_preset, "smallest_keeping_95pct_accuracy": smallest,
+            "sizes": rows, "one_shot_ranking": one_shot, "preset": at_preset, "smallest_keeping_95pct_accuracy": smallest,
             "above_random_accuracy_everywhere": all(r["accuracy"] >= r["random_accuracy"] for r in reached),
             "above_random_probability_everywhere": all(r["rel_change"] >= r["random_rel_change"] for r in reached),
             "random_reaches_down_to": min((r["size"] for r in reached), default=None)}  # fmt: skip
-
-
-def curve_preset_name(model) -> str | None:
-    from hooked_video.analysis.pathways import preset_for
-
-    return preset_for(model)
 
 
 def toy_presets(per_task: int) -> dict:

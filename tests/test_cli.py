@@ -161,6 +161,10 @@ def test_reproduce_command(tmp_path):
     # the pathway search on every question (4, under the default 32), beside the ranges used
     assert summary["discovery"]["samples"] == 4 and "ranges above" in summary["discovery"]["compared"]
     assert "Discovered pathway vs the ranges above" in page and (tmp_path / "paper" / "discovery.png").exists()
+    # and the curve over every edge on the same questions, the ranges above at their own size
+    drawn = summary["size_curve"]
+    assert {"ranked, the ranges' size", "ranges above"} <= set(drawn["compared"]) and summary["size_curve_note"] is None
+    assert "Every attention edge: ranked pathways vs the ranges above" in page and (tmp_path / "paper" / "size_curve.png").exists()
 
 
 def test_open_ended_flow_command(tmp_path):

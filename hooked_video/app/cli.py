@@ -389,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlapping-bins", action="store_true", help="the released figure's off-by-one layer bins")
     p.add_argument("--discover-samples", type=_whole_number(0), default=32,
                    help="questions the pathway search runs on, every task in turn (0: no search)")
+    p.add_argument("--no-size-curve", action="store_true",
+                   help="skip the faithfulness-size curve over every attention edge on those questions")
     _engine_argument(p)
     _threads_argument(p)
 

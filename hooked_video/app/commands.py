@@ -326,6 +326,10 @@ def run_discover(args) -> None:
         if one.curve is not None:
             print(one.curve.groupby("pathway")[["retention", "rel_change", "accuracy"]].agg(["min", "max"]).round(3).to_string())
         print(f"curve: {Path(args.out, 'curve.png')}")
+    elif curve is not None:  # one search per task or sample: the size curve, over all of them, drawn alone
+        save_figure(faithfulness_curve(curve, title=f"{args.model}: every edge"), Path(args.out, "size_curve.png"),
+                    overwrite=args.overwrite, dpi=120)  # fmt: skip
+        print(f"curve: {Path(args.out, 'size_curve.png')}")
     print(f"results: {args.out}")
 
 
@@ -363,7 +367,8 @@ def run_reproduce(args) -> None:
                        tasks=args.task, samples=args.samples, window=args.window, select=args.select, device=device,
                        dtype=args.dtype, batch_size=args.batch_size, engine=args.engine, overwrite=args.overwrite,
                        lens_variant=args.keyword_lens, keyword_min_count=args.keyword_min_count,
-                       overlapping_bins=args.overlapping_bins, discover_samples=args.discover_samples)  # fmt: skip
+                       overlapping_bins=args.overlapping_bins, discover_samples=args.discover_samples,
+                       size_curve=not args.no_size_curve)  # fmt: skip
     if Shard.from_environment() is not None and Shard.from_environment().index != 0:
         return
     print(f"accuracy ({result.accuracy.attrs.get('rule')}):\n{result.accuracy.round(3).to_string()}")

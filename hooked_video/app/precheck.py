@@ -13,7 +13,7 @@ TARGET_NAMES = ["cross-frame", "question-and-options-to-last", "vq-to-true-opt",
 OPEN_ENDED_TARGET_NAMES = ["cross-frame", "vqrl-to-qrl"]
 #: ``pathways.PRESETS`` names (a test keeps the two equal).
 PRESET_NAMES = ["llava-next-13b-video-ft", "llava-next-7b-video-ft", "mini-internvl-4b-video-ft", "toy-planted",
-                "videollama3-7b"]
+                "toy-video-ft", "toy16-video-ft", "videollama3-7b"]
 
 
 def check_arguments(args) -> None:
@@ -123,6 +123,6 @@ def check_out(args) -> None:
     out = getattr(args, "out", None)
     if out is None or args.command in ("tokens", "info", "build-tiny"):
         return
-    names = {"demo": DEMO_FILES, "reproduce": REPORT_FILES, "discover": ("summary.json", "curve.png", "size_curve.csv")}.get(
+    names = {"demo": DEMO_FILES, "reproduce": REPORT_FILES, "discover": ("summary.json", "curve.png", "size_curve.csv", "size_curve.png")}.get(
         args.command, ("summary.json",))
     check_folder(out, names, getattr(args, "overwrite", False))

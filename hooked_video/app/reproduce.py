@@ -10,7 +10,8 @@ probability by layer (Fig. 3, right) on correctly answered samples; the effectiv
 against random pruning (Table 1), with the model's preset when it is one of the paper's models,
 else with ranges derived from the sweep; a pathway discovered from a subset of the questions
 (``discovery.discover``, attribution-ranked, exact figures), side by side with those ranges and
-random pruning of the same sizes. Then ``out/index.html`` with one figure per task.
+random pruning of the same sizes, and on the same questions the faithfulness-size curve over every
+attention edge (``discovery.size_curve``). Then ``out/index.html`` with one figure per task.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hooked_video.runtime.distributed import barrier, resolve_shard
 from hooked_video.data.benchmarks import PAPER_TVBENCH_TASKS
 from hooked_video.app.outputs import REPORT_FILES, check_folder, save_figure, write_text
 from hooked_video.app.report import Section, write_report
+from hooked_video.core.checks import InvalidInputError
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Reproduction:
     seconds: float = 0.0
     settings: dict = field(default_factory=dict)
     discovery: discovery.Discovery | None = None
+    size_curve: discovery.SizeCurve | None = None
+    size_curve_note: str = ""  # why no size curve was drawn, if one was asked for
 
 
 def default_dtype(device) -> str:
@@ -109,7 +113,7 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
               spec: pathways.PathwaySpec | None = None, device=None, dtype=None, batch_size: int = 8,
               progress: bool = True, shard="auto", engine: str = "auto", overwrite: bool = False,
               lens_variant: str = "embed", keyword_min_count: int | None = 100,
-              overlapping_bins: bool = False, discover_samples: int = 32) -> Reproduction:  # fmt: skip
+              overlapping_bins: bool = False, discover_samples: int = 32, size_curve: bool = True) -> Reproduction:  # fmt: skip
     """Run the paper's analyses and write ``out/index.html`` (see the module docstring).
 
     Args:
@@ -138,6 +142,8 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
         discover_samples: questions the pathway search runs on (taken from every task in turn;
             0: no search). It runs in one process (process 0 under a launcher), stored under
             ``out/discovery``.
+        size_curve: also draw the faithfulness-size curve over every attention edge on those
+            questions (``discovery.size_curve``, 3 random seeds, the ranges above as the preset).
         overwrite: replace ``index.html``, ``summary.json`` and figures in ``out`` that hooked-video did
             not write (default: refuse them, before any work; see ``outputs``).
     """
@@ -174,8 +180,15 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
     if shard is not None and shard.index != 0:
         return result  # process 0 searches, writes the figures and the report
     if discover_samples:
-        result.discovery = discovery.discover(video_model, interleaved(items, discover_samples), method="atp", seeds=3,
-                                              preset=spec, engine=engine, out=out / "discovery", progress=progress)  # fmt: skip
+        searched = interleaved(items, discover_samples)
+        result.discovery = discovery.discover(video_model, searched, method="atp", seeds=3, preset=spec, engine=engine,
+                                              out=out / "discovery", progress=progress)  # fmt: skip
+        if size_curve:
+            try:
+                result.size_curve = discovery.size_curve(video_model, searched, seeds=3, preset=spec, engine=engine,
+                                                         out=out / "discovery", progress=progress)  # fmt: skip
+            except InvalidInputError as error:  # e.g. questions of different numbers of frames: said in the report
+                result.size_curve_note = str(error)
     result.figures = _figures(result)
     for name, figure in result.figures.items():
         save_figure(figure, out / f"{name}.png", overwrite, dpi=90)
@@ -268,6 +281,8 @@ def _figures(r: Reproduction) -> dict:
         figures[f"keywords_{task.lower().replace(' ', '_')}"] = viz.keyword_bars(table, title=f"{task}: lens keywords")
     if r.discovery is not None:
         figures["discovery"] = viz.faithfulness_curve(r.discovery, title="discovered pathway vs random pruning and the ranges used")
+    if r.size_curve is not None:
+        figures["size_curve"] = viz.faithfulness_curve(r.size_curve, title="ranked block pathways vs random pruning and the ranges used")
     return figures
 
 
@@ -319,7 +334,34 @@ def report_sections(r: Reproduction) -> list[Section]:
         text = (f"Searched on {found.samples} questions (every task in turn): {found!r}. Compared on the same questions "
                 f"with the ranges above ({r.spec_source}) and random pruning of the found pathway's size (3 seeds).")
         sections.append(Section("Discovered pathway vs the ranges above", text, "discovery.png", table=discovery_table(found)))
+    if r.size_curve is not None:
+        text = (f"{r.size_curve!r}. Every attention edge in block groups (text before the video, each frame, question, "
+                "other text, last), closed in the order of their attribution estimates, each size exact; random pruning "
+                "(3 seeds) where the paper's rule reaches the size.")  # fmt: skip
+        sections.append(Section("Every attention edge: ranked pathways vs the ranges above", text, "size_curve.png",
+                                table=size_curve_table(r.size_curve)))  # fmt: skip
+    elif r.size_curve_note:
+        sections.append(Section("Every attention edge: not drawn", r.size_curve_note))
     return sections
+
+
+def size_curve_table(curve: discovery.SizeCurve) -> pd.DataFrame:
+    """At the preset's size: the ranked pathway, the preset and random pruning (mean over seeds);
+    and the smallest ranked pathway keeping the accuracy: edges kept, change (%), accuracy."""
+    columns = ["retention", "rel_change", "accuracy"]
+    table, rows = curve.table, {}
+    preset = table[table.pathway == "preset"]
+    if len(preset):
+        size = round(float(preset.retention.iloc[0]), 6)
+        rows["ranked, the ranges' size"] = table[(table.pathway == "ranked") & (table["size"] == size)][columns].iloc[0]
+        rows["ranges above"] = preset[columns].iloc[0]
+        random = table[(table.pathway == "random") & (table["size"] == size)]
+        if len(random):
+            rows["random, same size"] = random[columns].astype(float).mean()
+    if curve.smallest is not None:
+        ranked = table[(table.pathway == "ranked") & (table.n_closed == len(curve.smallest.closed))]
+        rows["smallest ranked keeping the accuracy"] = ranked[columns].iloc[0]
+    return pd.DataFrame(rows).T.astype(float).round(4)
 
 
 def discovery_table(found: discovery.Discovery) -> pd.DataFrame:
@@ -347,6 +389,10 @@ def _write_summary(out: Path, r: Reproduction, overwrite: bool = False) -> None:
         "knocked_out_samples": int(r.sweep.sample_id.nunique()) if len(r.sweep) else 0,
         "discovery": None if r.discovery is None else {
             **{k: v for k, v in r.discovery.summary().items()}, "compared": discovery_table(r.discovery).to_dict("index")},
+        "size_curve": None if r.size_curve is None else {
+            "smallest": r.size_curve.smallest and r.size_curve.smallest.settings(),
+            "compared": size_curve_table(r.size_curve).to_dict("index")},
+        "size_curve_note": r.size_curve_note or None,
         "settings": r.settings,
     }  # fmt: skip
     write_text(out / "summary.json", json.dumps(summary, indent=1, default=str), overwrite)

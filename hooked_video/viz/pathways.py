@@ -68,8 +68,8 @@ def _ranked_line(ax, curve, value: str) -> None:
     """A SizeCurve's ranked pathways as a line, the smallest keeping the accuracy starred."""
     points = curve.table[curve.table.pathway == "ranked"].drop_duplicates("n_closed").sort_values("retention")
     y = points.accuracy if value == "accuracy" else 100 + points.rel_change
-    ax.plot(points.retention * 100, y, "-v", markersize=3, color="C4", label="ranked block groups")
+    ax.plot(points.retention * 100, y, "-v", markersize=3, color="C6", label="ranked block groups")
     if curve.smallest is not None:
         best = points[points.n_closed == len(curve.smallest.closed)].iloc[0]
         y = best.accuracy if value == "accuracy" else 100 + best.rel_change
-        ax.plot([best.retention * 100], [y], "*", markersize=13, color="C4", label="smallest keeping the accuracy")
+        ax.plot([best.retention * 100], [y], "*", markersize=13, color="C6", label="smallest keeping the accuracy")

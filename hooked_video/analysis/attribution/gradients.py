@@ -60,14 +60,13 @@ def pattern_gradients(model, embedded, answer: int | None = None, gate: Bool[tor
         gated = gate.to(device)
         scale = 1 - (1 - alphas.to(device).view(-1, 1, 1, 1)) * gated  # (batch, 1, N, N)
 
-    knocked = {layer: mask.to(device) for layer, mask in (blocked or {}).items() if mask.any()}
+    knocked = {layer: mask for layer, mask in (blocked or {}).items() if mask.any()}
 
     def keep(pattern, hook):
         if hook.layer() in knocked:
-            pattern = pattern.masked_fill(knocked[hook.layer()], 0)
-            pattern = pattern / pattern.sum(-1, keepdim=True)
+            pattern = knock_out(pattern, knocked[hook.layer()].to(pattern.device))
         if scale is not None:
-            weights = pattern * scale.to(pattern.dtype)
+            weights = pattern * scale.to(pattern.device, pattern.dtype)
             pattern = weights / weights.sum(-1, keepdim=True)
         if not pattern.requires_grad:  # a frozen model: the pattern is where the graph starts
             pattern.requires_grad_(True)
@@ -89,3 +88,13 @@ def pattern_gradients(model, embedded, answer: int | None = None, gate: Bool[tor
         if g is not None:
             weighted[layer] = g.float() * pattern[layer]
     return PatternGradients(pattern, weighted, log_prob.detach().cpu(), alphas, log_probs[0].detach().exp().cpu(), answer)
+
+
+def knock_out(pattern: Float[torch.Tensor, "batch head query key"],
+              mask: Bool[torch.Tensor, "query key"]) -> Float[torch.Tensor, "batch head query key"]:  # fmt: skip
+    """The pattern with ``mask``'s entries removed and their rows renormalised in float32 (the
+    knockout's softmax); rows the mask does not touch are returned exactly as they were."""
+    probs = pattern.float()
+    kept = probs.masked_fill(mask, 0)
+    renormalised = kept / kept.sum(-1, keepdim=True).clamp_min(1e-12)
+    return torch.where(mask.any(-1, keepdim=True), renormalised, probs).to(pattern.dtype)

@@ -51,12 +51,15 @@ def block_ids(tm: TokenMap) -> tuple[list[str], Int[torch.Tensor, "N"]]:
     return list(named), ids
 
 
+def _strictly_causal(n: int) -> Bool[torch.Tensor, "N N"]:
+    return torch.ones(n, n, dtype=torch.bool).tril(-1)
+
+
 def group_sizes(tm: TokenMap) -> Int[torch.Tensor, "target source"]:
     """Edges of each (target block, source block) pair in one layer, own edges left out."""
     names, ids = block_ids(tm)
-    below = torch.ones(tm.n_positions, tm.n_positions, dtype=torch.bool).tril(-1)
     onehot = torch.nn.functional.one_hot(ids, len(names)).float()
-    return (onehot.T @ below.float() @ onehot).round().long()
+    return (onehot.T @ _strictly_causal(tm.n_positions).float() @ onehot).round().long()
 
 
 def layer_groups(tm: TokenMap) -> list[tuple[str, str]]:
@@ -64,10 +67,6 @@ def layer_groups(tm: TokenMap) -> list[tuple[str, str]]:
     names = list(blocks(tm))
     sizes = group_sizes(tm)
     return [(names[s], names[t]) for t in range(len(names)) for s in range(len(names)) if sizes[t, s] > 0]
-
-
-def _strictly_causal(n: int) -> Bool[torch.Tensor, "N N"]:
-    return torch.ones(n, n, dtype=torch.bool).tril(-1)
 
 
 @dataclass(frozen=True)

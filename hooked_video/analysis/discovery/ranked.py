@@ -5,10 +5,11 @@ The greedy search of ``discover`` moves the paper's flows, and its path ends whe
 rule's families are all closed. ``size_curve`` goes further: it ranks every (source block,
 target block, layer) group by the attribution estimate of closing it (one forward and backward
 per sample: the size of the first-order change of log P(top token), per edge) and closes the
-groups least harmful per edge first, until the next size of the grid is reached; there the groups
-still open are ranked again with the closed ones knocked out (a first-order estimate is only good
-near the point it is taken at). Each size is scored exactly; random pruning (the paper's rule,
-several seeds) and the preset are scored at the same sizes on the same samples. The smallest
+groups least harmful per edge first, until the next size of the grid is reached. From there on
+the groups still open are also ranked again with the closed ones knocked out (a first-order
+estimate is only good near the point it is taken at), and the next size is reached in whichever
+order, the old or the new, keeps more there. Every size is scored exactly; random pruning (the
+paper's rule, several seeds) and the preset are scored at the same sizes on the same samples. The smallest
 pathway that keeps ``min_accuracy`` of the full model's accuracy (at every size down to it) is
 then narrowed down by bisection on the closing order::
 
@@ -57,10 +58,11 @@ class SizeCurve:
             model's top-token probability), flipped, accuracy (the rule's).
         ranking: one row per block group, in the order they are closed: source, target, layer,
             edges (over the samples), estimate (mean change of log P(top token) per sample),
-            per_edge (its size per edge of one sample), ranked_at (the grid size at which it was
-            ranked; the groups after the last size's closings keep that size's order).
+            per_edge (the mean size of that change per edge of one sample), ranked_after (how
+            many groups were closed, knocked out, when it was ranked; the groups left open at the
+            last size keep the order of that size's ranking).
         smallest: the smallest ranked pathway that keeps ``min_accuracy`` x the full accuracy, as
-            every larger one does (None only where the full model itself does not).
+            every larger one does (at worst the full model: no group closed).
         full_accuracy: the full model's accuracy on the samples.
         samples: how many samples the figures are over.
         n_layers: the model's depth.
@@ -68,7 +70,7 @@ class SizeCurve:
 
     table: pd.DataFrame
     ranking: pd.DataFrame
-    smallest: BlockPathway | None
+    smallest: BlockPathway
     full_accuracy: float
     samples: int
     n_layers: int
@@ -97,10 +99,12 @@ def rank_groups(model, scorer: Scorer, closed: BlockPathway | None = None, progr
     """The block groups of the scorer's prompts still open on top of ``closed``, least harmful per
     edge first: source, target, layer, edges (over the samples), estimate (the mean first-order
     change of log P(top token) when the group's edges leave the attention rows, which renormalise;
-    gradients taken with ``closed`` knocked out, each token's own edge kept), per_edge (|estimate|
-    per edge of one sample)."""
+    gradients taken with ``closed`` knocked out, each token's own edge kept), per_edge (the mean
+    over samples of the change's size, per edge of one sample: a group that moves the answer up on
+    one question and down on another is not taken for harmless)."""
     done = set(closed.closed) if closed is not None else set()
     effects: dict[tuple, float] = {}
+    sizes_of: dict[tuple, float] = {}
     edges: dict[tuple, int] = {}
     for i, prompt in enumerate(tqdm(scorer.prompts, desc="ranking block groups", disable=not progress)):
         tm = prompt.token_map
@@ -115,12 +119,14 @@ def rank_groups(model, scorer: Scorer, closed: BlockPathway | None = None, progr
             for layer in range(scorer.n_layers):
                 key = (names[s], names[t], layer)
                 if key not in done:
-                    effects[key] = effects.get(key, 0.0) + float(per_layer[layer, t, s])
+                    effect = float(per_layer[layer, t, s])
+                    effects[key] = effects.get(key, 0.0) + effect
+                    sizes_of[key] = sizes_of.get(key, 0.0) + abs(effect)
                     edges[key] = edges.get(key, 0) + int(sizes[t, s])
     n = len(scorer.prompts)
-    table = pd.DataFrame([{"source": s, "target": t, "layer": layer, "edges": edges[(s, t, layer)], "estimate": e / n}
-                          for (s, t, layer), e in effects.items()], columns=["source", "target", "layer", "edges", "estimate"])  # fmt: skip
-    table["per_edge"] = table.estimate.abs() / table.edges * n
+    table = pd.DataFrame([{"source": key[0], "target": key[1], "layer": key[2], "edges": edges[key], "estimate": e / n,
+                           "per_edge": sizes_of[key] / edges[key]} for key, e in effects.items()],
+                         columns=["source", "target", "layer", "edges", "estimate", "per_edge"])  # fmt: skip
     return table.sort_values("per_edge", kind="stable").reset_index(drop=True)
 
 
@@ -148,8 +154,10 @@ def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: 
         preset: a ``PathwaySpec``, a preset name, "auto" (the preset measured on this model, if
             any) or None; scored on the same samples, and its size joins ``sizes``.
         min_accuracy: the share of the full model's accuracy ``smallest`` must keep.
-        rerank: rank the open groups again at each size, with the groups closed so far knocked
-            out (one more backward per sample and size); False: one ranking of the full model.
+        rerank: at each size, also rank the open groups again with the groups closed so far
+            knocked out, and close in whichever order, the one so far or the new one, keeps more
+            there (accuracy, then the top token's probability; one more backward and forward per
+            sample and size); False: one ranking of the full model.
         bisect: the most extra points spent narrowing ``smallest`` down between grid sizes.
         num_frames, engine, rule: as ``discover``.
         out: a results folder (``discover``'s may be shared: rows are named by their content).
@@ -158,8 +166,9 @@ def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: 
     if not items:
         raise InvalidInputError("no samples to draw a size curve on")
     sizes = sorted({float(s) for s in sizes}, reverse=True)
-    if not sizes or not all(0 < s <= 1 for s in sizes):
+    if not all(0 < s <= 1 for s in sizes):
         raise InvalidInputError(f"sizes={sizes!r}: shares of the edges kept, each in (0, 1]")
+    sizes = sorted(set(sizes) | {1.0}, reverse=True)  # the full model anchors the curve
     if not 0 <= min_accuracy <= 1:
         raise InvalidInputError(f"min_accuracy={min_accuracy!r}: a share of the full model's accuracy, 0..1")
     check_count(seeds, "seeds", minimum=0, allow_none=False)
@@ -174,8 +183,9 @@ def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: 
             raise InvalidInputError(f"these prompts have different blocks ({sorted(layouts)}): block groups are named by "
                                     "frame, so draw a size curve over questions of one number of frames")  # fmt: skip
         rows = [preset_row(scorer, preset)] if preset is not None else []
-        if preset is not None:
-            sizes = sorted(set(sizes) | {round(float(rows[0]["retention"]), 6)}, reverse=True)
+        if rows:  # the preset's size joins the grid, and its row sits at that size
+            rows[0]["size"] = round(float(rows[0]["retention"]), 6)
+            sizes = sorted(set(sizes) | {rows[0]["size"]}, reverse=True)
         full, total = scorer.full_accuracy, _total_edges(scorer)
         curve = SizeCurve(pd.DataFrame(), pd.DataFrame(), None, full, len(items), scorer.n_layers)
 
@@ -185,22 +195,28 @@ def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: 
             figures = scorer.score({name: lambda i, prompt: pathway.layer_edges(prompt.token_map, scorer.n_layers)})[name]
             return {"pathway": "ranked", "size": size, "n_closed": k, "seed": np.nan, **figures}
 
-        ranked, n_closed, ranked_with = [], 0, None
+        curve.ranking = rank_groups(model, scorer, None, progress).assign(ranked_after=0)
+        ranked, n_closed = [], 0
         for size in tqdm(sizes, desc="ranked sizes", disable=not progress):
-            if ranked_with is None or (rerank and ranked_with != n_closed):  # rank what is open, the rest knocked out
-                fresh = rank_groups(model, scorer, curve.pathway(n_closed) if n_closed else None).assign(ranked_at=size)
-                curve.ranking = pd.concat([curve.ranking.iloc[:n_closed], fresh], ignore_index=True) if n_closed else fresh
-                ranked_with = n_closed
+            orders = [curve.ranking]  # the order so far, and the open groups ranked again with the closed knocked out
+            if rerank and 0 < n_closed < len(curve.ranking):
+                fresh = rank_groups(model, scorer, curve.pathway(n_closed), progress).assign(ranked_after=n_closed)
+                orders.append(pd.concat([curve.ranking.iloc[:n_closed], fresh], ignore_index=True))
             closed_edges = int(curve.ranking.edges.iloc[:n_closed].sum())
-            n_closed += _count_to(curve.ranking.iloc[n_closed:], closed_edges, total, size)
-            ranked.append(score(n_closed, size))
+            tried = []
+            for order in orders:
+                curve.ranking = order
+                tried.append((score(n_closed + _count_to(order.iloc[n_closed:], closed_edges, total, size), size), order))
+            point, curve.ranking = max(tried, key=lambda t: (t[0]["accuracy"], t[0]["rel_change"]))
+            n_closed = point["n_closed"]
+            ranked.append(point)
         random, _ = random_rows(scorer, {size: 1 - size for size in sizes if size < 1}, seeds)
         needed = full * min_accuracy - 1e-12
         low = _last_keeping(ranked, needed)
         if low is not None:
             ranked += _bisect(ranked, low, score, needed, bisect)
             low = _last_keeping(ranked, needed)
-        smallest = curve.pathway(low) if low is not None else None
+        smallest = curve.pathway(low if low is not None else 0)
     finally:
         if store is not None:
             store.close()
