@@ -54,20 +54,15 @@ def pattern_gradients(model, embedded, answer: int | None = None, gate: Bool[tor
     n_layers = model.cfg.n_layers
     alphas = torch.ones(1) if alphas is None else torch.as_tensor(alphas, dtype=torch.float32).reshape(-1)
     kept: dict[int, torch.Tensor] = {}
-    device = model.device
-    scale = None
-    if gate is not None:
-        gated = gate.to(device)
-        scale = 1 - (1 - alphas.to(device).view(-1, 1, 1, 1)) * gated  # (batch, 1, N, N)
-
-    knocked = {layer: mask for layer, mask in (blocked or {}).items() if mask.any()}
+    device = model.device  # masks live there; a layer on another GPU (a split model) moves its own
+    faded = None if gate is None else (1 - alphas.to(device).view(-1, 1, 1, 1)) * gate.to(device)  # share removed
+    knocked = {layer: mask.to(device) for layer, mask in (blocked or {}).items() if mask.any()}
 
     def keep(pattern, hook):
         if hook.layer() in knocked:
-            pattern = knock_out(pattern, knocked[hook.layer()].to(pattern.device))
-        if scale is not None:
-            weights = pattern * scale.to(pattern.device, pattern.dtype)
-            pattern = weights / weights.sum(-1, keepdim=True)
+            pattern = without(pattern, knocked[hook.layer()].to(pattern.device))
+        if faded is not None:
+            pattern = without(pattern, faded.to(pattern.device))
         if not pattern.requires_grad:  # a frozen model: the pattern is where the graph starts
             pattern.requires_grad_(True)
         kept[hook.layer()] = pattern
@@ -90,11 +85,13 @@ def pattern_gradients(model, embedded, answer: int | None = None, gate: Bool[tor
     return PatternGradients(pattern, weighted, log_prob.detach().cpu(), alphas, log_probs[0].detach().exp().cpu(), answer)
 
 
-def knock_out(pattern: Float[torch.Tensor, "batch head query key"],
-              mask: Bool[torch.Tensor, "query key"]) -> Float[torch.Tensor, "batch head query key"]:  # fmt: skip
-    """The pattern with ``mask``'s entries removed and their rows renormalised in float32 (the
-    knockout's softmax); rows the mask does not touch are returned exactly as they were."""
+def without(pattern: Float[torch.Tensor, "*batch query key"],
+            removed: Float[torch.Tensor, "*batch query key"] | Bool[torch.Tensor, "query key"]) -> Float[torch.Tensor, "*batch query key"]:  # fmt: skip
+    """The pattern with each weight scaled down by the share ``removed`` of it (1 or True: the
+    edge knocked out) and each row it touches renormalised in float32, which is a knockout's
+    softmax where whole edges go; rows it does not touch come back exactly as they were."""
     probs = pattern.float()
-    kept = probs.masked_fill(mask, 0)
-    renormalised = kept / kept.sum(-1, keepdim=True).clamp_min(1e-12)
-    return torch.where(mask.any(-1, keepdim=True), renormalised, probs).to(pattern.dtype)
+    removed = removed.to(probs.dtype)
+    weights = probs * (1 - removed)
+    renormalised = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+    return torch.where((removed != 0).any(-1, keepdim=True), renormalised, probs).to(pattern.dtype)

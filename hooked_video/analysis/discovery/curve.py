@@ -48,26 +48,25 @@ def random_setting(scorer, fraction: float, seed: int) -> dict:
 def preset_row(scorer, preset: PathwaySpec) -> dict:
     """The preset scored on the scorer's samples, as a curve row."""
     preset.check_model(scorer.model)
-    name = preset.describe()
-    figures = scorer.score({name: lambda i, prompt: preset.layer_edges(prompt.token_map, scorer.n_layers)})[name]
+    figures = scorer.score_pathway(preset.describe(), preset)
     return {"pathway": "preset", "step": np.nan, "seed": np.nan, **figures}
 
 
-def random_rows(scorer, fractions: dict, seeds: int) -> tuple[list[dict], list]:
-    """Random pruning at each ``fractions`` value (key -> pruned share; the key names the point in
-    the rows' ``step``), ``seeds`` seeds each, all scored side by side: (rows, keys of the shares
-    the paper's rule cannot reach on these prompts)."""
+def random_rows(scorer, fractions: dict, seeds: int, key: str = "step") -> tuple[list[dict], list]:
+    """Random pruning at each ``fractions`` value (point -> pruned share; the point goes in the
+    rows' column ``key``), ``seeds`` seeds each, all scored side by side: (rows, points whose
+    share the paper's rule cannot reach on these prompts)."""
     skipped, points, settings = [], [], {}
-    for key, fraction in fractions.items():
+    for point, fraction in fractions.items():
         if not _reachable(scorer, fraction):  # the rule draws only among pairs at or after the video start
-            skipped.append(key)
+            skipped.append(point)
             continue
         for seed in range(seeds):
             setting = random_setting(scorer, fraction, seed)
             settings.update(setting)
-            points.append((key, seed, next(iter(setting))))
+            points.append((point, seed, next(iter(setting))))
     scored = scorer.score(settings)  # all points of a sample side by side in the engine
-    return [{"pathway": "random", "step": key, "seed": seed, **scored[name]} for key, seed, name in points], skipped
+    return [{"pathway": "random", key: point, "seed": seed, **scored[name]} for point, seed, name in points], skipped
 
 
 def baselines(scorer, found, preset: PathwaySpec | None, seeds: int) -> pd.DataFrame | None:

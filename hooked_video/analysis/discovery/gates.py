@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
+from hooked_video.analysis.attribution.gradients import without
 from hooked_video.analysis.pathways import FLOWS, PathwaySpec
 from hooked_video.data.mcqa import to_prompt
 
@@ -77,9 +78,7 @@ def gate_hooks(theta: Float[torch.Tensor, "flow layer"], masks: Bool[torch.Tenso
         removed = torch.einsum("f,fqk->qk", closed, flow_masks)  # share of each weight taken away
         if hard is not None:
             removed = torch.where(hard, 1.0, removed)
-        probs = pattern.float()
-        left = 1 - (probs * removed).sum(-1, keepdim=True)
-        return (probs * (1 - removed) / left.clamp_min(1e-12)).to(pattern.dtype)
+        return without(pattern, removed)
 
     return [(f"blocks.{layer}.attn.hook_pattern", gate) for layer in range(theta.shape[1])]
 

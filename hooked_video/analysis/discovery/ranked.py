@@ -192,7 +192,7 @@ def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: 
         def score(k: int, size: float) -> dict:
             pathway = curve.pathway(k)
             name = f"blocks closed {k} {hashlib.sha1(repr(pathway.closed).encode()).hexdigest()[:12]}"
-            figures = scorer.score({name: lambda i, prompt: pathway.layer_edges(prompt.token_map, scorer.n_layers)})[name]
+            figures = scorer.score_pathway(name, pathway)
             return {"pathway": "ranked", "size": size, "n_closed": k, "seed": np.nan, **figures}
 
         curve.ranking = rank_groups(model, scorer, None, progress).assign(ranked_after=0)
@@ -210,7 +210,7 @@ def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: 
             point, curve.ranking = max(tried, key=lambda t: (t[0]["accuracy"], t[0]["rel_change"]))
             n_closed = point["n_closed"]
             ranked.append(point)
-        random, _ = random_rows(scorer, {size: 1 - size for size in sizes if size < 1}, seeds)
+        random, _ = random_rows(scorer, {size: 1 - size for size in sizes if size < 1}, seeds, key="size")
         needed = full * min_accuracy - 1e-12
         low = _last_keeping(ranked, needed)
         if low is not None:
@@ -220,7 +220,6 @@ def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: 
     finally:
         if store is not None:
             store.close()
-    random = [{**r, "size": r.pop("step")} for r in random]
     curve.table = pd.DataFrame(ranked + random + rows).drop(columns="step", errors="ignore")
     curve.table.attrs["full_accuracy"] = full
     curve.smallest = smallest

@@ -134,7 +134,7 @@ def refine(model, samples: Iterable, found: Discovery, granularity: str = "frame
     if granularity == "tokens" and len(items) != 1:
         raise InvalidInputError(f"granularity='tokens' refines one question at a time (got {len(items)}): token "
                                 "positions differ between questions")  # fmt: skip
-    spec, n_layers = found.spec, model.cfg.n_layers
+    spec = found.spec
     store = _open(model, items, out, resume, num_frames, rule)
     try:
         scorer = Scorer(model, items, num_frames, engine, store, progress, rule)
@@ -147,7 +147,7 @@ def refine(model, samples: Iterable, found: Discovery, granularity: str = "frame
         def faithful(pathway: RefinedPathway, chunk: int) -> bool:
             names = [(label(g), layer) for g, layer in pathway.closed]
             name = f"{base} | {granularity} closed {len(names)} {hashlib.sha1(repr(names).encode()).hexdigest()[:12]}"
-            figures = scorer.score({name: lambda i, prompt: pathway.layer_edges(prompt.token_map, n_layers)})[name]
+            figures = scorer.score_pathway(name, pathway)
             ok = figures["rel_change"] >= -tolerance and figures["accuracy"] >= min_accuracy * full - 1e-12
             points.append({"n_closed": len(names), "chunk": chunk, **figures, "faithful": ok})
             return ok

@@ -81,6 +81,11 @@ class Scorer:
                                   "accuracy": table.correct.mean()}  # fmt: skip
         return {name: self.figures[name] for name in settings}
 
+    def score_pathway(self, name: str, pathway) -> dict:
+        """The figures of one pathway (anything with ``layer_edges``: a spec, a refined or block
+        pathway), stored under ``name``, which must identify it."""
+        return self.score({name: lambda i, prompt: pathway.layer_edges(prompt.token_map, self.n_layers)})[name]
+
     def rows(self, name: str) -> pd.DataFrame:
         """One row per sample of a scored setting: sample_id, task, rel_change, flipped, correct, retained, baseline."""
         return pd.DataFrame([{**self.done[(name, sample_id)], "task": task} for sample_id, task in zip(self.ids, self.tasks)])

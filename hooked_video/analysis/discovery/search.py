@@ -156,7 +156,7 @@ def greedy(scorer: Scorer, tolerance: float = 5.0, min_accuracy: float = 0.95, f
     spec = PathwaySpec(**{f: (0, n_layers - 1) for f in flows}, **{f: None for f in FLOWS if f not in flows},
                        n_layers=n_layers)  # fmt: skip
     path: list[dict] = []
-    path.append(row(spec, None, scorer.score(_setting(scorer, spec))[spec.describe()]))
+    path.append(row(spec, None, scorer.score_pathway(spec.describe(), spec)))
     bar = tqdm(total=len(flows) * n_layers, desc="closing layers", disable=not progress)
     while _closings(spec, flows) and (full_curve or path[-1]["faithful"]):
         candidates = [_closed(spec, flow, end) + (flow,) for flow, end in _closings(spec, flows)]
@@ -173,7 +173,7 @@ def greedy(scorer: Scorer, tolerance: float = 5.0, min_accuracy: float = 0.95, f
             candidates.sort(key=lambda c: -ranking[(c[2], c[1])])
             tried = []
             for candidate in candidates[: len(candidates) if path[-1]["faithful"] else 1]:
-                tried.append((scorer.score(_setting(scorer, candidate[0]))[candidate[0].describe()], candidate))
+                tried.append((scorer.score_pathway(candidate[0].describe(), candidate[0]), candidate))
                 if faithful(tried[-1][0]):
                     break
             chosen, (spec, layer, flow) = max(tried, key=lambda t: (faithful(t[0]), t[0]["rel_change"]))
