@@ -12,6 +12,12 @@ toys, against random pruning and the toy's preset; and how those presets were re
 
     python benchmarks/size_curve.py --models toy16-video-ft toy-video-ft --per-task 4 --out results/size_curve_toys.json
     python benchmarks/size_curve.py --toy-presets --per-task 4 --out results/toy_presets.json
+    python benchmarks/size_curve.py --preset llava-next-video-7b --device cuda --samples 32 --out results/size_curve_7b_h200.json
+
+- ``--preset`` (a GPU): the curve's cost at a preset's shape (random weights, bf16, the answer made
+  confident, as ``discovery.py --preset``): per sample (one prompt) and per model (``--samples``
+  prompts), 3 seeds, the paper's pathway of that shape as the preset: seconds, exact points,
+  backward passes, peak memory. Random weights make the figures themselves meaningless.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from discovery import toy_and_questions  # noqa: E402
+from discovery import real_shape_prompts, toy_and_questions  # noqa: E402
 
 from hooked_video import discovery, flow  # noqa: E402
 from hooked_video.analysis.pathways import PathwaySpec, preset_for  # noqa: E402
@@ -76,14 +82,74 @@ def toy_presets(per_task: int) -> dict:
     return out
 
 
+#: The paper's pathway of each real shape ``--preset`` times (the preset scored beside the curve).
+PAPER_PATHWAY = {"llava-next-video-7b": "llava-next-7b-video-ft", "llava-next-video-13b": "llava-next-13b-video-ft"}
+
+
+def timed_curve(model, prompts, device: str, preset) -> dict:
+    import torch
+
+    from hooked_video.analysis.discovery import ranked
+
+    backwards, original = [0], ranked.pattern_gradients
+
+    def counted(*args, **kwargs):
+        backwards[0] += 1
+        return original(*args, **kwargs)
+
+    ranked.pattern_gradients = counted
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        start = time.perf_counter()
+        curve = discovery.size_curve(model, prompts, seeds=3, preset=preset, progress=False)
+        torch.cuda.synchronize() if cuda else None
+        seconds = time.perf_counter() - start
+    finally:
+        ranked.pattern_gradients = original
+    table = curve.table
+    return {"samples": len(prompts), "seconds": round(seconds, 2), "per_sample_s": round(seconds / len(prompts), 2),
+            "exact_points": len(table), "ranked_points": int((table.pathway == "ranked").sum()),
+            "backwards": backwards[0], "groups": len(curve.ranking),
+            "smallest_retention": float(table[(table.pathway == "ranked") & (table.n_closed == len(curve.smallest.closed))].retention.iloc[0]),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None}  # fmt: skip
+
+
+def real_shape(preset: str, device: str, n_samples: int, margin: float) -> dict:
+    import torch
+
+    model, prompts = real_shape_prompts(preset, device, n_samples, margin)
+    pathway = PAPER_PATHWAY.get(preset)
+    result = {"preset": preset, "pathway_preset": pathway, "n_positions": prompts[0].n_positions,
+              "n_layers": model.cfg.n_layers, "confident_margin": margin, "torch": torch.__version__,
+              "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}  # fmt: skip
+    discovery.size_curve(model, prompts[:1], sizes=(1.0, 0.5), seeds=0, preset=None, bisect=0, progress=False)  # warm-up
+    result["per_sample"] = timed_curve(model, prompts[:1], device, pathway)
+    print(result, flush=True)
+    result["per_model"] = timed_curve(model, prompts, device, pathway)
+    print(result, flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["toy16-video-ft", "toy-video-ft"])
     parser.add_argument("--per-task", type=int, default=4)
     parser.add_argument("--toy-presets", action="store_true", help="read the toys' presets off their sweeps")
+    parser.add_argument("--preset", default=None, help="a real shape (benchmarks/shapes.py), random weights")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--confident", type=float, default=13.0, help="raise the answer's logit by this much")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    result = toy_presets(args.per_task) if args.toy_presets else [curve_of(name, args.per_task) for name in args.models]
+    if args.preset:
+        result = real_shape(args.preset, args.device, args.samples, args.confident)
+    elif args.toy_presets:
+        result = toy_presets(args.per_task)
+    else:
+        result = [curve_of(name, args.per_task) for name in args.models]
     print(json.dumps(result, indent=1, default=str))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -156,7 +156,7 @@ def test_a_shard_waiting_for_the_others_says_so_and_gives_up(tmp_path, capsys):
 
     store = _open(tmp_path, shard=Shard(0, 2))
     store.add("rows", [{"sample_id": "s0"}])
-    with pytest.raises(TimeoutError, match=r"gave up after 0 s waiting for the other shards' rows .*1 of 2 samples"):
+    with pytest.raises(TimeoutError, match=r"gave up after 0 s waiting for the other shards' rows .*1 of 2 rows"):
         wait_for_rows(store, "rows", ["s0", "s1"], poll=0.01, timeout=0.05)
     out = capsys.readouterr().out
     assert "start the other shards with the same command and their --shard i/n" in out
@@ -219,3 +219,23 @@ def test_launcher_variables_that_make_no_sense_are_named(monkeypatch, environmen
         monkeypatch.setenv(name, value)
     with pytest.raises(InvalidInputError, match=message):
         Shard.from_environment()
+
+
+def test_rows_are_selected_by_key_fields_across_shards(tmp_path):
+    from hooked_video.runtime.distributed import Shard
+    from hooked_video.runtime.store import open_store
+
+    def opened(shard):
+        return open_store(tmp_path, "demo", {"a": 1}, [("s0", {"id": "s0", "video": None})], key=("sample_id",),
+                          keys={"per_sample": ("name", "sample_id")}, shard=shard)  # fmt: skip
+
+    first, second = opened(Shard(0, 2)), opened(Shard(1, 2))
+    first.add("per_sample", [{"name": "a", "sample_id": "s0", "value": 1}, {"name": "b", "sample_id": "s0", "value": 2}])
+    second.add("per_sample", [{"name": "a", "sample_id": "s1", "value": 3}, {"name": "a b", "sample_id": "s1", "value": 4}])
+    assert [r["value"] for r in second.rows("per_sample", {"name": "a"})] == [3, 1]  # its own first, then the peers'
+    assert [r["value"] for r in first.rows("per_sample", {"name": "a", "sample_id": "s1"})] == [3]
+    assert len(first.rows("per_sample")) == 4
+    with pytest.raises(ValueError, match="key fields"):
+        first.rows("per_sample", {"value": 1})
+    first.close()
+    second.close()

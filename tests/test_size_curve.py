@@ -11,6 +11,7 @@ from test_discovery import one_per_task, toy  # noqa: F401  (fixtures: five ques
 from hooked_video import HookedVideoLLM, discovery, pathways, viz
 from hooked_video.analysis.attribution.estimates import mask_effects, pair_effects
 from hooked_video.analysis.attribution.gradients import pattern_gradients
+from hooked_video.analysis.discovery import ranked as ranked_module
 from hooked_video.analysis.discovery.blocks import BlockPathway, blocks, layer_groups
 from hooked_video.analysis.pathways import _Runner, count_edges
 
@@ -140,13 +141,15 @@ def test_the_curve_is_exact_reaches_the_floor_and_beats_random_pruning(toy, one_
 
 def test_a_rerun_replays_the_curve_without_forwards(toy, one_per_task, drawn, monkeypatch):
     out, curve = drawn
-    calls = []
+    calls, backwards = [], []
     original = _Runner.knocked_out_many
     monkeypatch.setattr(_Runner, "knocked_out_many", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(ranked_module, "pattern_gradients", lambda *a, **k: backwards.append(1) or pattern_gradients(*a, **k))
     again = discovery.size_curve(toy, one_per_task, sizes=SIZES, seeds=1, preset="auto", bisect=3, out=out,
                                        progress=False)  # fmt: skip
-    assert not calls
+    assert not calls and not backwards  # the rankings' per-sample estimates are stored with the rows
     pd.testing.assert_frame_equal(again.table, curve.table)
+    pd.testing.assert_frame_equal(again.ranking, curve.ranking)
     once = discovery.size_curve(toy, one_per_task[:2], sizes=(1.0, 0.5), seeds=0, preset=None, rerank=False, progress=False)
     assert set(once.ranking.ranked_after) == {0}
     grid = curve.table[(curve.table.pathway == "ranked") & curve.table["size"].notna()]

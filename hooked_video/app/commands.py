@@ -285,29 +285,38 @@ def run_discover(args) -> None:
     kwargs = dict(tolerance=args.tolerance, min_accuracy=args.min_accuracy, full_curve=not args.stop_at_faithful,
                   flows=flows, method=args.method, seeds=args.seeds, preset=None if args.preset == "none" else args.preset,
                   num_frames=args.frames, engine=args.engine, rule=args.rule, out=args.out, resume=not args.fresh)  # fmt: skip
-    if args.by == "model":
-        found = {"all samples": discovery.discover(model, samples, **kwargs)}
-    else:
-        found = discovery.discover_each(model, samples, by=args.by, **kwargs)
+
+    def search(shard):
+        found = (discovery.discover(model, samples, shard=shard, **kwargs) if args.by == "model"
+                 else discovery.discover_each(model, samples, by=args.by, shard=shard, **kwargs))  # fmt: skip
+        found = {"all samples": found} if args.by == "model" else found
+        finer = curve = None
+        if args.refine:
+            finer = discovery.refine(model, samples, found["all samples"], granularity=args.refine,
+                                     tolerance=args.tolerance, min_accuracy=args.min_accuracy, num_frames=args.frames,
+                                     engine=args.engine, rule=args.rule, out=args.out, resume=not args.fresh,
+                                     max_points=args.refine_points, shard=shard)  # fmt: skip
+        if args.size_curve:
+            curve = discovery.size_curve(model, samples, seeds=args.seeds, preset=kwargs["preset"],
+                                         min_accuracy=args.min_accuracy, num_frames=args.frames, engine=args.engine,
+                                         rule=args.rule, out=args.out, resume=not args.fresh, shard=shard)  # fmt: skip
+        return found, finer, curve
+
+    result = _sharded(args, search)
+    if result is None:
+        return
+    found, finer, curve = result
     table = discovery.table(found)
     summary = {"by": args.by, "method": args.method, "tolerance": args.tolerance, "min_accuracy": args.min_accuracy, "flows": list(flows),
                "rule": args.rule, "found": json.loads(table.to_json(orient="index")),
                "path": {k: json.loads(f.path.to_json(orient="records")) for k, f in found.items()},
                "curve": {k: json.loads(f.curve.to_json(orient="records")) for k, f in found.items() if f.curve is not None}}  # fmt: skip
-    if args.refine:
-        finer = discovery.refine(model, samples, found["all samples"], granularity=args.refine,
-                                 tolerance=args.tolerance, min_accuracy=args.min_accuracy, num_frames=args.frames,
-                                 engine=args.engine, rule=args.rule, out=args.out, resume=not args.fresh,
-                                 max_points=args.refine_points)  # fmt: skip
+    if finer is not None:
         summary["refine"] = {"granularity": args.refine, "candidates": finer.candidates, "untried": finer.untried,
                              "pathway": finer.pathway.settings(),
                              "closed": json.loads(finer.closed.to_json(orient="records")),
                              "path": json.loads(finer.path.to_json(orient="records"))}  # fmt: skip
-    curve = None
-    if args.size_curve:
-        curve = discovery.size_curve(model, samples, seeds=args.seeds, preset=kwargs["preset"], min_accuracy=args.min_accuracy,
-                                     num_frames=args.frames, engine=args.engine, rule=args.rule, out=args.out,
-                                     resume=not args.fresh)  # fmt: skip
+    if curve is not None:
         write_text(Path(args.out, "size_curve.csv"), curve.table.to_csv(index=False), overwrite=args.overwrite)
         summary["size_curve"] = {"smallest": curve.smallest and curve.smallest.settings(),
                                  "points": json.loads(curve.table.to_json(orient="records"))}  # fmt: skip

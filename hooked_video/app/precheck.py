@@ -57,9 +57,14 @@ def check_placement(args) -> None:
     """Placement options that would be dropped are errors."""
     from hooked_video.runtime.distributed import environment_number  # light: no torch
 
-    if args.command == "discover" and environment_number("WORLD_SIZE", 1) > 1:
-        raise ValueError("discover runs in one process (every step needs every sample's figures); run it without "
-                         "torchrun / accelerate launch, with --device-map to split a large model over GPUs")  # fmt: skip
+    sharded = getattr(args, "shard", None) or environment_number("WORLD_SIZE", 1) > 1
+    if sharded and getattr(args, "fresh", False):
+        raise ValueError("--fresh cannot be combined with shards (one shard would delete the others' results): delete "
+                         "the results folder, or use a new one, before launching the shards")  # fmt: skip
+    if args.command == "discover" and sharded and args.method == "gates" and args.by != "sample":
+        raise ValueError("--method gates learns one set of gates from every sample's gradients, so it runs in one "
+                         "process: drop --shard (or torchrun / accelerate launch), use --by sample, or shard "
+                         "--method atp or exact")  # fmt: skip
     if getattr(args, "device_map", None) is None:
         for option, value in (("--max-memory", "max_memory"), ("--gpus-per-process", "gpus_per_process")):
             if getattr(args, value, None) is not None:

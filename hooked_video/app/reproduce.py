@@ -140,8 +140,8 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
             share of every analysis and process 0 writes the report; None: all samples here.
         engine: how knockout passes run, as in ``flow.sweep`` ("compiled" for long GPU runs).
         discover_samples: questions the pathway search runs on (taken from every task in turn;
-            0: no search). It runs in one process (process 0 under a launcher), stored under
-            ``out/discovery``.
+            0: no search). Under a launcher every process scores its share of them, in step with
+            the others; stored under ``out/discovery``.
         size_curve: also draw the faithfulness-size curve over every attention edge on those
             questions (``discovery.size_curve``, 3 random seeds, the ranges above as the preset).
         overwrite: replace ``index.html``, ``summary.json`` and figures in ``out`` that hooked-video did
@@ -177,18 +177,18 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
                                                                progress=progress, engine=engine, shard=part), shard)  # fmt: skip
     result = Reproduction(names, acc, sweep, image_cf, lens_run, keyword_tables, spec, source, report, report_tomato)
     result.settings = _settings(video_model, window, select, engine, norm, lens_variant, keyword_min_count, overlapping_bins)
-    if shard is not None and shard.index != 0:
-        return result  # process 0 searches, writes the figures and the report
-    if discover_samples:
+    if discover_samples:  # every process searches its share of the questions, in step with the others
         searched = interleaved(items, discover_samples)
         result.discovery = discovery.discover(video_model, searched, method="atp", seeds=3, preset=spec, engine=engine,
-                                              out=out / "discovery", progress=progress)  # fmt: skip
+                                              out=out / "discovery", progress=progress, shard=shard)  # fmt: skip
         if size_curve:
             try:
                 result.size_curve = discovery.size_curve(video_model, searched, seeds=3, preset=spec, engine=engine,
-                                                         out=out / "discovery", progress=progress)  # fmt: skip
+                                                         out=out / "discovery", progress=progress, shard=shard)  # fmt: skip
             except InvalidInputError as error:  # e.g. questions of different numbers of frames: said in the report
                 result.size_curve_note = str(error)
+    if shard is not None and shard.index != 0:
+        return result  # process 0 writes the figures and the report
     result.figures = _figures(result)
     for name, figure in result.figures.items():
         save_figure(figure, out / f"{name}.png", overwrite, dpi=90)

@@ -154,27 +154,38 @@ def barrier() -> bool:
 WAIT_FOR_SHARDS = 6 * 3600
 
 
-def wait_for_rows(store, table: str, sample_ids: Sequence[str], poll: float = 5.0,
-                  timeout: float = WAIT_FOR_SHARDS) -> list[dict]:  # fmt: skip
-    """The rows of ``table`` for all ``sample_ids`` across the folder's shards, once every shard
-    has stored them (polling the store; shards of a job array may start at different times). Says
-    at once what it waits for and how not to; gives up after ``timeout`` seconds (TimeoutError)."""
+def wait_for(store, table: str, wanted: set, key_of, why: str, where: dict | None = None, poll: float = 5.0,
+             timeout: float = WAIT_FOR_SHARDS) -> list[dict]:  # fmt: skip
+    """The rows of ``table`` whose ``key_of(row)`` is in ``wanted``, once the folder's shards hold
+    them all (polling the store, first every 0.05 s, then less often, up to every ``poll`` s:
+    shards that wait for each other at every step of a search should not sleep long). ``why``
+    says, in the one message printed while waiting, why this shard needs them and how not to;
+    ``where`` narrows the rows read (``store.rows``).
+    Gives up after ``timeout`` seconds (TimeoutError)."""
     import time
 
-    wanted, announced, deadline = set(sample_ids), False, time.monotonic() + timeout
+    deadline, announced, pause = time.monotonic() + timeout, False, min(0.05, poll)
     while True:
-        rows = [r for r in store.rows(table) if r["sample_id"] in wanted]
-        if {r["sample_id"] for r in rows} >= wanted:
+        rows = [r for r in store.rows(table, where) if key_of(r) in wanted]
+        if len({key_of(r) for r in rows}) == len(wanted):
             return rows
-        waiting = (f"the other shards' {table} rows in {store.folder.parent} ({len({r['sample_id'] for r in rows})} of "
-                   f"{len(wanted)} samples stored)")  # fmt: skip
+        waiting = f"the other shards' {table} rows in {store.folder.parent} ({len(rows)} of {len(wanted)} rows stored)"
         if time.monotonic() > deadline:
             raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {waiting}: start the missing shards (the same "
                                "command with their --shard i/n), or run without shards")  # fmt: skip
-        if not announced:
-            print(f"waiting for {waiting}: this shard needs every sample's rows before it can go on (e.g. prune's "
-                  "random fraction over the whole run); start the other shards with the same command and their "
-                  f"--shard i/n, or use --random-fraction sample or a number; giving up after {timeout:.0f} s",
-                  flush=True)  # fmt: skip
+        if not announced and pause >= poll:  # quiet while the shards keep in step
+            print(f"waiting for {waiting}: {why}; giving up after {timeout:.0f} s", flush=True)
             announced = True
-        time.sleep(poll)
+        time.sleep(pause)
+        pause = min(poll, pause * 2)
+
+
+def wait_for_rows(store, table: str, sample_ids: Sequence[str], poll: float = 5.0,
+                  timeout: float = WAIT_FOR_SHARDS) -> list[dict]:  # fmt: skip
+    """The rows of ``table`` for all ``sample_ids`` across the folder's shards (``wait_for``), for
+    prune's random fraction over the whole run."""
+    rows = wait_for(store, table, set(sample_ids), lambda row: row["sample_id"],
+                    "this shard needs every sample's rows before it can go on (prune's random fraction over the whole "
+                    "run); start the other shards with the same command and their --shard i/n, or use "
+                    "--random-fraction sample or a number", poll=poll, timeout=timeout)  # fmt: skip
+    return rows

@@ -51,6 +51,7 @@ from hooked_video.runtime.store_format import (
     _quote,
     _read_database,
     _read_meta,
+    _where,
 )
 
 __all__ = ["DATABASE", "FolderStore", "ResultStore", "ResultsBusyError", "ResultsCorruptError", "ResultsMismatchError",
@@ -144,12 +145,17 @@ class ResultStore:
         return {tuple(_hashable(json.loads(v)) for v in r) for r in rows}
 
     @_names_its_file
-    def rows(self, table: str) -> list[dict]:
-        """The rows of ``table``, in the order they were stored."""
+    def rows(self, table: str, where: Mapping | None = None) -> list[dict]:
+        """The rows of ``table``, in the order they were stored; with ``where`` ({key field:
+        value}), only those whose key fields have those values."""
         if not self._exists(table):
             return []
-        self._table(table)  # checks the key
-        return [json.loads(r[0]) for r in self._conn.execute(f"SELECT {ROW} FROM {_quote(table)} ORDER BY rowid")]
+        fields = self._table(table)  # checks the key
+        if where and not set(where) <= set(fields):
+            raise ValueError(f"rows can be selected by the key fields {fields} of {table!r} only, not {sorted(where)}")
+        clause, values = _where(where)
+        rows = self._conn.execute(f"SELECT {ROW} FROM {_quote(table)}{clause} ORDER BY rowid", values)
+        return [json.loads(r[0]) for r in rows]
 
     @_names_its_file
     def add(self, table: str, rows: Iterable[Mapping]) -> int:
@@ -352,14 +358,15 @@ class FolderStore:
         """The key columns of ``table``."""
         return self.own.key(table)
 
-    def _peer_rows(self, table: str) -> list[dict]:
-        return [row for peer in self.peers() for row in _read_database(peer, table)[2]]
+    def _peer_rows(self, table: str, where: Mapping | None = None) -> list[dict]:
+        return [row for peer in self.peers() for row in _read_database(peer, table, where)[2]]
 
-    def rows(self, table: str) -> list[dict]:
-        """The rows of ``table`` in every store of the folder, each key once (own rows first)."""
+    def rows(self, table: str, where: Mapping | None = None) -> list[dict]:
+        """The rows of ``table`` in every store of the folder, each key once (own rows first);
+        ``where`` as ``ResultStore.rows``."""
         merged: dict = {}
         key = self.key(table)
-        for row in self.own.rows(table) + self._peer_rows(table):
+        for row in self.own.rows(table, where) + self._peer_rows(table, where):
             merged.setdefault(tuple(_json(row.get(f)) for f in key), row)
         return list(merged.values())
 

@@ -88,8 +88,16 @@ def _read_meta(path: Path) -> dict:
         conn.close()
 
 
-def _read_database(path: Path, table: str) -> tuple[dict, tuple[str, ...] | None, list[dict]]:
-    """(meta, key of ``table``, rows); ({}, None, []) for a database another process is creating."""
+def _where(where: dict | None) -> tuple[str, list]:
+    """A SQL filter on key columns (each equal to a value) and its parameters."""
+    if not where:
+        return "", []
+    return " WHERE " + " AND ".join(f"{_quote(f)} = ?" for f in where), [_json(v) for v in where.values()]
+
+
+def _read_database(path: Path, table: str, where: dict | None = None) -> tuple[dict, tuple[str, ...] | None, list[dict]]:
+    """(meta, key of ``table``, rows, those whose key fields equal ``where``'s values if given);
+    ({}, None, []) for a database another process is creating."""
     conn = sqlite3.connect(path, timeout=600)
     try:
         try:
@@ -99,9 +107,10 @@ def _read_database(path: Path, table: str) -> tuple[dict, tuple[str, ...] | None
                 return {}, None, []
             raise
         key = meta.get("table:" + table)
-        if key is None:
-            return meta, None, []
-        rows = [json.loads(r[0]) for r in conn.execute(f"SELECT {ROW} FROM {_quote(table)} ORDER BY rowid")]
+        if key is None or where and not set(where) <= set(key):  # no such table, or no such key field: no rows
+            return meta, key and tuple(key), []
+        clause, values = _where(where)
+        rows = [json.loads(r[0]) for r in conn.execute(f"SELECT {ROW} FROM {_quote(table)}{clause} ORDER BY rowid", values)]
         return meta, tuple(key), rows
     except (sqlite3.DatabaseError, ValueError) as err:  # ValueError: stored text that is not JSON
         raise _corrupt(path, err) from None

@@ -41,6 +41,7 @@ from hooked_video.analysis.discovery.search import _open
 from hooked_video.analysis.pathways import PathwaySpec, causal_edges
 from hooked_video.core.checks import InvalidInputError, check_count
 from hooked_video.data.mcqa import identify_all
+from hooked_video.runtime.distributed import Shard, resolve_shard
 
 #: The shares of edges kept that the curve is scored at (the smallest reachable stands in for
 #: sizes below the floor of one edge per row).
@@ -101,33 +102,46 @@ def rank_groups(model, scorer: Scorer, closed: BlockPathway | None = None, progr
     change of log P(top token) when the group's edges leave the attention rows, which renormalise;
     gradients taken with ``closed`` knocked out, each token's own edge kept), per_edge (the mean
     over samples of the change's size, per edge of one sample: a group that moves the answer up on
-    one question and down on another is not taken for harmless)."""
+    one question and down on another is not taken for harmless). Each sample's estimates are
+    stored with the scorer's rows (pooled across shards, read back on a rerun)."""
     done = set(closed.closed) if closed is not None else set()
-    effects: dict[tuple, float] = {}
-    sizes_of: dict[tuple, float] = {}
-    edges: dict[tuple, int] = {}
-    for i, prompt in enumerate(tqdm(scorer.prompts, desc="ranking block groups", disable=not progress)):
-        tm = prompt.token_map
+
+    def estimates(i: int) -> list:
+        tm = scorer.prompts[i].token_map
         named = blocks(tm)
         names, positions = list(named), list(named.values())
         knocked = {l: e.mask for l, e in closed.layer_edges(tm, scorer.n_layers).items()} if closed is not None else None
-        grads = pattern_gradients(model, model.embed(prompt), answer=scorer.top[i], blocked=knocked)
-        per_layer = pair_effects(grads, positions, positions, self_edges=False)  # (layer, target, source)
+        grads = pattern_gradients(model, model.embed(scorer.prompts[i]), answer=scorer.top[i], blocked=knocked)
+        per_layer = pair_effects(grads, positions, positions, self_edges=False).tolist()  # (layer, target, source)
         del grads
-        sizes = group_sizes(tm)
-        for t, s in zip(*torch.nonzero(sizes, as_tuple=True)):
+        return [[names[s], names[t], layer, per_layer[layer][t][s]] for t, s in _pairs(tm)
+                for layer in range(scorer.n_layers) if (names[s], names[t], layer) not in done]  # fmt: skip
+
+    tag = hashlib.sha1(repr(sorted(done)).encode()).hexdigest()[:12]
+    values = scorer.per_sample(f"block ranking {len(done)} {tag}", estimates, "ranking block groups" if progress else None)
+    effects: dict[tuple, float] = {}
+    sizes_of: dict[tuple, float] = {}
+    for entries in values:
+        for source, target, layer, effect in entries:
+            key = (source, target, layer)
+            effects[key] = effects.get(key, 0.0) + effect
+            sizes_of[key] = sizes_of.get(key, 0.0) + abs(effect)
+    edges: dict[tuple, int] = {}
+    for prompt in scorer.prompts:  # every sample's, also the other shards'
+        names, sizes = list(blocks(prompt.token_map)), group_sizes(prompt.token_map)
+        for t, s in _pairs(prompt.token_map):
             for layer in range(scorer.n_layers):
-                key = (names[s], names[t], layer)
-                if key not in done:
-                    effect = float(per_layer[layer, t, s])
-                    effects[key] = effects.get(key, 0.0) + effect
-                    sizes_of[key] = sizes_of.get(key, 0.0) + abs(effect)
-                    edges[key] = edges.get(key, 0) + int(sizes[t, s])
+                edges[(names[s], names[t], layer)] = edges.get((names[s], names[t], layer), 0) + int(sizes[t, s])
     n = len(scorer.prompts)
     table = pd.DataFrame([{"source": key[0], "target": key[1], "layer": key[2], "edges": edges[key], "estimate": e / n,
                            "per_edge": sizes_of[key] / edges[key]} for key, e in effects.items()],
                          columns=["source", "target", "layer", "edges", "estimate", "per_edge"])  # fmt: skip
     return table.sort_values("per_edge", kind="stable").reset_index(drop=True)
+
+
+def _pairs(tm) -> list[tuple[int, int]]:
+    """(target, source) block indices of the groups that hold edges, in order."""
+    return [(int(t), int(s)) for t, s in zip(*torch.nonzero(group_sizes(tm), as_tuple=True))]
 
 
 def _total_edges(scorer: Scorer) -> int:
@@ -144,7 +158,7 @@ def _count_to(order: pd.DataFrame, closed_edges: int, total: int, size: float) -
 def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: int = 3,
                preset: PathwaySpec | str | None = "auto", min_accuracy: float = 0.95, rerank: bool = True, bisect: int = 8,
                num_frames: int | None = 8, engine: str = "auto", rule: str = PAPER_RULE, out: str | Path | None = None,
-               resume: bool = True, progress: bool = True) -> SizeCurve:  # fmt: skip
+               resume: bool = True, progress: bool = True, shard: Shard | str | None = None) -> SizeCurve:  # fmt: skip
     """The faithfulness-size curve of ranked block pathways (see the module docstring).
 
     Args:
@@ -161,6 +175,9 @@ def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: 
         bisect: the most extra points spent narrowing ``smallest`` down between grid sizes.
         num_frames, engine, rule: as ``discover``.
         out: a results folder (``discover``'s may be shared: rows are named by their content).
+        shard: this process's share of a data-parallel run (as ``discover``; needs ``out``): each
+            shard ranks and scores its own samples and reads the others' from the folder, so all
+            shards draw the same curve.
     """
     items = identify_all(samples)
     if not items:
@@ -175,9 +192,10 @@ def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: 
     check_count(bisect, "bisect", minimum=0, allow_none=False)
     check_rule(rule)
     preset = resolve_preset(model, preset)
-    store = _open(model, items, out, resume, num_frames, rule)
+    shard = resolve_shard(shard)
+    store = _open(model, items, out, resume, num_frames, rule, shard)
     try:
-        scorer = Scorer(model, items, num_frames, engine, store, progress, rule)
+        scorer = Scorer(model, items, num_frames, engine, store, progress, rule, shard=shard)
         layouts = {tuple(blocks(p.token_map)) for p in scorer.prompts}
         if len(layouts) > 1:
             raise InvalidInputError(f"these prompts have different blocks ({sorted(layouts)}): block groups are named by "

@@ -37,6 +37,7 @@ from hooked_video.analysis.discovery.scoring import Scorer
 from hooked_video.analysis.discovery.search import Discovery, _open
 from hooked_video.core.checks import InvalidInputError, check_count
 from hooked_video.data.mcqa import identify_all
+from hooked_video.runtime.distributed import Shard, resolve_shard
 
 
 @dataclass
@@ -78,52 +79,58 @@ class Refinement:
                 f"{row.accuracy:.3f}{stopped}")  # fmt: skip
 
 
-def _estimates(model, items: list, granularity: str, num_frames, rule: str) -> dict[tuple[str, int], float]:
-    """(label, layer) -> mean AtP estimate (%) of closing that group alone in that layer."""
-    if granularity == "cells":
-        return _cell_estimates(model, items, num_frames)
+def _estimates(scorer: Scorer, granularity: str, progress: bool) -> dict[tuple[str, int], float]:
+    """(label, layer) -> mean AtP estimate (%) of closing that group alone in that layer, over the
+    scorer's samples (pooled across shards, stored with its rows)."""
+    compute = _cell_estimates if granularity == "cells" else _attributed
+    return scorer.mean_per_sample(f"atp {granularity}", lambda i: compute(scorer, i, granularity),
+                                  f"attribution ({granularity})" if progress else None)  # fmt: skip
+
+
+def _attributed(scorer: Scorer, i: int, granularity: str) -> dict[tuple[str, int], float]:
+    """(label, layer) -> ``flow.attribute``'s estimate for sample ``i`` at ``granularity``."""
     from hooked_video.analysis.attribution import attribute
 
-    rows = attribute(model, [item for _, _, item in items], window=1, select="all", granularity=granularity, rule=rule,
-                     num_frames=num_frames, progress=False)  # fmt: skip
+    rows = attribute(scorer.model, [scorer.prompts[i]], window=1, select="all", granularity=granularity,
+                     rule=scorer.rule, progress=False)  # fmt: skip
     if granularity == "tokens":  # labels by the token's index inside the question block
-        index = rows.groupby("sample_id").source_position.rank(method="dense").astype(int) - 1
+        index = rows.source_position.rank(method="dense").astype(int) - 1
         rows = rows.assign(condition="token " + index.astype(str) + "->last")
-    return rows.groupby(["condition", "layer"]).estimate.mean().to_dict()
+    return {key: float(value) for key, value in rows.groupby(["condition", "layer"]).estimate.mean().items()}
 
 
-def _cell_estimates(model, items: list, num_frames) -> dict[tuple[str, int], float]:
-    """(label, layer) -> mean AtP estimate (%) of one video cell -/-> the question, or -/-> the last
-    position, in one layer: one backward per sample, every cell at once."""
+def _cell_estimates(scorer: Scorer, i: int, granularity: str = "cells") -> dict[tuple[str, int], float]:
+    """(label, layer) -> AtP estimate (%) of one video cell -/-> the question, or -/-> the last
+    position, in one layer, for sample ``i``: one backward, every cell at once."""
     from hooked_video.analysis.attribution.estimates import pair_effects
     from hooked_video.analysis.attribution.gradients import pattern_gradients
-    from hooked_video.data.mcqa import to_prompt
 
-    totals: dict[tuple[str, int], float] = {}
-    for _, _, item in items:
-        prompt = to_prompt(model, item, num_frames)
-        tm = prompt.token_map
-        grads = pattern_gradients(model, model.embed(prompt))
-        video = tm.video.tolist()
-        effects = pair_effects(grads, [tm.question, tm.last], [[p] for p in video])  # (layer, 2, cells)
-        del grads
-        for c, p in enumerate(video):
-            place = tuple(int(x) for x in tm.cell[p])
-            for target, kind in enumerate(("cell->question", "cell->last")):
-                name = label((kind, *place))
-                for layer, value in enumerate(effects[:, target, c].tolist()):
-                    totals[(name, layer)] = totals.get((name, layer), 0.0) + 100 * math.expm1(value)
-    return {key: value / len(items) for key, value in totals.items()}
+    model, prompt = scorer.model, scorer.prompts[i]
+    tm = prompt.token_map
+    grads = pattern_gradients(model, model.embed(prompt))
+    video = tm.video.tolist()
+    effects = pair_effects(grads, [tm.question, tm.last], [[p] for p in video])  # (layer, 2, cells)
+    del grads
+    values = {}
+    for c, p in enumerate(video):
+        place = tuple(int(x) for x in tm.cell[p])
+        for target, kind in enumerate(("cell->question", "cell->last")):
+            name = label((kind, *place))
+            for layer, value in enumerate(effects[:, target, c].tolist()):
+                values[(name, layer)] = 100 * math.expm1(value)
+    return values
 
 
 def refine(model, samples: Iterable, found: Discovery, granularity: str = "frame-pairs", tolerance: float = 5.0,
            min_accuracy: float = 0.95, num_frames: int | None = 8, engine: str = "auto", rule: str = PAPER_RULE,
-           out: str | Path | None = None, resume: bool = True, progress: bool = True, max_points: int = 64) -> Refinement:  # fmt: skip
+           out: str | Path | None = None, resume: bool = True, progress: bool = True, max_points: int = 64,
+           shard: Shard | str | None = None) -> Refinement:  # fmt: skip
     """Close as many finer edge groups inside ``found.spec`` as faithfulness allows (see the
     module docstring). ``tolerance`` and ``min_accuracy`` as in ``discover``; the full model's
     figures are the reference, as there. ``out``: a results folder (``discover``'s may be reused).
     ``max_points``: the most exact points tried (each one forward per sample); the search stops
-    there with what it closed so far."""
+    there with what it closed so far. ``shard``: this process's share of a data-parallel run (as
+    ``discover``; needs ``out``)."""
     if granularity not in GRANULARITIES:
         raise InvalidInputError(f"granularity={granularity!r}: one of {GRANULARITIES}")
     if found.spec is None:
@@ -135,11 +142,12 @@ def refine(model, samples: Iterable, found: Discovery, granularity: str = "frame
         raise InvalidInputError(f"granularity='tokens' refines one question at a time (got {len(items)}): token "
                                 "positions differ between questions")  # fmt: skip
     spec = found.spec
-    store = _open(model, items, out, resume, num_frames, rule)
+    shard = resolve_shard(shard)
+    store = _open(model, items, out, resume, num_frames, rule, shard)
     try:
-        scorer = Scorer(model, items, num_frames, engine, store, progress, rule)
+        scorer = Scorer(model, items, num_frames, engine, store, progress, rule, shard=shard)
         groups = _candidates(spec, granularity, [p.token_map for p in scorer.prompts])
-        estimates = _estimates(model, items, granularity, num_frames, rule)
+        estimates = _estimates(scorer, granularity, progress)
         ranked = sorted(groups, key=lambda g: -estimates.get((label(g[0]), g[1]), 0.0))
         base, full = spec.describe(), scorer.full_accuracy
         points: list[dict] = []

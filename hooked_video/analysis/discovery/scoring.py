@@ -20,7 +20,15 @@ from hooked_video.analysis import knockout as ko
 from hooked_video.analysis.accuracy import PAPER_RULE, option_prediction
 from hooked_video.analysis.flow.sweep import choose_engine
 from hooked_video.analysis.pathways import _Runner, count_edges
+from hooked_video.core.checks import InvalidInputError
 from hooked_video.data.mcqa import to_prompt
+from hooked_video.runtime.distributed import Shard, wait_for
+from hooked_video.runtime.store_format import _normal
+
+#: The store table of per-sample values a search pools (the full model's answers, rankings), keyed by (name, sample id).
+PER_SAMPLE = "per_sample"
+_WHY = ("a pooled search needs every sample's figures at each step, so its shards go in step; start the other shards "
+        "with the same command and their --shard i/n")
 
 #: A setting's edges for one prompt: (index of the prompt, the prompt) -> {layer: blocked edges}.
 EdgesOf = Callable[[int, object], dict[int, ko.EdgeSet]]
@@ -36,23 +44,28 @@ class Scorer:
     """
 
     def __init__(self, model, items: list, num_frames: int | None, engine: str, store=None, progress: bool = False,
-                 rule: str = PAPER_RULE, stored: list[dict] | None = None) -> None:  # fmt: skip
-        self.model, self.store, self.n_layers, self.rule = model, store, model.cfg.n_layers, rule
+                 rule: str = PAPER_RULE, stored: list[dict] | None = None, shard: Shard | None = None) -> None:  # fmt: skip
+        if shard is not None and store is None:
+            raise InvalidInputError("shards of a search meet in its results folder: give out= (the same on every shard)")
+        self.model, self.store, self.n_layers, self.rule, self.shard = model, store, model.cfg.n_layers, rule, shard
         self.ids = [sample_id for sample_id, _, _ in items]
         self.tasks = [task for _, task, _ in items]
         self.prompts = [to_prompt(model, item, num_frames) for _, _, item in tqdm(items, desc="preparing", disable=not progress)]
-        self.runners = [_Runner(model, model.embed(p), choose_engine(model, engine, ())) for p in self.prompts]
-        self.top, self.p_top, self.full_correct = [], [], []
-        for prompt, runner in zip(self.prompts, self.runners):
+        #: The samples this process computes (``shard.take``'s share; every sample without shards).
+        self.mine = list(range(len(items)))[shard.index :: shard.count] if shard is not None else list(range(len(items)))
+        self.runners = {i: _Runner(model, model.embed(self.prompts[i]), choose_engine(model, engine, ())) for i in self.mine}
+        self.top, self.p_top, own = {}, {}, {}
+        for i, runner in self.runners.items():
             logits = runner.full()
             probs = logits[0, -1].float().softmax(-1)
-            self.top.append(int(probs.argmax()))
-            self.p_top.append(float(probs[self.top[-1]]))
-            self.full_correct.append(option_prediction(logits, prompt, model.tokenizer, rule) == prompt.answer)
-        mine = set(self.ids)
+            self.top[i] = int(probs.argmax())
+            self.p_top[i] = float(probs[self.top[i]])
+            own[i] = option_prediction(logits, self.prompts[i], model.tokenizer, rule) == self.prompts[i].answer
+        self.full_correct = self.per_sample("full model correct", own.__getitem__) if shard is not None else [own[i] for i in self.mine]
+        mine = {self.ids[i] for i in self.mine}
         if stored is None:  # the store's rows (a caller scoring several groups reads them once)
             stored = store.rows("rows") if store is not None else []
-        self.done = {(r["setting"], r["sample_id"]): r for r in stored if r["sample_id"] in mine}
+        self.done = {(r["setting"], r["sample_id"]): r for r in stored if shard is not None or r["sample_id"] in mine}
         self.figures: dict[str, dict] = {}
 
     @property
@@ -64,16 +77,21 @@ class Scorer:
         """The figures of each setting (see the class docstring); new ones computed, candidates of
         one prompt side by side in the engine."""
         todo = {name: edges_of for name, edges_of in settings.items() if name not in self.figures}
-        for i, (sample_id, prompt, runner) in enumerate(zip(self.ids, self.prompts, self.runners)):
+        for i in self.mine:
+            sample_id, prompt = self.ids[i], self.prompts[i]
             names = [name for name in todo if (name, sample_id) not in self.done]
             if not names:
                 continue
             edge_sets = [todo[name](i, prompt) for name in names]
             rows = [self._row(i, name, edges, logits)
-                    for name, edges, logits in zip(names, edge_sets, runner.knocked_out_many(edge_sets))]  # fmt: skip
+                    for name, edges, logits in zip(names, edge_sets, self.runners[i].knocked_out_many(edge_sets))]  # fmt: skip
             if self.store is not None:
                 self.store.add("rows", rows)
             self.done.update({(name, sample_id): row for name, row in zip(names, rows)})
+        missing = {(name, sample_id) for name in todo for sample_id in self.ids} - set(self.done)
+        if missing:  # the other shards' samples
+            rows = wait_for(self.store, "rows", missing, lambda r: (r["setting"], r["sample_id"]), _WHY)
+            self.done.update({(r["setting"], r["sample_id"]): r for r in rows})
         for name in todo:
             table = self.rows(name)
             self.figures[name] = {"retention": table.retained.sum() / table.baseline.sum(),
@@ -85,6 +103,37 @@ class Scorer:
         """The figures of one pathway (anything with ``layer_edges``: a spec, a refined or block
         pathway), stored under ``name``, which must identify it."""
         return self.score({name: lambda i, prompt: pathway.layer_edges(prompt.token_map, self.n_layers)})[name]
+
+    def per_sample(self, name: str, compute: Callable[[int], object], desc: str | None = None) -> list:
+        """``compute(i)`` (JSON-able) for every sample, in order: this process's samples computed
+        (each stored as it is, and read back instead on a rerun), the other shards' read from the
+        results folder once they are there. ``desc``: a progress bar's label (None: no bar)."""
+        stored = {}
+        if self.store is not None:
+            stored = {r["sample_id"]: r["value"] for r in self.store.rows(PER_SAMPLE, {"name": name})}
+        for i in tqdm(self.mine, desc=desc, disable=desc is None):
+            if self.ids[i] not in stored:
+                stored[self.ids[i]] = _normal(compute(i))
+                if self.store is not None:
+                    self.store.add(PER_SAMPLE, [{"name": name, "sample_id": self.ids[i], "value": stored[self.ids[i]]}])
+        missing = {(name, sample_id) for sample_id in self.ids if sample_id not in stored}
+        if missing:
+            rows = wait_for(self.store, PER_SAMPLE, missing, lambda r: (r["name"], r["sample_id"]), _WHY, {"name": name})
+            stored.update({r["sample_id"]: r["value"] for r in rows})
+        return [stored[sample_id] for sample_id in self.ids]
+
+    def mean_per_sample(self, name: str, compute: Callable[[int], dict[tuple, float]],
+                        desc: str | None = None) -> dict[tuple, float]:  # fmt: skip
+        """key -> the mean over the samples that have it of ``compute(i)[key]`` (keys: tuples of
+        strings and numbers), pooled across shards as ``per_sample``."""
+        values = self.per_sample(name, lambda i: [[*key, value] for key, value in compute(i).items()], desc)
+        totals: dict[tuple, list] = {}
+        for entries in values:
+            for *key, value in entries:
+                total = totals.setdefault(tuple(key), [0.0, 0])
+                total[0] += value
+                total[1] += 1
+        return {key: total / count for key, (total, count) in totals.items()}
 
     def rows(self, name: str) -> pd.DataFrame:
         """One row per sample of a scored setting: sample_id, task, rel_change, flipped, correct, retained, baseline."""

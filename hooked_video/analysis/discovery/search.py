@@ -30,10 +30,11 @@ from tqdm.auto import tqdm
 from hooked_video.analysis.accuracy import PAPER_RULE, check_rule
 from hooked_video.analysis.discovery.curve import baselines, resolve_preset
 from hooked_video.analysis.discovery.gates import gate_ranking
-from hooked_video.analysis.discovery.scoring import Scorer
+from hooked_video.analysis.discovery.scoring import PER_SAMPLE, Scorer
 from hooked_video.analysis.pathways import FLOWS, PathwaySpec
 from hooked_video.core.checks import InvalidInputError, check_count
 from hooked_video.data.mcqa import identify_all
+from hooked_video.runtime.distributed import Shard, resolve_shard
 from hooked_video.runtime.store import model_identity, open_store
 
 #: The flows the paper's pathways open (``discover``'s default); add "v2l" to let video -> last open.
@@ -119,18 +120,23 @@ def _check(tolerance: float, min_accuracy: float, flows: Sequence[str]) -> tuple
     return flows
 
 
-def attribution_ranking(model, items: list, flows: Sequence[str], num_frames: int | None, rule: str = PAPER_RULE,
-                        progress: bool = False) -> dict[tuple[str, int], float]:  # fmt: skip
+def attribution_ranking(scorer: Scorer, flows: Sequence[str] = PAPER_FLOWS, progress: bool = False) -> dict[tuple[str, int], float]:
     """(flow, layer) -> the attribution estimate (AtP, one backward per sample) of knocking that
     flow out in that layer alone, in percent of the top token's probability, averaged over the
-    samples: what ``method="atp"`` closes first (the largest, i.e. the least harmful)."""
+    scorer's samples (pooled across shards, stored with its rows): what ``method="atp"`` closes
+    first (the largest, i.e. the least harmful)."""
     from hooked_video.analysis.attribution import attribute
 
     targets = sorted({FLOW_CONDITIONS[f][0] for f in flows})
-    rows = attribute(model, [item for _, _, item in items], targets=targets, window=1, select="all", rule=rule,
-                     num_frames=num_frames, progress=progress)  # fmt: skip
-    means = rows.groupby(["target", "condition", "layer"]).estimate.mean()
-    return {(f, layer): float(means.get((*FLOW_CONDITIONS[f], layer), 0.0)) for f in flows for layer in range(model.cfg.n_layers)}
+
+    def estimates(i: int) -> dict[tuple[str, int], float]:
+        rows = attribute(scorer.model, [scorer.prompts[i]], targets=targets, window=1, select="all", rule=scorer.rule,
+                         progress=False)  # fmt: skip
+        means = rows.groupby(["target", "condition", "layer"]).estimate.mean()
+        return {(f, layer): float(means.get((*FLOW_CONDITIONS[f], layer), 0.0)) for f in flows for layer in range(scorer.n_layers)}
+
+    means = scorer.mean_per_sample(f"atp flows {','.join(flows)}", estimates, "attribution (atp)" if progress else None)
+    return {(f, layer): means.get((f, layer), 0.0) for f in flows for layer in range(scorer.n_layers)}
 
 
 def greedy(scorer: Scorer, tolerance: float = 5.0, min_accuracy: float = 0.95, full_curve: bool = True,
@@ -189,20 +195,25 @@ def greedy(scorer: Scorer, tolerance: float = 5.0, min_accuracy: float = 0.95, f
     return Discovery(found, table, full_accuracy, len(scorer.prompts), last if last >= 0 else None, flows=flows)
 
 
-def _open(model, items: list, out, resume: bool, num_frames, rule: str):
+def _open(model, items: list, out, resume: bool, num_frames, rule: str, shard: Shard | None = None):
     """The results store of a search (None without ``out``): one row per (setting, sample), so any
-    search over these samples, with any criteria, reads the rows another one wrote."""
+    search over these samples, with any criteria, reads the rows another one wrote; and the
+    per-sample values a search pools (``Scorer.per_sample``). A shard writes its own database in
+    the folder and reads the others'."""
     if out is None:
+        if shard is not None:
+            raise InvalidInputError("shards of a search meet in its results folder: give out= (the same on every shard)")
         return None
     config = {"num_frames": num_frames, "rule": rule, "model": model_identity(model), "dtype": str(next(model.hf_model.parameters()).dtype)}
     return open_store(out, "discovery", config, [(i, item) for i, _, item in items], key=("setting", "sample_id"),
-                      resume=resume)  # fmt: skip
+                      keys={PER_SAMPLE: ("name", "sample_id")}, resume=resume, shard=shard)  # fmt: skip
 
 
 def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: float = 0.95, full_curve: bool = True,
              flows: Sequence[str] = PAPER_FLOWS, method: str = "exact", seeds: int = 0,
              preset: PathwaySpec | str | None = None, num_frames: int | None = 8, engine: str = "auto", rule: str = PAPER_RULE, out: str | Path | None = None,
-             resume: bool = True, progress: bool = True, gate_steps: int = 30, sparsity: float = 0.5) -> Discovery:  # fmt: skip
+             resume: bool = True, progress: bool = True, gate_steps: int = 30, sparsity: float = 0.5,
+             shard: Shard | str | None = None) -> Discovery:  # fmt: skip
     """The smallest pathway that stays faithful on ``samples``, found by closing one layer at a
     time (see the module docstring), and the path to it.
 
@@ -234,18 +245,25 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
         gate_steps, sparsity: with "gates": Adam steps (each a forward and backward on up to 8
             samples) and the penalty's weight on the share of the flows' edges kept
             (``gates.gate_logits``).
+        shard: this process's share of a data-parallel search (a ``distributed.Shard``, "i/n" or
+            "auto", as ``flow.sweep``; needs ``out``, the same folder for every shard): each shard
+            scores and ranks its own samples and reads the others' figures from the folder at every
+            step, so all shards take the same steps and return the same search. Not with "gates"
+            (one set of gates learns from every sample's gradients).
     """
     items = identify_all(samples)
     if not items:
         raise InvalidInputError("no samples to discover a pathway on")
     return _search_groups(model, items, {"all": items}, tolerance, min_accuracy, full_curve, flows, method, seeds,
-                          preset, num_frames, engine, rule, out, resume, progress, gate_steps, sparsity)["all"]  # fmt: skip
+                          preset, num_frames, engine, rule, out, resume, progress, gate_steps, sparsity, shard)["all"]  # fmt: skip
 
 
 def _search_groups(model, items: list, groups: dict[str, list], tolerance, min_accuracy, full_curve, flows, method,
                    seeds, preset, num_frames, engine, rule, out, resume, progress, gate_steps,
-                   sparsity) -> dict[str, Discovery]:  # fmt: skip
-    """One search per group of ``items`` (arguments checked once, one results folder for all)."""
+                   sparsity, shard=None) -> dict[str, Discovery]:  # fmt: skip
+    """One search per group of ``items`` (arguments checked once, one results folder for all).
+    With a shard: groups of one sample each (``by="sample"``) are shared out among the shards,
+    each searched whole by one; larger groups are searched by every shard together."""
     flows = _check(tolerance, min_accuracy, flows)
     check_rule(rule)
     if method not in METHODS:
@@ -255,16 +273,23 @@ def _search_groups(model, items: list, groups: dict[str, list], tolerance, min_a
     if not sparsity >= 0:
         raise InvalidInputError(f"sparsity={sparsity!r}: the penalty's weight, a number >= 0")
     preset = resolve_preset(model, preset)
-    store = _open(model, items, out, resume, num_frames, rule)
+    shard = resolve_shard(shard)
+    split = shard is not None and len(groups) > 1 and all(len(group) == 1 for group in groups.values())
+    if split:  # one-sample searches: each shard runs its share of them whole
+        groups = {name: groups[name] for name in list(groups)[shard.index :: shard.count]}
+    elif shard is not None and method == "gates":
+        raise InvalidInputError("method='gates' learns one set of gates from every sample's gradients, so a pooled search "
+                                "with it runs in one process: drop the shard, or shard method='atp' or 'exact'")  # fmt: skip
+    store = _open(model, items, out, resume, num_frames, rule, shard)
     stored = store.rows("rows") if store is not None else []  # read once for all groups
     alone = len(groups) == 1
     found = {}
     try:
         for name, group in tqdm(groups.items(), desc="discovery per group", disable=not progress or alone):
-            scorer = Scorer(model, group, num_frames, engine, store, progress and alone, rule, stored)
+            scorer = Scorer(model, group, num_frames, engine, store, progress and alone, rule, stored, None if split else shard)
             ranking = None
             if method == "atp":
-                ranking = attribution_ranking(model, group, flows, num_frames, rule, progress and alone)
+                ranking = attribution_ranking(scorer, flows, progress and alone)
             elif method == "gates":
                 ranking = gate_ranking(model, group, flows, num_frames, gate_steps, sparsity, progress and alone)
             found[name] = greedy(scorer, tolerance, min_accuracy, full_curve, flows, progress and alone, ranking)
@@ -277,14 +302,17 @@ def _search_groups(model, items: list, groups: dict[str, list], tolerance, min_a
 
 #: ``discover``'s settings and their defaults (``discover_each`` takes the same).
 _DEFAULTS = dict(tolerance=5.0, min_accuracy=0.95, full_curve=True, flows=PAPER_FLOWS, method="exact", seeds=0, preset=None,
-                 num_frames=8, engine="auto", rule=PAPER_RULE, out=None, resume=True, progress=True, gate_steps=30, sparsity=0.5)
+                 num_frames=8, engine="auto", rule=PAPER_RULE, out=None, resume=True, progress=True, gate_steps=30, sparsity=0.5,
+                 shard=None)
 
 
 def discover_each(model, samples: Iterable, by: str = "task", **kwargs) -> dict[str, Discovery]:
     """One ``discover`` per task (``by="task"``) or per sample (``by="sample"``), keyed by task name
     or sample id; ``kwargs`` as ``discover``'s (one results folder holds every search's rows).
     ``discovery.table(result)`` puts the found pathways side by side; its ``full_accuracy``
-    column says where the full model was wrong (a one-sample search then keeps the wrong answer)."""
+    column says where the full model was wrong (a one-sample search then keeps the wrong answer).
+    With ``shard``, ``by="sample"`` shares the samples' searches out among the shards (each
+    returns its own), ``by="task"`` runs each task's search on every shard together."""
     if by not in BY:
         raise InvalidInputError(f"by={by!r}: one of {BY} (discover itself pools every sample)")
     settings = {**_DEFAULTS, **kwargs}
