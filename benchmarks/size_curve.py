@@ -87,18 +87,35 @@ PAPER_PATHWAY = {"llava-next-video-7b": "llava-next-7b-video-ft", "llava-next-vi
 
 
 def timed_curve(model, prompts, device: str, preset) -> dict:
+    """One size curve over ``prompts``, timed: the whole, the rankings (their backwards included)
+    and the random-pruning points; counts of exact points and backwards."""
     import torch
 
     from hooked_video.analysis.discovery import ranked
 
-    backwards, original = [0], ranked.pattern_gradients
+    cuda = device.startswith("cuda")
+    spent = {"rank_groups": 0.0, "random_rows": 0.0}
+    backwards = [0]
+    originals = {name: getattr(ranked, name) for name in (*spent, "pattern_gradients")}
+
+    def timed(name):
+        def call(*args, **kwargs):
+            begin = time.perf_counter()
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                torch.cuda.synchronize() if cuda else None
+                spent[name] += time.perf_counter() - begin
+
+        return call
 
     def counted(*args, **kwargs):
         backwards[0] += 1
-        return original(*args, **kwargs)
+        return originals["pattern_gradients"](*args, **kwargs)
 
+    for name in spent:
+        setattr(ranked, name, timed(name))
     ranked.pattern_gradients = counted
-    cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -108,12 +125,16 @@ def timed_curve(model, prompts, device: str, preset) -> dict:
         torch.cuda.synchronize() if cuda else None
         seconds = time.perf_counter() - start
     finally:
-        ranked.pattern_gradients = original
+        for name, original in originals.items():
+            setattr(ranked, name, original)
     table = curve.table
+    smallest = table[(table.pathway == "ranked") & (table.n_closed == len(curve.smallest.closed))].retention.iloc[0]
     return {"samples": len(prompts), "seconds": round(seconds, 2), "per_sample_s": round(seconds / len(prompts), 2),
+            "ranking_s": round(spent["rank_groups"], 2), "random_points_s": round(spent["random_rows"], 2),
             "exact_points": len(table), "ranked_points": int((table.pathway == "ranked").sum()),
-            "backwards": backwards[0], "groups": len(curve.ranking),
-            "smallest_retention": float(table[(table.pathway == "ranked") & (table.n_closed == len(curve.smallest.closed))].retention.iloc[0]),
+            "random_points": int((table.pathway == "random").sum()), "backwards": backwards[0],
+            "groups": len(curve.ranking), "smallest_retention": float(smallest),
+            "lowest_retention": float(table[table.pathway == "ranked"].retention.min()),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None}  # fmt: skip
 
 
@@ -128,7 +149,7 @@ def real_shape(preset: str, device: str, n_samples: int, margin: float) -> dict:
     discovery.size_curve(model, prompts[:1], sizes=(1.0, 0.5), seeds=0, preset=None, bisect=0, progress=False)  # warm-up
     result["per_sample"] = timed_curve(model, prompts[:1], device, pathway)
     print(result, flush=True)
-    result["per_model"] = timed_curve(model, prompts, device, pathway)
+    result["per_model"] = timed_curve(model, prompts, device, pathway)  # the first prompt's rows are not reused: no out
     print(result, flush=True)
     return result
 

@@ -21,6 +21,7 @@ from typing import Iterable
 
 import pandas as pd
 import torch
+from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from hooked_video.runtime import attention
@@ -259,25 +260,38 @@ def count_edges(layer_edges: dict[int, ko.EdgeSet], n_positions: int) -> EdgeCou
     return EdgeCount(per_layer * len(layer_edges) - blocked, per_layer * len(layer_edges))
 
 
-def random_layer_edges(tm: TokenMap, n_layers: int, fraction: float, seed: int) -> dict[int, ko.EdgeSet]:
+def random_layer_edges(tm: TokenMap, n_layers: int, fraction: float, seed: int,
+                       ranks: Int[torch.Tensor, "layer N N"] | None = None) -> dict[int, ko.EdgeSet]:  # fmt: skip
     """Per layer, ``int(fraction * N(N+1)/2)`` causal edges drawn uniformly without replacement
     among pairs whose query and key are both at or after the video start; a fresh draw per layer.
-    """
+    ``ranks``: ``random_ranks(tm, n_layers, seed)`` computed once for several fractions (each
+    fraction's draw is the first edges of the same per-layer order, so they nest)."""
+    n_block = int(fraction * causal_edges(tm.n_positions))
+    start = int(tm.video_group.min())
+    if n_block > causal_edges(tm.n_positions - start):
+        raise ValueError(f"cannot block {n_block} edges per layer: only {causal_edges(tm.n_positions - start)} pairs "
+                         "start at the video")  # fmt: skip
+    ranks = random_ranks(tm, n_layers, seed) if ranks is None else ranks
+    return {layer: ko.EdgeSet(ranks[layer] < n_block) for layer in range(n_layers)}
+
+
+def random_ranks(tm: TokenMap, n_layers: int, seed: int) -> Int[torch.Tensor, "layer N N"]:
+    """Per layer, the place of each causal pair at or after the video start in a uniform random
+    order (seeded; a fresh order per layer); other pairs get the largest int32. Random pruning of
+    ``b`` edges blocks the pairs placed below ``b``."""
     n = tm.n_positions
     start = int(tm.video_group.min())
     k = n - start
-    candidates = torch.tril_indices(k, k) + start  # (2, k(k+1)/2): query, key
-    n_block = int(fraction * causal_edges(n))
-    if n_block > candidates.shape[1]:
-        raise ValueError(f"cannot block {n_block} edges per layer: only {candidates.shape[1]} pairs start at the video")
+    query, key = torch.tril_indices(k, k) + start  # the candidate pairs, in a fixed order
+    count = query.shape[0]
     generator = torch.Generator().manual_seed(seed)
-    edges = {}
+    ranks = torch.full((n_layers, n, n), torch.iinfo(torch.int32).max, dtype=torch.int32)
+    place = torch.empty(count, dtype=torch.int32)
     for layer in range(n_layers):
-        chosen = candidates[:, torch.randperm(candidates.shape[1], generator=generator)[:n_block]]
-        mask = torch.zeros(n, n, dtype=torch.bool)
-        mask[chosen[0], chosen[1]] = True
-        edges[layer] = ko.EdgeSet(mask)
-    return edges
+        order = torch.randperm(count, generator=generator)  # candidates in the order they are blocked
+        place[order] = torch.arange(count, dtype=torch.int32)
+        ranks[layer, query, key] = place
+    return ranks
 
 
 def sample_seed(seed: int, sample_id: str) -> int:

@@ -7,7 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hooked_video.analysis.pathways import PRESETS, PathwaySpec, causal_edges, preset_for, random_layer_edges, sample_seed
+from hooked_video.analysis.pathways import (
+    PRESETS,
+    PathwaySpec,
+    causal_edges,
+    preset_for,
+    random_layer_edges,
+    random_ranks,
+    sample_seed,
+)
 from hooked_video.core.checks import InvalidInputError
 
 #: About how many sizes of the path get random-pruning points (the found pathway's size always does).
@@ -37,12 +45,27 @@ def _reachable(scorer, fraction: float) -> bool:
     return True
 
 
-def random_setting(scorer, fraction: float, seed: int) -> dict:
+def random_name(fraction: float, seed: int) -> str:
+    """A random-pruning setting's name: the exact fraction (nearby sizes must not share rows) and seed."""
+    return f"random {fraction!r} seed {seed}"
+
+
+def random_setting(scorer, fraction: float, seed: int, orders: dict | None = None) -> dict:
     """The random baseline pruning ``fraction`` of each layer's causal edges, one draw per sample
-    and layer (seeded by ``seed`` and the sample id, as ``pathways.evaluate`` draws)."""
-    name = f"random {fraction!r} seed {seed}"  # the exact fraction: nearby sizes must not share rows
-    return {name: lambda i, prompt: random_layer_edges(prompt.token_map, scorer.n_layers, fraction,
-                                                       sample_seed(seed, scorer.ids[i]))}  # fmt: skip
+    and layer (seeded by ``seed`` and the sample id, as ``pathways.evaluate`` draws). ``orders``:
+    a dict the settings of several fractions share, holding the last (sample, seed)'s random order
+    (``pathways.random_ranks``): each fraction's draw is a prefix of it."""
+    name = random_name(fraction, seed)
+    orders = {} if orders is None else orders
+
+    def edges_of(i, prompt):
+        if (i, seed) not in orders:
+            orders.clear()  # one order at a time: (layers, N, N) int32 each
+            orders[i, seed] = random_ranks(prompt.token_map, scorer.n_layers, sample_seed(seed, scorer.ids[i]))
+        return random_layer_edges(prompt.token_map, scorer.n_layers, fraction, sample_seed(seed, scorer.ids[i]),
+                                  orders[i, seed])  # fmt: skip
+
+    return {name: edges_of}
 
 
 def preset_row(scorer, preset: PathwaySpec) -> dict:
@@ -56,15 +79,13 @@ def random_rows(scorer, fractions: dict, seeds: int, key: str = "step") -> tuple
     """Random pruning at each ``fractions`` value (point -> pruned share; the point goes in the
     rows' column ``key``), ``seeds`` seeds each, all scored side by side: (rows, points whose
     share the paper's rule cannot reach on these prompts)."""
-    skipped, points, settings = [], [], {}
-    for point, fraction in fractions.items():
-        if not _reachable(scorer, fraction):  # the rule draws only among pairs at or after the video start
-            skipped.append(point)
-            continue
-        for seed in range(seeds):
-            setting = random_setting(scorer, fraction, seed)
-            settings.update(setting)
-            points.append((point, seed, next(iter(setting))))
+    skipped = [point for point, fraction in fractions.items() if not _reachable(scorer, fraction)]
+    reached = {point: fraction for point, fraction in fractions.items() if point not in skipped}
+    settings, orders = {}, {}
+    for seed in range(seeds):  # seed by seed: every fraction of a sample and seed reads one random order
+        for fraction in reached.values():
+            settings.update(random_setting(scorer, fraction, seed, orders))
+    points = [(point, seed, random_name(fraction, seed)) for point, fraction in reached.items() for seed in range(seeds)]
     scored = scorer.score(settings)  # all points of a sample side by side in the engine
     return [{"pathway": "random", key: point, "seed": seed, **scored[name]} for point, seed, name in points], skipped
 
