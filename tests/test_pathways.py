@@ -114,6 +114,21 @@ def test_random_baseline_counts_region_and_seed():
         assert not torch.equal(mask, c[layer].mask)
     assert not torch.equal(a[0].mask, a[1].mask)  # a fresh draw per layer
     knockout.hooks(a, None)  # no query row is fully blocked
+    # the draw, written out: the first edges of a seeded permutation of the pairs at or after the video start
+    generator = torch.Generator().manual_seed(7)
+    pairs = torch.tril_indices(n - start, n - start) + start
+    for layer in range(3):
+        chosen = pairs[:, torch.randperm(pairs.shape[1], generator=generator)[:stated]]
+        expected = torch.zeros(n, n, dtype=torch.bool)
+        expected[chosen[0], chosen[1]] = True
+        assert torch.equal(a[layer].mask, expected)
+    # several fractions from one order: the same draws, nested
+    ranks = pathways.random_ranks(tm, 3, seed=7)
+    smaller = pathways.random_layer_edges(tm, 3, 0.3, seed=7, ranks=ranks)
+    for layer in range(3):
+        assert torch.equal(pathways.random_layer_edges(tm, 3, fraction, seed=7, ranks=ranks)[layer].mask, a[layer].mask)
+        assert torch.equal(smaller[layer].mask, pathways.random_layer_edges(tm, 3, 0.3, seed=7)[layer].mask)
+        assert not (smaller[layer].mask & ~a[layer].mask).any()
 
 
 def test_pruned_forward_equals_hf_with_explicit_per_layer_masks(arch, deep, deep_prompt, deep_paths):
