@@ -248,7 +248,8 @@ def _analysis_parser(sub, name: str, text: str):
         p.add_argument("--select", choices=["correct", "wrong", "all"], default="correct",
                        help="samples analysed: answered correctly (the paper's default), wrongly, or all")
     _placement_arguments(p)
-    together = " (the shards of one search go in step, reading each other's figures from --out)" if name == "discover" else ""
+    together = (" (the shards of one search go in step, reading each other's figures from --out: start them together; "
+                "--by sample shares the searches out instead)") if name == "discover" else ""  # fmt: skip
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run shard I of N (0-based) of the samples, e.g. as one job of an array; under torchrun / "
                         f"accelerate launch the shard comes from the launcher{together}")

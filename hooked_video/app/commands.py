@@ -67,6 +67,27 @@ def _sharded(args, call):
     return None
 
 
+def _discovered(args, search):
+    """``search(shard)`` for this process, and the searches of all samples where this process
+    writes the summary. A pooled search's shards go in step and each holds the whole search:
+    shard 0 writes it. ``--by sample`` shares the searches out: process 0 of a launcher reads
+    them all back once every process is done; a job array's shards say how to merge."""
+    shard = _shard(args)
+    result = search(shard)
+    if shard is None:
+        return result
+    if args.by != "sample":
+        if shard.index == 0:
+            return result
+        print(f"shard {shard} done: shard 0 holds the same search and writes the summary.")
+        return None
+    if barrier():
+        return search(None) if shard.index == 0 else None
+    print(f"shard {shard} done. Once every shard is done, run the same command without --shard to write the summary "
+          "(the searches are read back from --out: one traced forward per sample, no search step again).")  # fmt: skip
+    return None
+
+
 def run_info(args) -> None:
     from hooked_video.core.versions import report
 
@@ -302,7 +323,7 @@ def run_discover(args) -> None:
                                          rule=args.rule, out=args.out, resume=not args.fresh, shard=shard)  # fmt: skip
         return found, finer, curve
 
-    result = _sharded(args, search)
+    result = _discovered(args, search)
     if result is None:
         return
     found, finer, curve = result

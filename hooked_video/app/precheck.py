@@ -61,10 +61,10 @@ def check_placement(args) -> None:
     if sharded and getattr(args, "fresh", False):
         raise ValueError("--fresh cannot be combined with shards (one shard would delete the others' results): delete "
                          "the results folder, or use a new one, before launching the shards")  # fmt: skip
-    if args.command == "discover" and sharded and args.method == "gates" and args.by != "sample":
-        raise ValueError("--method gates learns one set of gates from every sample's gradients, so it runs in one "
-                         "process: drop --shard (or torchrun / accelerate launch), use --by sample, or shard "
-                         "--method atp or exact")  # fmt: skip
+    if args.command == "discover" and sharded and args.method == "gates":
+        raise ValueError("--method gates learns its gates from every sample's gradients and keeps them nowhere, so it "
+                         "runs in one process: drop --shard (or torchrun / accelerate launch), or shard --method atp "
+                         "or exact")  # fmt: skip
     if getattr(args, "device_map", None) is None:
         for option, value in (("--max-memory", "max_memory"), ("--gpus-per-process", "gpus_per_process")):
             if getattr(args, value, None) is not None:

@@ -179,12 +179,13 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
     result.settings = _settings(video_model, window, select, engine, norm, lens_variant, keyword_min_count, overlapping_bins)
     if discover_samples:  # every process searches its share of the questions, in step with the others
         searched = interleaved(items, discover_samples)
+        shown = progress and (shard is None or shard.index == 0)
         result.discovery = discovery.discover(video_model, searched, method="atp", seeds=3, preset=spec, engine=engine,
-                                              out=out / "discovery", progress=progress, shard=shard)  # fmt: skip
+                                              out=out / "discovery", progress=shown, shard=shard)  # fmt: skip
         if size_curve:
             try:
                 result.size_curve = discovery.size_curve(video_model, searched, seeds=3, preset=spec, engine=engine,
-                                                         out=out / "discovery", progress=progress, shard=shard)  # fmt: skip
+                                                         out=out / "discovery", progress=shown, shard=shard)  # fmt: skip
             except InvalidInputError as error:  # e.g. questions of different numbers of frames: said in the report
                 result.size_curve_note = str(error)
     if shard is not None and shard.index != 0:

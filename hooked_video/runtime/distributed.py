@@ -154,22 +154,28 @@ def barrier() -> bool:
 WAIT_FOR_SHARDS = 6 * 3600
 
 
-def wait_for(store, table: str, wanted: set, key_of, why: str, where: dict | None = None, poll: float = 5.0,
-             timeout: float = WAIT_FOR_SHARDS) -> list[dict]:  # fmt: skip
+def wait_for(store, table: str, wanted: set, key_of, why: str, where: dict | list[dict] | None = None,
+             poll: float = 5.0, timeout: float = WAIT_FOR_SHARDS) -> list[dict]:  # fmt: skip
     """The rows of ``table`` whose ``key_of(row)`` is in ``wanted``, once the folder's shards hold
     them all (polling the store, first every 0.05 s, then less often, up to every ``poll`` s:
     shards that wait for each other at every step of a search should not sleep long). ``why``
     says, in the one message printed while waiting, why this shard needs them and how not to;
-    ``where`` narrows the rows read (``store.rows``).
+    ``where`` narrows the rows read (``store.rows``; a list: the union of several). A shard whose
+    run failed (``shard_failed``) stops the wait at once (RuntimeError).
     Gives up after ``timeout`` seconds (TimeoutError)."""
     import time
 
     deadline, announced, pause = time.monotonic() + timeout, False, min(0.05, poll)
+    selections = where if isinstance(where, list) else [where]
     while True:
-        rows = [r for r in store.rows(table, where) if key_of(r) in wanted]
+        rows = [r for selection in selections for r in store.rows(table, selection) if key_of(r) in wanted]
         if len({key_of(r) for r in rows}) == len(wanted):
             return rows
         waiting = f"the other shards' {table} rows in {store.folder.parent} ({len(rows)} of {len(wanted)} rows stored)"
+        failed = failed_shards(store.root, since=getattr(store, "opened_at", 0.0))
+        if failed:
+            raise RuntimeError(f"{failed[0]}: the shard stopped with an error, so this one cannot go on: fix it and "
+                               f"start the shards again (their stored rows are kept). It said:\n{failed[0].read_text()}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {waiting}: start the missing shards (the same "
                                "command with their --shard i/n), or run without shards")  # fmt: skip
@@ -189,3 +195,35 @@ def wait_for_rows(store, table: str, sample_ids: Sequence[str], poll: float = 5.
                     "run); start the other shards with the same command and their --shard i/n, or use "
                     "--random-fraction sample or a number", poll=poll, timeout=timeout)  # fmt: skip
     return rows
+
+
+#: The file a shard of a search that waits for the others leaves in its folder when it fails.
+FAILED = "FAILED.txt"
+
+
+def failed_shards(root, since: float = 0.0) -> list:
+    """The failure notes of the shards of the results folder ``root`` (``shard_failed``) written
+    after ``since`` (a time.time(); older ones are of an earlier run)."""
+    from pathlib import Path
+
+    return sorted(note for note in Path(root).glob(f"shard-*-of-*/{FAILED}") if note.stat().st_mtime >= since)
+
+
+class shard_failed:
+    """Context of a shard's part of a search whose shards wait for each other: an error inside
+    leaves a note in the shard's folder, which stops the others' waits (``wait_for``) instead of
+    letting them poll for hours; a clean start removes an old note."""
+
+    def __init__(self, folder, shard: Shard | None) -> None:
+        from pathlib import Path
+
+        self.note = Path(folder) / FAILED if shard is not None else None
+        if self.note is not None:
+            self.note.unlink(missing_ok=True)
+
+    def __enter__(self) -> "shard_failed":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if self.note is not None and error is not None:  # an interruption too: the others would wait for hours
+            self.note.write_text(f"{kind.__name__}: {error}")

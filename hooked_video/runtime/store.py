@@ -328,6 +328,7 @@ class FolderStore:
 
     def __init__(self, own: ResultStore, root: Path) -> None:
         self.own, self.root = own, Path(root)
+        self.opened_at = time.time()  # notes of failed peer shards older than this are of an earlier run
         self._checked: set[Path] = set()
         self.peers()
 
@@ -366,6 +367,8 @@ class FolderStore:
         ``where`` as ``ResultStore.rows``."""
         merged: dict = {}
         key = self.key(table)
+        if where and not set(where) <= set(key):
+            raise ValueError(f"rows can be selected by the key fields {key} of {table!r} only, not {sorted(where)}")
         for row in self.own.rows(table, where) + self._peer_rows(table, where):
             merged.setdefault(tuple(_json(row.get(f)) for f in key), row)
         return list(merged.values())

@@ -41,7 +41,7 @@ from hooked_video.analysis.discovery.search import _open
 from hooked_video.analysis.pathways import PathwaySpec, causal_edges
 from hooked_video.core.checks import InvalidInputError, check_count
 from hooked_video.data.mcqa import identify_all
-from hooked_video.runtime.distributed import Shard, resolve_shard
+from hooked_video.runtime.distributed import Shard, resolve_shard, shard_failed
 
 #: The shares of edges kept that the curve is scored at (the smallest reachable stands in for
 #: sizes below the floor of one edge per row).
@@ -195,46 +195,47 @@ def size_curve(model, samples: Iterable, sizes: Sequence[float] = SIZES, seeds: 
     shard = resolve_shard(shard)
     store = _open(model, items, out, resume, num_frames, rule, shard)
     try:
-        scorer = Scorer(model, items, num_frames, engine, store, progress, rule, shard=shard)
-        layouts = {tuple(blocks(p.token_map)) for p in scorer.prompts}
-        if len(layouts) > 1:
-            raise InvalidInputError(f"these prompts have different blocks ({sorted(layouts)}): block groups are named by "
-                                    "frame, so draw a size curve over questions of one number of frames")  # fmt: skip
-        rows = [preset_row(scorer, preset)] if preset is not None else []
-        if rows:  # the preset's size joins the grid, and its row sits at that size
-            rows[0]["size"] = round(float(rows[0]["retention"]), 6)
-            sizes = sorted(set(sizes) | {rows[0]["size"]}, reverse=True)
-        full, total = scorer.full_accuracy, _total_edges(scorer)
-        curve = SizeCurve(pd.DataFrame(), pd.DataFrame(), None, full, len(items), scorer.n_layers)
+        with shard_failed(store.folder if store is not None else None, shard):
+            scorer = Scorer(model, items, num_frames, engine, store, progress, rule, shard=shard)
+            layouts = {tuple(blocks(p.token_map)) for p in scorer.prompts}
+            if len(layouts) > 1:
+                raise InvalidInputError(f"these prompts have different blocks ({sorted(layouts)}): block groups are named by "
+                                        "frame, so draw a size curve over questions of one number of frames")  # fmt: skip
+            rows = [preset_row(scorer, preset)] if preset is not None else []
+            if rows:  # the preset's size joins the grid, and its row sits at that size
+                rows[0]["size"] = round(float(rows[0]["retention"]), 6)
+                sizes = sorted(set(sizes) | {rows[0]["size"]}, reverse=True)
+            full, total = scorer.full_accuracy, _total_edges(scorer)
+            curve = SizeCurve(pd.DataFrame(), pd.DataFrame(), None, full, len(items), scorer.n_layers)
 
-        def score(k: int, size: float) -> dict:
-            pathway = curve.pathway(k)
-            name = f"blocks closed {k} {hashlib.sha1(repr(pathway.closed).encode()).hexdigest()[:12]}"
-            figures = scorer.score_pathway(name, pathway)
-            return {"pathway": "ranked", "size": size, "n_closed": k, "seed": np.nan, **figures}
+            def score(k: int, size: float) -> dict:
+                pathway = curve.pathway(k)
+                name = f"blocks closed {k} {hashlib.sha1(repr(pathway.closed).encode()).hexdigest()[:12]}"
+                figures = scorer.score_pathway(name, pathway)
+                return {"pathway": "ranked", "size": size, "n_closed": k, "seed": np.nan, **figures}
 
-        curve.ranking = rank_groups(model, scorer, None, progress).assign(ranked_after=0)
-        ranked, n_closed = [], 0
-        for size in tqdm(sizes, desc="ranked sizes", disable=not progress):
-            orders = [curve.ranking]  # the order so far, and the open groups ranked again with the closed knocked out
-            if rerank and 0 < n_closed < len(curve.ranking):
-                fresh = rank_groups(model, scorer, curve.pathway(n_closed), progress).assign(ranked_after=n_closed)
-                orders.append(pd.concat([curve.ranking.iloc[:n_closed], fresh], ignore_index=True))
-            closed_edges = int(curve.ranking.edges.iloc[:n_closed].sum())
-            tried = []
-            for order in orders:
-                curve.ranking = order
-                tried.append((score(n_closed + _count_to(order.iloc[n_closed:], closed_edges, total, size), size), order))
-            point, curve.ranking = max(tried, key=lambda t: (t[0]["accuracy"], t[0]["rel_change"]))
-            n_closed = point["n_closed"]
-            ranked.append(point)
-        random, _ = random_rows(scorer, {size: 1 - size for size in sizes if size < 1}, seeds, key="size")
-        needed = full * min_accuracy - 1e-12
-        low = _last_keeping(ranked, needed)
-        if low is not None:
-            ranked += _bisect(ranked, low, score, needed, bisect)
+            curve.ranking = rank_groups(model, scorer, None, progress).assign(ranked_after=0)
+            ranked, n_closed = [], 0
+            for size in tqdm(sizes, desc="ranked sizes", disable=not progress):
+                orders = [curve.ranking]  # the order so far, and the open groups ranked again with the closed knocked out
+                if rerank and 0 < n_closed < len(curve.ranking):
+                    fresh = rank_groups(model, scorer, curve.pathway(n_closed), progress).assign(ranked_after=n_closed)
+                    orders.append(pd.concat([curve.ranking.iloc[:n_closed], fresh], ignore_index=True))
+                closed_edges = int(curve.ranking.edges.iloc[:n_closed].sum())
+                tried = []
+                for order in orders:
+                    curve.ranking = order
+                    tried.append((score(n_closed + _count_to(order.iloc[n_closed:], closed_edges, total, size), size), order))
+                point, curve.ranking = max(tried, key=lambda t: (t[0]["accuracy"], t[0]["rel_change"]))
+                n_closed = point["n_closed"]
+                ranked.append(point)
+            random, _ = random_rows(scorer, {size: 1 - size for size in sizes if size < 1}, seeds, key="size")
+            needed = full * min_accuracy - 1e-12
             low = _last_keeping(ranked, needed)
-        smallest = curve.pathway(low if low is not None else 0)
+            if low is not None:
+                ranked += _bisect(ranked, low, score, needed, bisect)
+                low = _last_keeping(ranked, needed)
+            smallest = curve.pathway(low if low is not None else 0)
     finally:
         if store is not None:
             store.close()

@@ -37,7 +37,7 @@ from hooked_video.analysis.discovery.scoring import Scorer
 from hooked_video.analysis.discovery.search import Discovery, _open
 from hooked_video.core.checks import InvalidInputError, check_count
 from hooked_video.data.mcqa import identify_all
-from hooked_video.runtime.distributed import Shard, resolve_shard
+from hooked_video.runtime.distributed import Shard, resolve_shard, shard_failed
 
 
 @dataclass
@@ -82,9 +82,10 @@ class Refinement:
 def _estimates(scorer: Scorer, granularity: str, progress: bool) -> dict[tuple[str, int], float]:
     """(label, layer) -> mean AtP estimate (%) of closing that group alone in that layer, over the
     scorer's samples (pooled across shards, stored with its rows)."""
-    compute = _cell_estimates if granularity == "cells" else _attributed
+    cells = granularity == "cells"  # a cell a sample lacks (another grid) counts as 0 for it
+    compute = _cell_estimates if cells else _attributed
     return scorer.mean_per_sample(f"atp {granularity}", lambda i: compute(scorer, i, granularity),
-                                  f"attribution ({granularity})" if progress else None)  # fmt: skip
+                                  f"attribution ({granularity})" if progress else None, absent_is_zero=cells)  # fmt: skip
 
 
 def _attributed(scorer: Scorer, i: int, granularity: str) -> dict[tuple[str, int], float]:
@@ -145,32 +146,33 @@ def refine(model, samples: Iterable, found: Discovery, granularity: str = "frame
     shard = resolve_shard(shard)
     store = _open(model, items, out, resume, num_frames, rule, shard)
     try:
-        scorer = Scorer(model, items, num_frames, engine, store, progress, rule, shard=shard)
-        groups = _candidates(spec, granularity, [p.token_map for p in scorer.prompts])
-        estimates = _estimates(scorer, granularity, progress)
-        ranked = sorted(groups, key=lambda g: -estimates.get((label(g[0]), g[1]), 0.0))
-        base, full = spec.describe(), scorer.full_accuracy
-        points: list[dict] = []
+        with shard_failed(store.folder if store is not None else None, shard):
+            scorer = Scorer(model, items, num_frames, engine, store, progress, rule, shard=shard)
+            groups = _candidates(spec, granularity, [p.token_map for p in scorer.prompts])
+            estimates = _estimates(scorer, granularity, progress)
+            ranked = sorted(groups, key=lambda g: -estimates.get((label(g[0]), g[1]), 0.0))
+            base, full = spec.describe(), scorer.full_accuracy
+            points: list[dict] = []
 
-        def faithful(pathway: RefinedPathway, chunk: int) -> bool:
-            names = [(label(g), layer) for g, layer in pathway.closed]
-            name = f"{base} | {granularity} closed {len(names)} {hashlib.sha1(repr(names).encode()).hexdigest()[:12]}"
-            figures = scorer.score_pathway(name, pathway)
-            ok = figures["rel_change"] >= -tolerance and figures["accuracy"] >= min_accuracy * full - 1e-12
-            points.append({"n_closed": len(names), "chunk": chunk, **figures, "faithful": ok})
-            return ok
+            def faithful(pathway: RefinedPathway, chunk: int) -> bool:
+                names = [(label(g), layer) for g, layer in pathway.closed]
+                name = f"{base} | {granularity} closed {len(names)} {hashlib.sha1(repr(names).encode()).hexdigest()[:12]}"
+                figures = scorer.score_pathway(name, pathway)
+                ok = figures["rel_change"] >= -tolerance and figures["accuracy"] >= min_accuracy * full - 1e-12
+                points.append({"n_closed": len(names), "chunk": chunk, **figures, "faithful": ok})
+                return ok
 
-        kept: list = []
-        with tqdm(total=max_points, desc=f"refining ({granularity})", disable=not progress) as bar:
-            chunks = [ranked] if faithful(RefinedPathway(spec, (), granularity), 0) and ranked else []
-            bar.update()
-            while chunks and len(points) < max_points:
-                chunk = chunks.pop(0)
-                if faithful(RefinedPathway(spec, tuple(kept + chunk), granularity), len(chunk)):
-                    kept += chunk
-                elif len(chunk) > 1:
-                    chunks[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+            kept: list = []
+            with tqdm(total=max_points, desc=f"refining ({granularity})", disable=not progress) as bar:
+                chunks = [ranked] if faithful(RefinedPathway(spec, (), granularity), 0) and ranked else []
                 bar.update()
+                while chunks and len(points) < max_points:
+                    chunk = chunks.pop(0)
+                    if faithful(RefinedPathway(spec, tuple(kept + chunk), granularity), len(chunk)):
+                        kept += chunk
+                    elif len(chunk) > 1:
+                        chunks[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+                    bar.update()
     finally:
         if store is not None:
             store.close()

@@ -44,15 +44,18 @@ class Scorer:
     """
 
     def __init__(self, model, items: list, num_frames: int | None, engine: str, store=None, progress: bool = False,
-                 rule: str = PAPER_RULE, stored: list[dict] | None = None, shard: Shard | None = None) -> None:  # fmt: skip
+                 rule: str = PAPER_RULE, stored: list[dict] | None = None, shard: Shard | None = None,
+                 positions: list[int] | None = None) -> None:  # fmt: skip
         if shard is not None and store is None:
             raise InvalidInputError("shards of a search meet in its results folder: give out= (the same on every shard)")
         self.model, self.store, self.n_layers, self.rule, self.shard = model, store, model.cfg.n_layers, rule, shard
         self.ids = [sample_id for sample_id, _, _ in items]
         self.tasks = [task for _, task, _ in items]
         self.prompts = [to_prompt(model, item, num_frames) for _, _, item in tqdm(items, desc="preparing", disable=not progress)]
-        #: The samples this process computes (``shard.take``'s share; every sample without shards).
-        self.mine = list(range(len(items)))[shard.index :: shard.count] if shard is not None else list(range(len(items)))
+        #: The samples this process computes: every sample, or a shard's, by the samples' ``positions`` in the whole
+        #: run (default: their order here), as ``Shard.take`` shares a run out (a group of a run is shared alike).
+        positions = list(range(len(items))) if positions is None else positions
+        self.mine = [i for i, at in enumerate(positions) if shard is None or at % shard.count == shard.index]
         self.runners = {i: _Runner(model, model.embed(self.prompts[i]), choose_engine(model, engine, ())) for i in self.mine}
         self.top, self.p_top, own = {}, {}, {}
         for i, runner in self.runners.items():
@@ -89,8 +92,9 @@ class Scorer:
                 self.store.add("rows", rows)
             self.done.update({(name, sample_id): row for name, row in zip(names, rows)})
         missing = {(name, sample_id) for name in todo for sample_id in self.ids} - set(self.done)
-        if missing:  # the other shards' samples
-            rows = wait_for(self.store, "rows", missing, lambda r: (r["setting"], r["sample_id"]), _WHY)
+        if missing:  # the other shards' samples: read setting by setting (the store's index), not the whole table
+            rows = wait_for(self.store, "rows", missing, lambda r: (r["setting"], r["sample_id"]), _WHY,
+                            [{"setting": name} for name in sorted({name for name, _ in missing})])  # fmt: skip
             self.done.update({(r["setting"], r["sample_id"]): r for r in rows})
         for name in todo:
             table = self.rows(name)
@@ -111,21 +115,22 @@ class Scorer:
         stored = {}
         if self.store is not None:
             stored = {r["sample_id"]: r["value"] for r in self.store.rows(PER_SAMPLE, {"name": name})}
-        for i in tqdm(self.mine, desc=desc, disable=desc is None):
-            if self.ids[i] not in stored:
-                stored[self.ids[i]] = _normal(compute(i))
-                if self.store is not None:
-                    self.store.add(PER_SAMPLE, [{"name": name, "sample_id": self.ids[i], "value": stored[self.ids[i]]}])
+        todo = [i for i in self.mine if self.ids[i] not in stored]
+        for i in tqdm(todo, desc=desc, disable=desc is None or not todo):
+            stored[self.ids[i]] = _normal(compute(i))
+            if self.store is not None:
+                self.store.add(PER_SAMPLE, [{"name": name, "sample_id": self.ids[i], "value": stored[self.ids[i]]}])
         missing = {(name, sample_id) for sample_id in self.ids if sample_id not in stored}
         if missing:
             rows = wait_for(self.store, PER_SAMPLE, missing, lambda r: (r["name"], r["sample_id"]), _WHY, {"name": name})
             stored.update({r["sample_id"]: r["value"] for r in rows})
         return [stored[sample_id] for sample_id in self.ids]
 
-    def mean_per_sample(self, name: str, compute: Callable[[int], dict[tuple, float]],
-                        desc: str | None = None) -> dict[tuple, float]:  # fmt: skip
-        """key -> the mean over the samples that have it of ``compute(i)[key]`` (keys: tuples of
-        strings and numbers), pooled across shards as ``per_sample``."""
+    def mean_per_sample(self, name: str, compute: Callable[[int], dict[tuple, float]], desc: str | None = None,
+                        absent_is_zero: bool = False) -> dict[tuple, float]:  # fmt: skip
+        """key -> the mean over the samples of ``compute(i)[key]`` (keys: tuples of strings and
+        numbers), pooled across shards as ``per_sample``: over the samples that have the key, or
+        with ``absent_is_zero`` over every sample (a sample without the key adds 0)."""
         values = self.per_sample(name, lambda i: [[*key, value] for key, value in compute(i).items()], desc)
         totals: dict[tuple, list] = {}
         for entries in values:
@@ -133,7 +138,7 @@ class Scorer:
                 total = totals.setdefault(tuple(key), [0.0, 0])
                 total[0] += value
                 total[1] += 1
-        return {key: total / count for key, (total, count) in totals.items()}
+        return {key: total / (len(values) if absent_is_zero else count) for key, (total, count) in totals.items()}
 
     def rows(self, name: str) -> pd.DataFrame:
         """One row per sample of a scored setting: sample_id, task, rel_change, flipped, correct, retained, baseline."""

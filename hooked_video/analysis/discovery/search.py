@@ -34,7 +34,7 @@ from hooked_video.analysis.discovery.scoring import PER_SAMPLE, Scorer
 from hooked_video.analysis.pathways import FLOWS, PathwaySpec
 from hooked_video.core.checks import InvalidInputError, check_count
 from hooked_video.data.mcqa import identify_all
-from hooked_video.runtime.distributed import Shard, resolve_shard
+from hooked_video.runtime.distributed import Shard, resolve_shard, shard_failed
 from hooked_video.runtime.store import model_identity, open_store
 
 #: The flows the paper's pathways open (``discover``'s default); add "v2l" to let video -> last open.
@@ -248,8 +248,8 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
         shard: this process's share of a data-parallel search (a ``distributed.Shard``, "i/n" or
             "auto", as ``flow.sweep``; needs ``out``, the same folder for every shard): each shard
             scores and ranks its own samples and reads the others' figures from the folder at every
-            step, so all shards take the same steps and return the same search. Not with "gates"
-            (one set of gates learns from every sample's gradients).
+            step, so all shards take the same steps and return the same search (start them
+            together). Not with "gates" (its gates learn from every sample's gradients).
     """
     items = identify_all(samples)
     if not items:
@@ -260,10 +260,11 @@ def discover(model, samples: Iterable, tolerance: float = 5.0, min_accuracy: flo
 
 def _search_groups(model, items: list, groups: dict[str, list], tolerance, min_accuracy, full_curve, flows, method,
                    seeds, preset, num_frames, engine, rule, out, resume, progress, gate_steps,
-                   sparsity, shard=None) -> dict[str, Discovery]:  # fmt: skip
+                   sparsity, shard=None, split: bool = False) -> dict[str, Discovery]:  # fmt: skip
     """One search per group of ``items`` (arguments checked once, one results folder for all).
-    With a shard: groups of one sample each (``by="sample"``) are shared out among the shards,
-    each searched whole by one; larger groups are searched by every shard together."""
+    With a shard: ``split`` (one-sample groups) shares the groups out among the shards, each
+    searched whole by one; otherwise every shard searches every group together with the others,
+    taking the samples ``Shard.take`` gives it from the whole run."""
     flows = _check(tolerance, min_accuracy, flows)
     check_rule(rule)
     if method not in METHODS:
@@ -274,26 +275,28 @@ def _search_groups(model, items: list, groups: dict[str, list], tolerance, min_a
         raise InvalidInputError(f"sparsity={sparsity!r}: the penalty's weight, a number >= 0")
     preset = resolve_preset(model, preset)
     shard = resolve_shard(shard)
-    split = shard is not None and len(groups) > 1 and all(len(group) == 1 for group in groups.values())
-    if split:  # one-sample searches: each shard runs its share of them whole
+    if shard is not None and method == "gates":
+        raise InvalidInputError("method='gates' learns its gates from every sample's gradients and keeps them nowhere, "
+                                "so it runs in one process: drop the shard, or shard method='atp' or 'exact'")  # fmt: skip
+    if shard is not None and split:  # one-sample searches: each shard runs its share of them whole
         groups = {name: groups[name] for name in list(groups)[shard.index :: shard.count]}
-    elif shard is not None and method == "gates":
-        raise InvalidInputError("method='gates' learns one set of gates from every sample's gradients, so a pooled search "
-                                "with it runs in one process: drop the shard, or shard method='atp' or 'exact'")  # fmt: skip
+    position = {sample_id: j for j, (sample_id, _, _) in enumerate(items)}
     store = _open(model, items, out, resume, num_frames, rule, shard)
     stored = store.rows("rows") if store is not None else []  # read once for all groups
     alone = len(groups) == 1
     found = {}
     try:
-        for name, group in tqdm(groups.items(), desc="discovery per group", disable=not progress or alone):
-            scorer = Scorer(model, group, num_frames, engine, store, progress and alone, rule, stored, None if split else shard)
-            ranking = None
-            if method == "atp":
-                ranking = attribution_ranking(scorer, flows, progress and alone)
-            elif method == "gates":
-                ranking = gate_ranking(model, group, flows, num_frames, gate_steps, sparsity, progress and alone)
-            found[name] = greedy(scorer, tolerance, min_accuracy, full_curve, flows, progress and alone, ranking)
-            found[name].curve = baselines(scorer, found[name], preset, seeds)
+        with shard_failed(store.folder if store is not None else None, None if split else shard):
+            for name, group in tqdm(groups.items(), desc="discovery per group", disable=not progress or alone):
+                scorer = Scorer(model, group, num_frames, engine, store, progress and alone, rule, stored,
+                                None if split else shard, [position[sample_id] for sample_id, _, _ in group])  # fmt: skip
+                ranking = None
+                if method == "atp":
+                    ranking = attribution_ranking(scorer, flows, progress and alone)
+                elif method == "gates":
+                    ranking = gate_ranking(model, group, flows, num_frames, gate_steps, sparsity, progress and alone)
+                found[name] = greedy(scorer, tolerance, min_accuracy, full_curve, flows, progress and alone, ranking)
+                found[name].curve = baselines(scorer, found[name], preset, seeds)
     finally:
         if store is not None:
             store.close()
@@ -312,7 +315,8 @@ def discover_each(model, samples: Iterable, by: str = "task", **kwargs) -> dict[
     ``discovery.table(result)`` puts the found pathways side by side; its ``full_accuracy``
     column says where the full model was wrong (a one-sample search then keeps the wrong answer).
     With ``shard``, ``by="sample"`` shares the samples' searches out among the shards (each
-    returns its own), ``by="task"`` runs each task's search on every shard together."""
+    returns its own), ``by="task"`` runs each task's search on every shard together (each
+    returns every task's)."""
     if by not in BY:
         raise InvalidInputError(f"by={by!r}: one of {BY} (discover itself pools every sample)")
     settings = {**_DEFAULTS, **kwargs}
@@ -323,7 +327,7 @@ def discover_each(model, samples: Iterable, by: str = "task", **kwargs) -> dict[
     groups: dict[str, list] = {}
     for item in items:
         groups.setdefault(item[1] if by == "task" else item[0], []).append(item)
-    return _search_groups(model, items, groups, **settings)
+    return _search_groups(model, items, groups, **settings, split=by == "sample")
 
 
 def table(discoveries: dict[str, Discovery]) -> pd.DataFrame:
