@@ -60,7 +60,7 @@ def test_shards_of_one_search_find_what_one_process_finds(tmp_path, one_per_task
         for shard in shards:
             shard.kill()
     assert [shard.returncode for shard in shards] == [0, 0], printed
-    assert "shard 1/2 done: shard 0 holds the same search" in printed[1]
+    assert "shard 1/2 done: shard 0 holds the same results" in printed[1]
     ids = [f"q{i}" for i in range(len(one_per_task))]
     for i in range(2):  # each sample's rows and estimates were computed by its own shard only
         stored = _stored(sharded / f"shard-{i}-of-2" / "results.sqlite")

@@ -52,39 +52,25 @@ def _shard(args):
     return Shard.parse(args.shard) if getattr(args, "shard", None) else Shard.from_environment()
 
 
-def _sharded(args, call):
+def _sharded(args, call, merge: str = "nothing is computed again", pooled: bool = False):
     """``call(shard)`` for this process's samples. Returns the results of all samples where this
     process writes the summary: alone, or as process 0 of a launcher once all are done (read
-    from the stores, nothing recomputed); otherwise None (a job-array shard says what to do)."""
+    from the stores, nothing recomputed); otherwise None (a job-array shard says what to do,
+    ``merge`` how much a merge computes). ``pooled``: every shard's result is already the whole
+    run's (a search whose shards go in step), so shard 0 returns its own."""
     shard = _shard(args)
     result = call(shard)
     if shard is None:
         return result
+    if pooled:
+        if shard.index == 0:
+            return result
+        print(f"shard {shard} done: shard 0 holds the same results and writes the summary.")
+        return None
     if barrier():
         return call(None) if shard.index == 0 else None
     print(f"shard {shard} done. Once every shard is done, run the same command without --shard to merge the "
-          "shards and write the summary (nothing is computed again).")  # fmt: skip
-    return None
-
-
-def _discovered(args, search):
-    """``search(shard)`` for this process, and the searches of all samples where this process
-    writes the summary. A pooled search's shards go in step and each holds the whole search:
-    shard 0 writes it. ``--by sample`` shares the searches out: process 0 of a launcher reads
-    them all back once every process is done; a job array's shards say how to merge."""
-    shard = _shard(args)
-    result = search(shard)
-    if shard is None:
-        return result
-    if args.by != "sample":
-        if shard.index == 0:
-            return result
-        print(f"shard {shard} done: shard 0 holds the same search and writes the summary.")
-        return None
-    if barrier():
-        return search(None) if shard.index == 0 else None
-    print(f"shard {shard} done. Once every shard is done, run the same command without --shard to write the summary "
-          "(the searches are read back from --out: one traced forward per sample, no search step again).")  # fmt: skip
+          f"shards and write the summary ({merge}).")  # fmt: skip
     return None
 
 
@@ -323,7 +309,7 @@ def run_discover(args) -> None:
                                          rule=args.rule, out=args.out, resume=not args.fresh, shard=shard)  # fmt: skip
         return found, finer, curve
 
-    result = _discovered(args, search)
+    result = _sharded(args, search, "the searches are read back: one traced forward per sample", pooled=args.by != "sample")
     if result is None:
         return
     found, finer, curve = result
