@@ -190,11 +190,10 @@ def wait_for_rows(store, table: str, sample_ids: Sequence[str], poll: float = 5.
                   timeout: float = WAIT_FOR_SHARDS) -> list[dict]:  # fmt: skip
     """The rows of ``table`` for all ``sample_ids`` across the folder's shards (``wait_for``), for
     prune's random fraction over the whole run."""
-    rows = wait_for(store, table, set(sample_ids), lambda row: row["sample_id"],
+    return wait_for(store, table, set(sample_ids), lambda row: row["sample_id"],
                     "this shard needs every sample's rows before it can go on (prune's random fraction over the whole "
                     "run); start the other shards with the same command and their --shard i/n, or use "
                     "--random-fraction sample or a number", poll=poll, timeout=timeout)  # fmt: skip
-    return rows
 
 
 #: The file a shard of a search that waits for the others leaves in its folder when it fails.

@@ -88,10 +88,13 @@ def _read_meta(path: Path) -> dict:
         conn.close()
 
 
-def _where(where: dict | None) -> tuple[str, list]:
-    """A SQL filter on key columns (each equal to a value) and its parameters."""
+def _where(where: dict | None, key, table: str) -> tuple[str, list]:
+    """A SQL filter on ``table``'s key columns ``key`` (each equal to a value) and its parameters;
+    other fields are refused."""
     if not where:
         return "", []
+    if not set(where) <= set(key):
+        raise ValueError(f"rows can be selected by the key fields {tuple(key)} of {table!r} only, not {sorted(where)}")
     return " WHERE " + " AND ".join(f"{_quote(f)} = ?" for f in where), [_json(v) for v in where.values()]
 
 
@@ -107,9 +110,9 @@ def _read_database(path: Path, table: str, where: dict | None = None) -> tuple[d
                 return {}, None, []
             raise
         key = meta.get("table:" + table)
-        if key is None or where and not set(where) <= set(key):  # no such table, or no such key field: no rows
-            return meta, key and tuple(key), []
-        clause, values = _where(where)
+        if key is None:
+            return meta, None, []
+        clause, values = _where(where, key, table)
         rows = [json.loads(r[0]) for r in conn.execute(f"SELECT {ROW} FROM {_quote(table)}{clause} ORDER BY rowid", values)]
         return meta, tuple(key), rows
     except (sqlite3.DatabaseError, ValueError) as err:  # ValueError: stored text that is not JSON
