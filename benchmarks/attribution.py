@@ -3,7 +3,10 @@
 - fidelity (``--fidelity``, CPU is enough): on the bundled toys, over the synthetic temporal tasks,
   per sample: Spearman of estimate vs exact ``flow.sweep`` over all (condition, layer) rows, top-10
   overlap, sign agreement on rows whose exact change exceeds 5 points; medians per method and
-  target. Frame pairs are checked the same way against exact knockouts of each pair.
+  target. Frame pairs are checked the same way against exact knockouts of each pair, and per-head
+  rows against knockouts of single heads (``attribution.head_knockouts``, one question per task).
+  ``exact_layer_sums_by_window``: the exact single-layer changes summed over each window, ranked
+  against the exact window rows: the ceiling of any estimate that sums per-layer effects.
 - speed (``--speed``, a GPU): at a preset's shape (random weights, bf16, one prompt), the exact
   engine's four-target sweep and ``attribute(method="atp")`` for the four targets, the 64 frame
   pairs and per-head rows, side by side in one run; median of 3, peak memory.
@@ -23,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -51,6 +56,18 @@ def frame_pair_targets(n_frames: int) -> dict:
     return {"frame-pairs": {f"frame {i}->frame {j}": pair(i, j) for j in range(n_frames) for i in range(j)}}
 
 
+def layer_sums(single: pd.DataFrame, width: int, n_layers: int) -> pd.DataFrame:
+    """Window rows estimated as the sum of the exact single-layer changes of log P (in ``estimate``)."""
+    logged = single.assign(log_change=np.log1p(single.rel_change / 100))
+    key = ["sample_id", "target", "condition"]
+    parts = []
+    for layer in range(n_layers):
+        inside = logged[logged.layer.isin(knockout.window(layer, width, n_layers))]
+        summed = inside.groupby(key, as_index=False).log_change.sum()
+        parts.append(summed.assign(layer=layer, estimate=100 * np.expm1(summed.log_change)))
+    return pd.concat(parts, ignore_index=True)
+
+
 def fidelity(per_task: int, steps: int, models=("toy-video-ft", "toy-image")) -> dict:
     root = synthetic.generate(Path(tempfile.mkdtemp()) / "syn", tasks=synthetic.TEMPORAL_TASKS, per_task=per_task, seed=0,
                               progress=False)  # fmt: skip
@@ -69,11 +86,20 @@ def fidelity(per_task: int, steps: int, models=("toy-video-ft", "toy-image")) ->
             row[method] = medians(table)
             row[f"{method}_by_target"] = medians(attribution.compare(estimated, exact, by_target=True), "target")
         if name.endswith("video-ft"):  # where summing a window's layers is weak: wider windows
-            row["atp_by_window"] = {}
+            row["atp_by_window"], row["exact_layer_sums_by_window"] = {}, {}
+            single = flow.sweep(model, samples, window=1, progress=False)
             for width in (1, 3, 5, 9):
                 exact_w = flow.sweep(model, samples, window=width, progress=False)
                 estimated_w = attribution.attribute(model, samples, window=width, progress=False)
                 row["atp_by_window"][width] = medians(attribution.compare(estimated_w, exact_w))
+                # the best any sum of per-layer estimates can do: the exact single-layer changes, summed
+                row["exact_layer_sums_by_window"][width] = medians(
+                    attribution.compare(layer_sums(single, width, model.cfg.n_layers), exact_w))
+            heads_on = samples[::per_task]  # one question of each task: n_heads passes per row
+            head_exact = attribution.head_knockouts(model, heads_on, window=1, progress=False)
+            head_atp = attribution.attribute(model, heads_on, window=1, head=True, progress=False)
+            row["heads_atp"] = medians(attribution.compare(head_atp, head_exact))
+            row["heads_atp_by_target"] = medians(attribution.compare(head_atp, head_exact, by_target=True), "target")
         pairs_exact = flow.sweep(model, samples, targets=[frame_pair_targets(8)], window=1, progress=False)
         pairs = attribution.attribute(model, samples, granularity="frame-pairs", window=1, progress=False)
         pairs = pairs[pairs.target_frame >= 0].assign(target="frame-pairs")

@@ -85,6 +85,12 @@ def test_hooks_need_layers(small_map):
         knockout.hooks(knockout.cross_frame(small_map))
 
 
+@pytest.mark.parametrize("heads", [[], [-1], ["0"], [True], 1.5])
+def test_heads_must_be_head_indices(small_map, heads):
+    with pytest.raises(ValueError, match="heads must be head indices"):
+        knockout.hooks(knockout.cross_frame(small_map), layers=[0], heads=heads)
+
+
 # ----- on real models --------------------------------------------------------------------------
 def test_no_knockout_reproduces_the_baseline_exactly(deep, deep_prompt):
     empty = knockout.EdgeSet.empty(deep_prompt.n_positions)
@@ -136,6 +142,28 @@ def test_sweep_rows_equal_hf_with_explicit_masks(arch, deep, deep_prompt, deep_p
         assert row.p_knockout == pytest.approx(float(probs[answer]), abs=1e-5)
         assert row.p_gt_knockout == pytest.approx(float(probs[gt]), abs=1e-5)
         assert row.rel_change == pytest.approx((row.p_knockout - row.p_base) / row.p_base * 100, rel=1e-6)
+
+
+def test_head_knockout_equals_hf_with_a_per_head_mask(arch, deep, deep_prompt, deep_paths):
+    """Blocking in chosen heads only equals an HF eager forward whose additive mask (1, heads, N, N)
+    blocks the edges in those heads alone, as the released code's mask shape allows; a head
+    index past the layer's heads is refused."""
+    hf = load_hf(deep_paths[arch], deep)
+    tm, n_layers, n_heads = deep_prompt.token_map, deep.cfg.n_layers, deep.cfg.n_heads
+    edges = knockout.cross_frame(tm) | knockout.between(tm.video, tm.last, tm)
+    layers = knockout.window(n_layers // 2, 3, n_layers)
+    causal = knockout.EdgeSet.empty(tm.n_positions).additive_mask()
+    for heads in ([0], [n_heads - 1, 1]):
+        with torch.no_grad():
+            hooked = deep.run_with_hooks(deep_prompt, fwd_hooks=knockout.hooks(edges, layers, heads=heads))
+        additive = causal.repeat(1, n_heads, 1, 1)
+        additive[:, heads] = edges.additive_mask()[:, 0]
+        expected = last_probs(hf, deep_prompt.inputs, {l: additive for l in layers})
+        torch.testing.assert_close(hooked[:, -1].float().softmax(-1), expected, atol=1e-5, rtol=0, msg=str(heads))
+        every_head = last_probs(hf, deep_prompt.inputs, {l: edges.additive_mask() for l in layers})
+        assert not torch.allclose(expected, every_head, atol=1e-6)  # one head is not the whole knockout
+    with pytest.raises(knockout.KnockoutError, match=f"has {n_heads} heads"):
+        deep.run_with_hooks(deep_prompt, fwd_hooks=knockout.hooks(edges, layers, heads=[n_heads]))
 
 
 def test_blocking_all_video_to_text_edges_makes_the_output_video_independent(deep, deep_prompt, frames):

@@ -2,7 +2,7 @@
 
 An edge ``source -> target`` lets the target position's query read the source position's key.
 Knocking it out sets that pre-softmax attention score to the dtype's minimum in every head of
-the chosen layers, through TransformerLens hooks on ``blocks.{l}.attn.hook_attn_scores`` (which
+the chosen layers (or in chosen heads: ``hooks(..., heads=[3])``), through TransformerLens hooks on ``blocks.{l}.attn.hook_attn_scores`` (which
 fire after the causal mask, before the softmax)::
 
     edges = knockout.cross_frame(tm) | knockout.between(tm.video, tm.last)
@@ -17,6 +17,7 @@ map's index tensors; nothing loops over pairs.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -139,8 +140,9 @@ def attn_scores_hook_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_attn_scores"
 
 
-def _blocking_hook(edges: EdgeSet, active: torch.Tensor | None, shared: dict) -> Callable:
-    """A hook that fills blocked (batch, query, key) entries of the scores with dtype-min.
+def _blocking_hook(edges: EdgeSet, active: torch.Tensor | None, shared: dict, heads: tuple[int, ...] | None = None) -> Callable:
+    """A hook that fills blocked (batch, query, key) entries of the scores with dtype-min, in every
+    head or in ``heads`` only.
 
     ``shared`` holds one checked device copy of the mask for all layers of one ``hooks()`` call.
     """
@@ -156,7 +158,14 @@ def _blocking_hook(edges: EdgeSet, active: torch.Tensor | None, shared: dict) ->
             raise KnockoutError(f"the edge set has {m.shape[0]} batch items but the forward has {scores.shape[0]}")
         if active is not None:
             m = m & active.to(scores.device)[:, None, None]
-        return scores.masked_fill(m[:, None], torch.finfo(scores.dtype).min)  # broadcast over heads
+        m = m[:, None]  # broadcast over heads
+        if heads is not None:
+            if max(heads) >= scores.shape[1]:
+                raise KnockoutError(f"heads {list(heads)} asked for, but this layer has {scores.shape[1]} heads")
+            chosen = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
+            chosen[list(heads)] = True
+            m = m & chosen[:, None, None]
+        return scores.masked_fill(m, torch.finfo(scores.dtype).min)
 
     return hook
 
@@ -164,8 +173,9 @@ def _blocking_hook(edges: EdgeSet, active: torch.Tensor | None, shared: dict) ->
 def hooks(
     edges: EdgeSet | Mapping[int, EdgeSet],
     layers: Iterable[int] | Bool[torch.Tensor, "batch n_layers"] | None = None,
+    heads: Iterable[int] | int | None = None,
 ) -> list[tuple[str, Callable]]:
-    """TransformerLens forward hooks that block ``edges`` in every head of ``layers``.
+    """TransformerLens forward hooks that block ``edges`` in every head of ``layers`` (or in ``heads`` only).
 
     Args:
         edges: one EdgeSet for all chosen layers, or ``{layer: EdgeSet}`` for per-layer edges
@@ -173,12 +183,15 @@ def hooks(
         layers: layer indices; or a bool tensor (batch, n_layers) saying, per batch item, in
             which layers its (batched) edge set is blocked. Items whose flag is False run that
             layer unmodified, so one forward can hold many (condition, window) passes.
+        heads: block in these heads only (head indices as TransformerLens counts them, the
+            query heads where keys and values are shared); None: every head, the paper's knockout.
 
     Returns:
         ``[(hook_name, hook_fn), ...]`` for ``run_with_hooks(fwd_hooks=...)`` or ``hooks()``.
         Edge sets that know their length are checked here for fully blocked query rows, the
         others on first use.
     """
+    heads = _check_heads(heads)
     if isinstance(edges, Mapping):
         if layers is not None:
             raise ValueError("pass layers either as the keys of a {layer: EdgeSet} dict or as layers=, not both")
@@ -187,7 +200,7 @@ def hooks(
         if layers.dtype != torch.bool or layers.ndim != 2:
             raise ValueError("a layers tensor must be bool of shape (batch, n_layers)")
         used, shared = layers.any(0).nonzero().reshape(-1).tolist(), {}
-        return [(attn_scores_hook_name(l), _blocking_hook(edges, layers[:, l], shared)) for l in used]
+        return [(attn_scores_hook_name(l), _blocking_hook(edges, layers[:, l], shared, heads)) for l in used]
     elif layers is None:
         raise ValueError("say which layers to block: layers=knockout.window(...) or a list of layers")
     else:
@@ -196,4 +209,14 @@ def hooks(
         if edge_set.n_positions is not None:
             edge_set.check_no_empty_rows()
     shared: dict = {}
-    return [(attn_scores_hook_name(l), _blocking_hook(e, None, shared)) for l, e in sorted(per_layer.items())]
+    return [(attn_scores_hook_name(l), _blocking_hook(e, None, shared, heads)) for l, e in sorted(per_layer.items())]
+
+
+def _check_heads(heads) -> tuple[int, ...] | None:
+    """``heads`` as a tuple of head indices (None stays None), or a ValueError saying what is wrong."""
+    if heads is None:
+        return None
+    chosen = (heads,) if isinstance(heads, numbers.Integral) else tuple(heads) if isinstance(heads, Iterable) else ()
+    if not chosen or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 0 for h in chosen):
+        raise ValueError(f"heads must be head indices (ints >= 0), or None for every head; got {heads!r}")
+    return tuple(int(h) for h in chosen)

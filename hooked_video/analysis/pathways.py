@@ -29,6 +29,7 @@ from hooked_video.analysis import knockout as ko
 from hooked_video.analysis.accuracy import PAPER_RULE, check_rule, option_prediction
 from hooked_video.core.checks import InvalidInputError, check_count
 from hooked_video.runtime.engine import Engine
+from hooked_video.analysis.flow.records import last_position_probs
 from hooked_video.analysis.flow.sweep import choose_engine
 from hooked_video.data.mcqa import identify_all, to_prompt
 from hooked_video.runtime.distributed import Shard, resolve_shard, wait_for_rows
@@ -532,14 +533,14 @@ def faithfulness_prompt(model, prompt, spec: PathwaySpec, engine: str = "auto") 
     tm, n_layers = prompt.token_map, model.cfg.n_layers
     runner = _Runner(model, model.embed(prompt), choose_engine(model, engine, ()))
     full_logits = runner.full()
-    full = full_logits[0, -1].float().softmax(-1)
+    full = last_position_probs(full_logits)[0]
     token = int(full.argmax())
     row = {"p_top": float(full[token]), **_prediction(model, prompt, full_logits, "full", PAPER_RULE)}
     settings = {"outside": spec.layer_edges(tm, n_layers)}
     settings.update({f"cut {name}": dict.fromkeys(layers, edges) for name, edges, layers in spec.open_groups(tm)})
     for setting, edges in settings.items():
         logits = runner.knocked_out(edges)
-        probs = logits[0, -1].float().softmax(-1)
+        probs = last_position_probs(logits)[0]
         row.update({f"{setting}|rel_change": (float(probs[token]) - row["p_top"]) / row["p_top"] * 100,
                     f"{setting}|flipped": int(probs.argmax()) != token,
                     f"{setting}|pred": option_prediction(logits, prompt, model.tokenizer, PAPER_RULE)})  # fmt: skip

@@ -9,7 +9,8 @@ knockout pass per row, in ``flow.sweep``'s schema, and their comparison with the
 from hooked_video.analysis.attribution.compare import compare, sign_agreement, spearman, top_overlap
 from hooked_video.analysis.attribution.gradients import PatternGradients, pattern_gradients
 from hooked_video.analysis.attribution.groups import GRANULARITIES
+from hooked_video.analysis.attribution.heads import head_knockouts
 from hooked_video.analysis.attribution.run import METHODS, attribute
 
-__all__ = ["GRANULARITIES", "METHODS", "PatternGradients", "attribute", "compare", "pattern_gradients", "sign_agreement",
-           "spearman", "top_overlap"]  # fmt: skip
+__all__ = ["GRANULARITIES", "METHODS", "PatternGradients", "attribute", "compare", "head_knockouts", "pattern_gradients",
+           "sign_agreement", "spearman", "top_overlap"]  # fmt: skip

@@ -38,10 +38,12 @@ def sign_agreement(estimate, exact, threshold: float = 5.0) -> float:
 
 def compare(estimates: pd.DataFrame, exact: pd.DataFrame, by_target: bool = False) -> pd.DataFrame:
     """Per sample (and target with ``by_target``): spearman, top10, sign_agreement, n_rows, n_big
-    (rows with |exact| > 5). Rows are matched on sample, target, condition and layer (all heads)."""
-    if "head_index" in estimates:
+    (rows with |exact| > 5). Rows are matched on sample, target, condition and layer (all heads),
+    and on ``head_index`` too where the exact rows have one (knockouts of single heads)."""
+    matched_on = KEY + ["head_index"] if "head_index" in exact else KEY
+    if "head_index" in estimates and "head_index" not in exact:
         estimates = estimates[estimates.head_index == -1]
-    merged = estimates[KEY + ["estimate"]].merge(exact[KEY + ["rel_change"]], on=KEY, how="inner")
+    merged = estimates[matched_on + ["estimate"]].merge(exact[matched_on + ["rel_change"]], on=matched_on, how="inner")
     if merged.empty:
         raise ValueError("no row of the estimates matches a row of the exact sweep: compare the same samples, targets, "
                          "window and layers")  # fmt: skip

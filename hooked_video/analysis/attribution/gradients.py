@@ -26,7 +26,7 @@ class PatternGradients:
         weighted: the same shape: each entry times the metric's gradient with respect to it.
         log_prob: (batch,) log P(answer) at the last position.
         alphas: (batch,) the gate value of each batch item (1: the clean model).
-        probs: (vocab,) the first batch item's softmax at the last position (float32, CPU).
+        probs: (vocab,) the first batch item's softmax at the last position (float64, CPU).
         answer: the token whose log-probability is the metric.
     """
 
@@ -71,7 +71,7 @@ def pattern_gradients(model, embedded, answer: int | None = None, gate: Bool[tor
     hooks = [(f"blocks.{layer}.attn.hook_pattern", keep) for layer in range(n_layers)]
     with torch.enable_grad():
         logits = model.run_with_hooks(embedded.expand(len(alphas)), fwd_hooks=hooks, logits_to_keep=1)
-        log_probs = logits[:, -1].float().log_softmax(-1)
+        log_probs = logits[:, -1].double().log_softmax(-1)  # float64 as the sweep's (flow.last_position_probs)
         answer = int(log_probs[0].argmax()) if answer is None else answer
         log_prob = log_probs[:, answer]
         patterns = [kept[layer] for layer in range(n_layers)]

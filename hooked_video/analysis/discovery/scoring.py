@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from hooked_video.analysis import knockout as ko
 from hooked_video.analysis.accuracy import PAPER_RULE, option_prediction
+from hooked_video.analysis.flow.records import last_position_probs
 from hooked_video.analysis.flow.sweep import choose_engine
 from hooked_video.analysis.pathways import _Runner, count_edges
 from hooked_video.core.checks import InvalidInputError
@@ -60,7 +61,7 @@ class Scorer:
         self.top, self.p_top, own = {}, {}, {}
         for i, runner in self.runners.items():
             logits = runner.full()
-            probs = logits[0, -1].float().softmax(-1)
+            probs = last_position_probs(logits)[0]
             self.top[i] = int(probs.argmax())
             self.p_top[i] = float(probs[self.top[i]])
             own[i] = option_prediction(logits, self.prompts[i], model.tokenizer, rule) == self.prompts[i].answer
@@ -145,7 +146,7 @@ class Scorer:
         return pd.DataFrame([{**self.done[(name, sample_id)], "task": task} for sample_id, task in zip(self.ids, self.tasks)])
 
     def _row(self, i: int, name: str, edges: dict[int, ko.EdgeSet], logits: torch.Tensor) -> dict:
-        probs = logits.float().softmax(-1)
+        probs = last_position_probs(logits[None, None])[0]
         counts = count_edges(edges, self.prompts[i].n_positions)
         prediction = option_prediction(logits[None, None], self.prompts[i], self.model.tokenizer, self.rule)
         return {"setting": name, "sample_id": self.ids[i],

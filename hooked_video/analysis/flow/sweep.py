@@ -73,9 +73,11 @@ def plan_passes(targets: Mapping[str, Mapping], swept: Sequence[int], n_layers: 
 
 
 def run_passes_with_hooks(model, embedded, passes: Sequence[Pass], edges: Mapping[tuple, ko.EdgeSet], n_layers: int,
-                          batch_size: int, extra_hooks=()) -> Iterable[tuple[list[Pass], torch.Tensor]]:  # fmt: skip
+                          batch_size: int, extra_hooks=(), heads: Sequence[int] | None = None,
+                          ) -> Iterable[tuple[list[Pass], torch.Tensor]]:  # fmt: skip
     """The TransformerLens path: batched forwards with knockout hooks on ``hook_attn_scores``
-    (each batch item carries its own edge set and layer flags); yields (passes, probs). Every
+    (each batch item carries its own edge set and layer flags; ``heads``: block in these heads
+    only); yields (passes, probs). Every
     block runs the reference path, as the baseline does, so that in half precision a knockout's
     probability and its baseline share one arithmetic (blocks without hooks would otherwise take
     the fast path and round differently)."""
@@ -85,7 +87,7 @@ def run_passes_with_hooks(model, embedded, passes: Sequence[Pass], edges: Mappin
         active = torch.zeros(len(chunk), n_layers, dtype=torch.bool)
         for i, p in enumerate(chunk):
             active[i, list(p.blocked)] = True
-        hooks = ko.hooks(stacked, active) + list(extra_hooks)
+        hooks = ko.hooks(stacked, active, heads=heads) + list(extra_hooks)
         with attention.reference_attention():
             logits = model.run_with_hooks(embedded.expand(len(chunk)), fwd_hooks=hooks, logits_to_keep=1)
         yield chunk, last_position_probs(logits).cpu()

@@ -1,0 +1,77 @@
+"""Exact knockouts of single heads: the rows that per-head attributions (``attribute(head=True)``)
+are checked against. Each pass blocks a condition's edges in one head of its window's layers
+(``knockout.hooks(..., heads=[h])``), on the TransformerLens hook path.
+
+    exact = attribution.head_knockouts(model, samples, targets=["cross-frame"], window=1)
+    attribution.compare(attribution.attribute(model, samples, window=1, head=True), exact)
+
+It runs n_heads passes for every row of ``flow.sweep``: meant for checking on a few samples.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hooked_video.analysis.accuracy import PAPER_RULE, check_rule
+from hooked_video.analysis.flow.records import (baseline_record, check_selection, is_selected, knockout_record,
+                                               last_position_probs)
+from hooked_video.analysis.flow.sweep import plan_passes, run_passes_with_hooks
+from hooked_video.analysis.flow.targets import TARGETS, resolve_targets
+from hooked_video.core.checks import InvalidInputError, check_count
+from hooked_video.data.mcqa import identify_all, to_prompt
+from hooked_video.runtime import attention
+
+
+@torch.no_grad()
+def head_knockouts(model, samples: Iterable, targets: Sequence[str | Mapping] | str = tuple(TARGETS), window: int = 1,
+                   layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, select: str = "correct",
+                   batch_size: int = 8, num_frames: int | None = 8, rule: str = PAPER_RULE,
+                   progress: bool = True) -> pd.DataFrame:  # fmt: skip
+    """``flow.sweep``'s rows, one per head as well: each condition knocked out in one head at a time.
+
+    Args:
+        targets, window, layers, select, batch_size, num_frames, rule: as ``flow.sweep``.
+        heads: the heads to knock out one by one (default: every head).
+
+    Returns:
+        ``flow.sweep``'s columns plus ``head_index``; ``attrs["baseline"]`` as in the sweep.
+    """
+    check_selection(select)
+    check_rule(rule)
+    check_count(batch_size, "batch_size")
+    resolved = resolve_targets(targets)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    heads = list(range(n_heads)) if heads is None else [int(h) for h in heads]
+    if not heads or not all(0 <= h < n_heads for h in heads):
+        raise InvalidInputError(f"heads must be indices in 0..{n_heads - 1} ({model.cfg.model_name} has {n_heads} heads), "
+                                f"got {heads}")  # fmt: skip
+    passes = plan_passes(resolved, list(range(n_layers)) if layers is None else list(layers), n_layers, window, "center",
+                         "above")  # fmt: skip
+    items = identify_all(samples)
+    rows, baselines = [], []
+    bar = tqdm(total=len(items) * len(passes) * len(heads), desc="head knockouts", disable=not progress)
+    for sample_id, task, item in items:
+        prompt = to_prompt(model, item, num_frames)
+        embedded = model.embed(prompt)
+        with attention.reference_attention():  # the passes' own path
+            probs = last_position_probs(model.run_with_hooks(embedded, fwd_hooks=[], logits_to_keep=1))[0].cpu()
+        base = baseline_record(model, sample_id, task, prompt, probs, rule)
+        baselines.append(base)
+        if not is_selected(base, select):
+            bar.update(len(passes) * len(heads))
+            continue
+        edges = {(p.target, p.condition): resolved[p.target][p.condition](prompt.token_map) for p in passes}
+        for head in heads:
+            for chunk, chunk_probs in run_passes_with_hooks(model, embedded, passes, edges, n_layers, batch_size, heads=[head]):
+                rows.extend({**knockout_record(model, base, p_probs, p.target, p.condition, list(p.blocked), p.layer,
+                                               prompt, rule), "head_index": head}
+                            for p, p_probs in zip(chunk, chunk_probs))  # fmt: skip
+                bar.update(len(chunk))
+    bar.close()
+    df = pd.DataFrame(rows)
+    df.attrs["baseline"] = baselines
+    return df
