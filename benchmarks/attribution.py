@@ -7,6 +7,8 @@
   rows against knockouts of single heads (``attribution.head_knockouts``, one question per task).
   ``exact_layer_sums_by_window``: the exact single-layer changes summed over each window, ranked
   against the exact window rows: the ceiling of any estimate that sums per-layer effects.
+- estimates (``--estimates``, CPU is enough): the estimates from held gradients alone, per
+  granularity: median time and ATen operator calls.
 - speed (``--speed``, a GPU): at a preset's shape (random weights, bf16, one prompt), the exact
   engine's four-target sweep and ``attribute(method="atp")`` for the four targets, the 64 frame
   pairs and per-head rows, side by side in one run; median of 3, peak memory.
@@ -14,6 +16,7 @@
     python benchmarks/attribution.py --fidelity --out results/attribution_fidelity_toys.json
     python benchmarks/attribution.py --fidelity --models toy16-video-ft --out results/attribution_fidelity_toy16.json
     python benchmarks/attribution.py --speed --preset llava-next-video-7b --device cuda --out results/attribution_7b.json
+    python benchmarks/attribution.py --estimates --models toy-video-ft toy16-video-ft --repeats 9
 """
 
 from __future__ import annotations
@@ -109,6 +112,38 @@ def fidelity(per_task: int, steps: int, models=("toy-video-ft", "toy-image")) ->
     return result
 
 
+def estimates(models, repeats: int) -> dict:
+    """The estimates from held gradients alone (no forward, no backward) on one question of each
+    bundled model: median seconds and ATen operator calls (on a GPU, about one kernel launch
+    each) per granularity, with and without per-head rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    root = synthetic.generate(Path(tempfile.mkdtemp()) / "syn", tasks=synthetic.TEMPORAL_TASKS[:1], per_task=1, seed=0,
+                              progress=False)  # fmt: skip
+    result = {}
+    for name in models:
+        model = HookedVideoLLM.from_pretrained(name)
+        prompt = next(iter(TVBench(root))).prepare(model)
+        grads = attribution.pattern_gradients(model, model.embed(prompt))
+        row = {"n_positions": prompt.n_positions, "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads}
+        for granularity in attribution.GRANULARITIES:
+            for per_head in (False, True):
+                call = lambda: effects_of(granularity, grads, prompt, flow.TARGETS, per_head)  # noqa: E731
+                call()
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    call()
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - start)
+                row[f"{granularity}{' per head' if per_head else ''}"] = {
+                    "s": statistics.median(times), "aten_ops": sum(e.count for e in prof.key_averages())}
+        result[name] = row
+        print(json.dumps({name: row}), flush=True)
+    return result
+
+
 def speed(preset: str, device: str, repeats: int) -> dict:
     from knockout_sweep import make_confident, peak_gib, sync  # noqa: E402
     from shapes import model_and_prompt  # noqa: E402
@@ -162,6 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fidelity", action="store_true")
     parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--estimates", action="store_true", help="the estimates from held gradients alone, on the toys")
     parser.add_argument("--preset", default="llava-next-video-7b")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--per-task", type=int, default=4)
@@ -173,6 +209,8 @@ def main() -> None:
     result = {}
     if args.fidelity:
         result["fidelity"] = fidelity(args.per_task, args.steps, args.models)
+    if args.estimates:
+        result["estimates"] = estimates(args.models, args.repeats)
     if args.speed:
         result["speed"] = speed(args.preset, args.device, args.repeats)
     if args.out:

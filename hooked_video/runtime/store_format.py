@@ -26,13 +26,18 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 def _json(value) -> str:
     """Compact JSON; numpy and torch scalars and arrays become Python numbers and lists."""
-    return json.dumps(value, separators=(",", ":"), default=_plain)
+    return _ENCODER.encode(value)
 
 
 def _plain(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} {value!r} cannot be stored: results and settings must be JSON-able")
+
+
+#: One encoder for every row: ``json.dumps`` with options builds a new one per call, which a store
+#: writing a few hundred thousand rows (and key fields) notices.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_plain)
 
 
 def _normal(value):

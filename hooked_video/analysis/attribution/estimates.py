@@ -24,18 +24,31 @@ from hooked_video.analysis.attribution.gradients import PatternGradients
 MIN_REMAINING = 1e-6
 
 
+#: Bytes the estimates' temporaries may take at once; layers are read in chunks that fit.
+CHUNK_BYTES = 1 << 30
+
+
 def _effect(s_k, p_k, s, alphas, integrated: bool):
-    """The per-row effect on the metric: exact renormalisation (AtP) or the path's derivative (IG)."""
+    """The per-row effect on the metric: exact renormalisation (AtP) or the path's derivative (IG);
+    ``alphas`` broadcasts over the batch axis (axis 1, after the layers)."""
     if integrated:
-        return -(s_k - p_k * s) / alphas.view(-1, *[1] * (s_k.ndim - 1))
+        return -(s_k - p_k * s) / alphas.view(1, -1, *[1] * (s_k.ndim - 2))
     return -(s_k - p_k * s) / (1 - p_k).clamp_min(MIN_REMAINING)
+
+
+def _layer_chunks(grads: PatternGradients, bytes_per_layer: int) -> list[slice]:
+    """Slices of the layers, as many at once as ``CHUNK_BYTES`` allows: each is read with a few
+    large operations instead of one small one per layer (fewer kernel launches on a GPU)."""
+    n_layers = grads.pattern.shape[0]
+    size = max(1, min(n_layers, CHUNK_BYTES // max(1, bytes_per_layer)))
+    return [slice(start, min(start + size, n_layers)) for start in range(0, n_layers, size)]
 
 
 def mask_effects(grads: PatternGradients, masks: list[Bool[torch.Tensor, "query key"]], per_head: bool = False,
                  integrated: bool = False) -> list[Float[torch.Tensor, "layer *head"]]:  # fmt: skip
     """Effect on log P(answer) of blocking each mask's edges, per layer (mean over the batch's path
     points). The masks' rows share few distinct key sets (a frame's rows all lose the same earlier
-    frames): each layer is read once, by one matmul against every distinct key set."""
+    frames): the layers are read once, by one matmul against every distinct key set."""
     device = grads.pattern.device
     masks = [m.to(device) for m in masks]
     rows = [m.any(-1).nonzero().squeeze(-1) for m in masks]
@@ -43,14 +56,16 @@ def mask_effects(grads: PatternGradients, masks: list[Bool[torch.Tensor, "query 
     columns = inverse.split([len(r) for r in rows])
     onehot = keysets.T.float()  # (N, distinct key sets)
     alphas = grads.alphas.to(device)
+    _, batch, heads, n, _ = grads.pattern.shape
     values: list[list[torch.Tensor]] = [[] for _ in masks]
-    for layer in range(grads.pattern.shape[0]):
-        s_groups, p_groups = grads.weighted[layer] @ onehot, grads.pattern[layer] @ onehot  # (batch, heads, N, sets)
-        s_all = grads.weighted[layer].sum(-1)
+    for layers in _layer_chunks(grads, 4 * batch * heads * n * (2 * onehot.shape[1] + 1)):
+        weighted = grads.weighted[layers]
+        s_groups, p_groups = weighted @ onehot, grads.pattern[layers] @ onehot  # (layers, batch, heads, N, sets)
+        s_all = weighted.sum(-1)
         for i, (q, c) in enumerate(zip(rows, columns)):
             effect = _effect(s_groups[..., q, c], p_groups[..., q, c], s_all[..., q], alphas, integrated)
-            values[i].append(effect.sum(-1).mean(0))  # (heads,)
-    out = [torch.stack(v).cpu() for v in values]
+            values[i].append(effect.sum(-1).mean(1))  # (layers, heads)
+    out = [torch.cat(v).cpu() for v in values]
     return out if per_head else [v.sum(-1) for v in out]
 
 
@@ -72,21 +87,23 @@ def pair_effects(grads: PatternGradients, query_groups: list[torch.Tensor], key_
     for j, positions in enumerate(key_groups):
         onehot[torch.as_tensor(positions, device=device), j] = 1
     alphas = grads.alphas.to(device)
+    queries = [torch.as_tensor(positions, device=device).reshape(-1) for positions in query_groups]
+    _, batch, heads, n, _ = pattern.shape
+    widest = max(len(q) for q in queries)
     out = []
-    for layer in range(pattern.shape[0]):
+    for layers in _layer_chunks(grads, 4 * batch * heads * widest * (2 * n + 3 * len(key_groups))):
         per_group = []
-        for positions in query_groups:  # keys after a query hold no mass: non-causal pairs add 0
-            q = torch.as_tensor(positions, device=device)
-            weighted = grads.weighted[layer][..., q, :]
-            s_k, p_k, s = weighted @ onehot, pattern[layer][..., q, :] @ onehot, weighted.sum(-1, keepdim=True)
+        for q in queries:  # keys after a query hold no mass: non-causal pairs add 0
+            weighted, probs = grads.weighted[layers][..., q, :], pattern[layers][..., q, :]  # (layers, batch, heads, rows, N)
+            s_k, p_k, s = weighted @ onehot, probs @ onehot, weighted.sum(-1, keepdim=True)
             if not self_edges:  # take each row's own entry out of the key groups that hold it
                 rows = torch.arange(len(q), device=device)
                 own = onehot[q]  # (rows, key groups)
                 s_k = s_k - weighted[..., rows, q, None] * own
-                p_k = p_k - pattern[layer][..., q, :][..., rows, q, None] * own
-            per_group.append(_effect(s_k, p_k, s, alphas, integrated).sum(-2).mean(0))  # (heads, key groups)
-        out.append(torch.stack(per_group, -2))  # (heads, query groups, key groups)
-    stacked = torch.stack(out).cpu()
+                p_k = p_k - probs[..., rows, q, None] * own
+            per_group.append(_effect(s_k, p_k, s, alphas, integrated).sum(-2).mean(1))  # (layers, heads, key groups)
+        out.append(torch.stack(per_group, -2))  # (layers, heads, query groups, key groups)
+    stacked = torch.cat(out).cpu()
     return stacked if per_head else stacked.sum(1)
 
 
