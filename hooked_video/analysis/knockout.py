@@ -2,8 +2,8 @@
 
 An edge ``source -> target`` lets the target position's query read the source position's key.
 Knocking it out sets that pre-softmax attention score to the dtype's minimum in every head of
-the chosen layers (or in chosen heads: ``hooks(..., heads=[3])``), through TransformerLens hooks on ``blocks.{l}.attn.hook_attn_scores`` (which
-fire after the causal mask, before the softmax)::
+the chosen layers (or in chosen heads: ``hooks(..., heads=[3])``), through TransformerLens hooks
+on ``blocks.{l}.attn.hook_attn_scores`` (which fire after the causal mask, before the softmax)::
 
     edges = knockout.cross_frame(tm) | knockout.between(tm.video, tm.last)
     hooks = knockout.hooks(edges, layers=knockout.window(center=12, k=9, n_layers=32))
@@ -140,11 +140,13 @@ def attn_scores_hook_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_attn_scores"
 
 
-def _blocking_hook(edges: EdgeSet, active: torch.Tensor | None, shared: dict, heads: tuple[int, ...] | None = None) -> Callable:
+def _blocking_hook(edges: EdgeSet, active: torch.Tensor | None, shared: dict,
+                   heads: tuple[int, ...] | None = None) -> Callable:  # fmt: skip
     """A hook that fills blocked (batch, query, key) entries of the scores with dtype-min, in every
     head or in ``heads`` only.
 
-    ``shared`` holds one checked device copy of the mask for all layers of one ``hooks()`` call.
+    ``shared`` holds one checked device copy of the mask (and of the head selection) for all
+    layers of one ``hooks()`` call.
     """
 
     def hook(scores: torch.Tensor, hook=None) -> torch.Tensor:
@@ -160,14 +162,22 @@ def _blocking_hook(edges: EdgeSet, active: torch.Tensor | None, shared: dict, he
             m = m & active.to(scores.device)[:, None, None]
         m = m[:, None]  # broadcast over heads
         if heads is not None:
-            if max(heads) >= scores.shape[1]:
-                raise KnockoutError(f"heads {list(heads)} asked for, but this layer has {scores.shape[1]} heads")
-            chosen = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
-            chosen[list(heads)] = True
-            m = m & chosen[:, None, None]
+            m = m & _head_selection(heads, scores.shape[1], scores.device, shared)
         return scores.masked_fill(m, torch.finfo(scores.dtype).min)
 
     return hook
+
+
+def _head_selection(heads: tuple[int, ...], n_heads: int, device, shared: dict) -> Bool[torch.Tensor, "head 1 1"]:
+    """The chosen heads as a (heads, 1, 1) selector, checked and built once per device."""
+    key = ("heads", device, n_heads)
+    if key not in shared:
+        if max(heads) >= n_heads:
+            raise KnockoutError(f"heads {list(heads)} asked for, but this layer has {n_heads} heads")
+        chosen = torch.zeros(n_heads, dtype=torch.bool, device=device)
+        chosen[list(heads)] = True
+        shared[key] = chosen[:, None, None]
+    return shared[key]
 
 
 def hooks(
@@ -191,7 +201,7 @@ def hooks(
         Edge sets that know their length are checked here for fully blocked query rows, the
         others on first use.
     """
-    heads = _check_heads(heads)
+    heads = check_heads(heads)
     if isinstance(edges, Mapping):
         if layers is not None:
             raise ValueError("pass layers either as the keys of a {layer: EdgeSet} dict or as layers=, not both")
@@ -212,8 +222,9 @@ def hooks(
     return [(attn_scores_hook_name(l), _blocking_hook(e, None, shared, heads)) for l, e in sorted(per_layer.items())]
 
 
-def _check_heads(heads) -> tuple[int, ...] | None:
-    """``heads`` as a tuple of head indices (None stays None), or a ValueError saying what is wrong."""
+def check_heads(heads) -> tuple[int, ...] | None:
+    """``heads`` as a tuple of head indices (None stays None), or a ValueError saying what is wrong
+    (whether they exist is checked against the model: ``hooks`` on first use)."""
     if heads is None:
         return None
     chosen = (heads,) if isinstance(heads, numbers.Integral) else tuple(heads) if isinstance(heads, Iterable) else ()

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hooked_video.analysis.accuracy import PAPER_RULE, check_rule
+from hooked_video.analysis.knockout import check_heads
 from hooked_video.analysis.flow.records import (baseline_record, check_selection, is_selected, knockout_record,
                                                last_position_probs)
 from hooked_video.analysis.flow.sweep import plan_passes, run_passes_with_hooks
@@ -45,8 +46,8 @@ def head_knockouts(model, samples: Iterable, targets: Sequence[str | Mapping] | 
     check_count(batch_size, "batch_size")
     resolved = resolve_targets(targets)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    heads = list(range(n_heads)) if heads is None else [int(h) for h in heads]
-    if not heads or not all(0 <= h < n_heads for h in heads):
+    heads = list(range(n_heads)) if heads is None else list(check_heads(heads))
+    if max(heads) >= n_heads:
         raise InvalidInputError(f"heads must be indices in 0..{n_heads - 1} ({model.cfg.model_name} has {n_heads} heads), "
                                 f"got {heads}")  # fmt: skip
     passes = plan_passes(resolved, list(range(n_layers)) if layers is None else list(layers), n_layers, window, "center",

@@ -15,7 +15,6 @@ time), and the path's mean derivative is each layer's effect.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -184,5 +183,6 @@ def rows_of(base: dict, effects: list[tuple[dict, torch.Tensor]], windows: Mappi
     frame.insert(0, "task", base["task"])
     frame.insert(0, "sample_id", base["sample_id"])
     return frame.assign(
-        layer=layer, head_index=head - 1, window_start=starts, window_end=ends, n_blocked_layers=sizes, p_base=base["p_pred"], p_knockout=base["p_pred"] * (1 + estimate / 100),
-        rel_change=estimate, estimate=estimate, method=method, answer_token=base["pred_token"])
+        layer=layer, head_index=head - 1, window_start=starts, window_end=ends, n_blocked_layers=sizes,
+        p_base=base["p_pred"], p_knockout=base["p_pred"] * (1 + estimate / 100), rel_change=estimate, estimate=estimate,
+        method=method, answer_token=base["pred_token"])

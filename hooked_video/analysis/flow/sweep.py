@@ -77,8 +77,8 @@ def run_passes_with_hooks(model, embedded, passes: Sequence[Pass], edges: Mappin
                           ) -> Iterable[tuple[list[Pass], torch.Tensor]]:  # fmt: skip
     """The TransformerLens path: batched forwards with knockout hooks on ``hook_attn_scores``
     (each batch item carries its own edge set and layer flags; ``heads``: block in these heads
-    only); yields (passes, probs). Every
-    block runs the reference path, as the baseline does, so that in half precision a knockout's
+    only); yields (passes, probs). Every block runs the reference path, as the baseline does, so
+    that in half precision a knockout's
     probability and its baseline share one arithmetic (blocks without hooks would otherwise take
     the fast path and round differently)."""
     for start in range(0, len(passes), batch_size):
