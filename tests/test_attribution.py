@@ -164,6 +164,8 @@ def test_head_rows_rank_knockouts_of_single_heads(toy):
     assert figures.spearman.item() >= 0.9, figures  # measured 0.96
     with pytest.raises(InvalidInputError, match="heads must be indices"):
         attribution.head_knockouts(model, [prompt], heads=[model.cfg.n_heads], progress=False)
+    with pytest.raises(ValueError, match="heads must be head indices"):
+        attribution.head_knockouts(model, [prompt], heads=[1.5], progress=False)
 
 
 def test_integrated_gradients_sum_to_the_knockout_of_every_layer(toy):
