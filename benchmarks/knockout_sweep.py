@@ -126,6 +126,27 @@ def compare(df, reference) -> dict:
             "max_p_knockout_diff": float((df.p_knockout - reference.p_knockout).abs().max())}  # fmt: skip
 
 
+def gpu_timeline(prof) -> dict:
+    """From a profile's GPU kernels: the time between the first kernel's start and the last one's
+    end, how much of it some kernel ran (the union of their intervals), and the longest gaps."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type.name == "CUDA")
+    if not spans:
+        return {}
+    busy, gaps, (start, end) = 0.0, [], spans[0]
+    for s, e in spans[1:]:
+        if s > end:
+            busy += end - start
+            gaps.append(s - end)
+            start, end = s, e
+        else:
+            end = max(end, e)
+    busy += end - start
+    first, last = spans[0][0], max(e for _, e in spans)
+    return {"kernel_span_s": (last - first) / 1e6, "kernel_union_s": busy / 1e6,
+            "gaps_over_50us_s": sum(g for g in gaps if g > 50) / 1e6, "gaps_over_50us": sum(g > 50 for g in gaps),
+            "longest_gaps_ms": [round(g / 1e3, 2) for g in sorted(gaps, reverse=True)[:10]]}  # fmt: skip
+
+
 def profile(fn) -> dict:
     """Where one call's time goes: CUDA time of the top operators, and wall vs GPU-busy time."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -138,10 +159,12 @@ def profile(fn) -> dict:
     events = prof.key_averages()
     gpu = sorted(events, key=lambda e: e.device_time_total, reverse=True)[:12]
     kernels = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:20]
+    cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
     busy = sum(e.self_device_time_total for e in events) / 1e6
-    summary = {"wall_s": wall, "gpu_busy_s": busy,
+    summary = {"wall_s": wall, "gpu_busy_s": busy, **gpu_timeline(prof),
                "top_gpu_ops": [(e.key[:60], round(e.device_time_total / 1e3, 1), e.count) for e in gpu],
-               "top_self_gpu": [(e.key[:70], round(e.self_device_time_total / 1e3, 1), e.count) for e in kernels]}  # fmt: skip
+               "top_self_gpu": [(e.key[:70], round(e.self_device_time_total / 1e3, 1), e.count) for e in kernels],
+               "top_self_cpu": [(e.key[:60], round(e.self_cpu_time_total / 1e3, 1), e.count) for e in cpu]}  # fmt: skip
     print(json.dumps(summary, indent=1), flush=True)
     return summary
 

@@ -87,6 +87,45 @@ def test_the_estimate_is_the_derivative_towards_the_real_knockout(deep, frames, 
     assert math.isclose(estimate, slope, rel_tol=0.05, abs_tol=2e-5), (estimate, slope)
 
 
+@pytest.mark.parametrize("setting", ["clean", "gated", "pruned"])
+def test_the_fast_path_recomputes_the_reference_patterns_and_gradients(deep, frames, setting):
+    """The fast path (SDPA forward, patterns recomputed from queries, keys, values and the output
+    gradients) gives what differentiating TransformerLens' materialised ``hook_pattern`` gives."""
+    model = deep
+    prompt = model.prepare(frames, "which way does the ball move ?", ["left", "right"], answer=1, num_frames=None)
+    tm = prompt.token_map
+    embedded = model.embed(prompt)
+    edges = knockout.cross_frame(tm) | knockout.between(tm.question, tm.last, tm)
+    options = {"clean": {}, "gated": {"gate": edges.mask, "alphas": [0.0, 0.3, 1.0]},
+               "pruned": {"blocked": {1: edges.mask, model.cfg.n_layers - 1: knockout.cross_frame(tm).mask}}}[setting]
+    fast = attribution.pattern_gradients(model, embedded, path="fast", **options)
+    reference = attribution.pattern_gradients(model, embedded, path="reference", **options)
+    assert (fast.path, reference.path, fast.answer) == ("fast", "reference", reference.answer)
+    torch.testing.assert_close(fast.log_prob, reference.log_prob, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.pattern, reference.pattern, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast.weighted, reference.weighted, atol=1e-6, rtol=1e-3)
+    assert reference.weighted.abs().max() > 1e-4  # gradients with something to compare
+    rows = tm.question
+    for read in (fast, reference):  # a few rows of a few layers read alone are those of the whole
+        pattern, weighted = read.layers(slice(1, 3), rows)
+        torch.testing.assert_close(pattern, read.pattern[1:3][..., rows, :])
+        torch.testing.assert_close(weighted, read.weighted[1:3][..., rows, :])
+
+
+def test_a_pattern_hook_sends_the_gradients_down_the_reference_path(deep, deep_prompt):
+    model, embedded = deep, deep.embed(deep_prompt)
+    model.add_hook("blocks.0.attn.hook_pattern", lambda pattern, hook: pattern)
+    try:
+        assert attribution.pattern_gradients(model, embedded).path == "reference"
+        with pytest.raises(ValueError, match="reference attention path.*path='reference'"):
+            attribution.pattern_gradients(model, embedded, path="fast")
+    finally:
+        model.reset_hooks()
+    assert attribution.pattern_gradients(model, embedded).path == "fast"
+    with pytest.raises(ValueError, match="path must be one of"):
+        attribution.pattern_gradients(model, embedded, path="quick")
+
+
 def test_pairs_and_single_keys_agree_with_groups(deep, frames):
     """Frame pairs, single keys and whole groups are the same formula over other key sets."""
     model = deep

@@ -59,6 +59,7 @@ class _State:
     recorder: dict | None = None  # layer -> (key, value)
     reference: bool = False  # force the TransformerLens path everywhere
     eager: bool = False  # the fast path computes attention with the reference path's arithmetic
+    intercept: object = None  # called instead of the attention itself (see ``intercepted``)
 
 
 _STATE = _State()
@@ -103,6 +104,14 @@ def eager_arithmetic() -> contextlib.AbstractContextManager:
     return _use(eager=True)
 
 
+def intercepted(function) -> contextlib.AbstractContextManager:
+    """Within the context, every fast-path attention call returns
+    ``function(module, layer, query, key, value, attention_mask, scaling, **kwargs)`` (the output,
+    (batch, q, heads, d_head)) instead of computing attention itself; query and key are rotated,
+    keys and values before the GQA expansion. ``edge_masks`` do not apply: ``function`` owns the mask."""
+    return _use(intercept=function)
+
+
 def _eager(query, key, value, mask, scaling) -> torch.Tensor:
     """Attention as the reference path computes it; output (batch, q, heads, d_head)."""
     groups = query.shape[1] // key.shape[1]
@@ -119,7 +128,9 @@ def _eager(query, key, value, mask, scaling) -> torch.Tensor:
     return torch.matmul(weights, value).transpose(1, 2).contiguous()
 
 
-def _attend(module, query, key, value, mask, dropout, scaling, **kwargs) -> torch.Tensor:
+def attend(module, query, key, value, mask, dropout, scaling, **kwargs) -> torch.Tensor:
+    """The fast path's attention of (batch, heads, q, d_head) queries under ``mask`` (None: causal),
+    output (batch, q, heads, d_head): SDPA, or the reference arithmetic under ``eager_arithmetic()``."""
     if _STATE.eager:
         return _eager(query, key, value, mask, scaling)
     return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)[0]
@@ -149,16 +160,18 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     layer = getattr(module, "layer_idx", None)
     if _STATE.recorder is not None:
         _STATE.recorder[layer] = (key, value)
+    if _STATE.intercept is not None:
+        return _STATE.intercept(module, layer, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs), None
     edges = _STATE.blocked.get(layer)
     if edges is None:
-        return _attend(module, query, key, value, attention_mask, dropout, scaling, **kwargs), None
+        return attend(module, query, key, value, attention_mask, dropout, scaling, **kwargs), None
     q_len, k_len = query.shape[-2], key.shape[-2]
     band = max(1, MASK_BAND_ELEMENTS // k_len)
     outputs = []
     for start in range(0, q_len, band):
         stop = min(q_len, start + band)
         mask = _band(attention_mask, edges, start, stop, k_len - q_len, k_len, query.device)
-        outputs.append(_attend(module, query[..., start:stop, :], key, value, mask, dropout, scaling, **kwargs))
+        outputs.append(attend(module, query[..., start:stop, :], key, value, mask, dropout, scaling, **kwargs))
     return torch.cat(outputs, dim=1), None
 
 

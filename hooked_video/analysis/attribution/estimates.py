@@ -39,7 +39,7 @@ def _effect(s_k, p_k, s, alphas, integrated: bool):
 def _layer_chunks(grads: PatternGradients, bytes_per_layer: int) -> list[slice]:
     """Slices of the layers, as many at once as ``CHUNK_BYTES`` allows: each is read with a few
     large operations instead of one small one per layer (fewer kernel launches on a GPU)."""
-    n_layers = grads.pattern.shape[0]
+    n_layers = grads.shape[0]
     size = max(1, min(n_layers, CHUNK_BYTES // max(1, bytes_per_layer)))
     return [slice(start, min(start + size, n_layers)) for start in range(0, n_layers, size)]
 
@@ -49,18 +49,23 @@ def mask_effects(grads: PatternGradients, masks: list[Bool[torch.Tensor, "query 
     """Effect on log P(answer) of blocking each mask's edges, per layer (mean over the batch's path
     points). The masks' rows share few distinct key sets (a frame's rows all lose the same earlier
     frames): the layers are read once, by one matmul against every distinct key set."""
-    device = grads.pattern.device
+    device = grads.device
     masks = [m.to(device) for m in masks]
     rows = [m.any(-1).nonzero().squeeze(-1) for m in masks]
     keysets, inverse = torch.unique(torch.cat([m[r] for m, r in zip(masks, rows)]), dim=0, return_inverse=True)
     columns = inverse.split([len(r) for r in rows])
     onehot = keysets.T.float()  # (N, distinct key sets)
     alphas = grads.alphas.to(device)
-    _, batch, heads, n, _ = grads.pattern.shape
+    _, batch, heads, n, _ = grads.shape
+    every_row = torch.cat(rows).unique()  # only rows some mask touches are read
+    position = torch.full((n,), -1, dtype=torch.long, device=device)
+    position[every_row] = torch.arange(len(every_row), device=device)
+    rows = [position[r] for r in rows]
+    per_layer = 4 * batch * heads * len(every_row) * (2 * onehot.shape[1] + 1) + grads.bytes_per_layer(len(every_row))
     values: list[list[torch.Tensor]] = [[] for _ in masks]
-    for layers in _layer_chunks(grads, 4 * batch * heads * n * (2 * onehot.shape[1] + 1)):
-        weighted = grads.weighted[layers]
-        s_groups, p_groups = weighted @ onehot, grads.pattern[layers] @ onehot  # (layers, batch, heads, N, sets)
+    for layers in _layer_chunks(grads, per_layer):
+        pattern, weighted = grads.layers(layers, every_row)
+        s_groups, p_groups = weighted @ onehot, pattern @ onehot  # (layers, batch, heads, rows, sets)
         s_all = weighted.sum(-1)
         for i, (q, c) in enumerate(zip(rows, columns)):
             effect = _effect(s_groups[..., q, c], p_groups[..., q, c], s_all[..., q], alphas, integrated)
@@ -81,20 +86,20 @@ def pair_effects(grads: PatternGradients, query_groups: list[torch.Tensor], key_
     """Effect of blocking key group j from query group i, for every (i, j) at once, per layer:
     (layer, [head,] n_query_groups, n_key_groups); a pair with no causal edge is 0.
     ``self_edges=False``: each query keeps its own edge (query = key) open."""
-    pattern = grads.pattern
-    device = pattern.device
-    onehot = torch.zeros(pattern.shape[-1], len(key_groups), device=device)
+    device = grads.device
+    _, batch, heads, n, _ = grads.shape
+    onehot = torch.zeros(n, len(key_groups), device=device)
     for j, positions in enumerate(key_groups):
         onehot[torch.as_tensor(positions, device=device), j] = 1
     alphas = grads.alphas.to(device)
     queries = [torch.as_tensor(positions, device=device).reshape(-1) for positions in query_groups]
-    _, batch, heads, n, _ = pattern.shape
     widest = max(len(q) for q in queries)
     out = []
-    for layers in _layer_chunks(grads, 4 * batch * heads * widest * (2 * n + 3 * len(key_groups))):
+    per_layer = 4 * batch * heads * widest * (2 * n + 3 * len(key_groups)) + grads.bytes_per_layer(widest)
+    for layers in _layer_chunks(grads, per_layer):
         per_group = []
         for q in queries:  # keys after a query hold no mass: non-causal pairs add 0
-            weighted, probs = grads.weighted[layers][..., q, :], pattern[layers][..., q, :]  # (layers, batch, heads, rows, N)
+            probs, weighted = grads.layers(layers, q)  # (layers, batch, heads, rows, N)
             s_k, p_k, s = weighted @ onehot, probs @ onehot, weighted.sum(-1, keepdim=True)
             if not self_edges:  # take each row's own entry out of the key groups that hold it
                 rows = torch.arange(len(q), device=device)

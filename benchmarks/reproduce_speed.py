@@ -1,0 +1,97 @@
+"""``reproduce`` end to end at a real model's shape (random weights): seconds per sample, and per stage.
+
+Builds the synthetic benchmark (the five temporal tasks), then runs ``reproduce`` on the preset's
+random-weight model, the way a user runs it (engine "auto"; data preparation, the four targets,
+logit lens and answer probability, pathways, figures and report), timing each stage.
+``--select all`` runs every analysis on every sample (random weights answer at chance, so the
+paper's "correct" would keep about a quarter of them).
+
+    python benchmarks/reproduce_speed.py --preset llava-next-video-7b --per-task 8 --out /tmp/reproduce_7b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shapes import PRESETS, build  # noqa: E402
+
+from hooked_video.app import reproduce as reproduce_module  # noqa: E402
+from hooked_video.data import TVBench, synthetic  # noqa: E402
+
+#: The stages reproduce calls, as (module attribute holder, attribute) pairs, timed by wrapping.
+STAGES = {"load": (None, "load_benchmark"), "sweep": ("flow", "sweep"), "lens": ("lens", "run"),
+          "keywords": (None, "_keywords"), "spec": (None, "_pathway_spec"), "pathways": ("pathways", "evaluate"),
+          "figures": (None, "_figures"), "save_figures": (None, "save_figure"), "summary": (None, "_write_summary"),
+          "report": (None, "write_report")}  # fmt: skip
+
+
+@contextmanager
+def timed_stages(seconds: dict, device: str):
+    """Wraps the stages of ``reproduce`` so that each call adds its time (synchronised) to ``seconds``."""
+    saved = []
+    for name, (holder, attribute) in STAGES.items():
+        owner = getattr(reproduce_module, holder) if holder else reproduce_module
+        original = getattr(owner, attribute)
+
+        def wrapper(*args, _original=original, _name=name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                torch.cuda.synchronize() if device.startswith("cuda") else None
+                seconds[_name] = seconds.get(_name, 0.0) + time.perf_counter() - start
+
+        saved.append((owner, attribute, original))
+        setattr(owner, attribute, wrapper)
+    try:
+        yield
+    finally:
+        for owner, attribute, original in saved:
+            setattr(owner, attribute, original)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--per-task", type=int, default=8)
+    parser.add_argument("--select", default="all", choices=["all", "correct"])
+    parser.add_argument("--engine", default="auto")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="the tokenizer has no token")  # a preset's word-level vocabulary
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    model = build(args.preset, args.device, dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = list(TVBench(synthetic.generate(Path(tmp) / "data", tasks=synthetic.TEMPORAL_TASKS, per_task=args.per_task,
+                                                  seed=0, progress=False)))  # fmt: skip
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        with timed_stages(seconds, args.device):
+            reproduce_module.reproduce(model, samples, out=Path(tmp) / "run", window=9, select=args.select,
+                                       engine=args.engine, progress=False, discover_samples=0, size_curve=False)  # fmt: skip
+        total = time.perf_counter() - start
+    result = {"preset": args.preset, "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+              "dtype": str(dtype), "samples": len(samples), "select": args.select, "engine": args.engine,
+              "total_s": round(total, 2), "per_sample_s": round(total / len(samples), 3),
+              "stages_s": {k: round(v, 2) for k, v in seconds.items()},
+              "other_s": round(total - sum(seconds.values()), 2)}  # fmt: skip
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
