@@ -148,22 +148,39 @@ def test_eager_arithmetic_matches_the_reference_path(ten_layers, ten_prompt):
 
 
 def test_unhooked_blocks_run_plain_hf_layers_and_hooked_ones_the_bridge(ten_layers, ten_prompt):
+    """A block runs its HF shadow unless a hook sits inside it; hooks on its boundary
+    (hook_resid_pre / hook_resid_post) fire around the shadow, with the bridge path's results."""
     blocks = ten_layers.bridge.blocks
-    assert all(isinstance(b, FastBlockMixin) for b in blocks) and all(b.use_shadow() for b in blocks)
+    assert all(isinstance(b, FastBlockMixin) for b in blocks) and all(b.shadow_mode() == "plain" for b in blocks)
     seen = []
 
     def double(x, hook):
         seen.append(hook.name)
         return x * 2
 
+    hooks = [("blocks.3.hook_resid_post", double), ("blocks.5.hook_resid_pre", double)]
     with torch.no_grad():
-        with ten_layers.hooks(fwd_hooks=[("blocks.3.hook_resid_post", double)]):
-            assert not blocks[3].use_shadow() and blocks[2].use_shadow()
+        with ten_layers.hooks(fwd_hooks=hooks):
+            assert [b.shadow_mode() for b in blocks[2:6]] == ["plain", "boundary", "plain", "boundary"]
             edited = ten_layers(ten_prompt)
+        with ten_layers.hooks(fwd_hooks=[("blocks.3.hook_mlp_out", double)]):
+            assert blocks[3].shadow_mode() is None and blocks[2].shadow_mode() == "plain"
         with attention.reference_attention():  # every block through the bridge
-            reference = ten_layers.run_with_hooks(ten_prompt, fwd_hooks=[("blocks.3.hook_resid_post", double)])
-    assert len(seen) == 2  # the hook fired in both runs
+            reference = ten_layers.run_with_hooks(ten_prompt, fwd_hooks=hooks)
+    assert len(seen) == 4  # each hook fired in both runs
     torch.testing.assert_close(edited, reference, atol=1e-5, rtol=0)
+
+
+def test_stop_at_layer_stops_on_the_fast_path_too(ten_layers, ten_prompt):
+    """``stop_at_layer`` returns the residual entering that layer whichever path its block takes."""
+    with torch.no_grad():
+        _, cache = ten_layers.run_with_cache(ten_prompt, names_filter="blocks.4.hook_resid_pre")
+        stopped = ten_layers(ten_prompt, stop_at_layer=4)
+        with attention.reference_attention():
+            reference = ten_layers(ten_prompt, stop_at_layer=4)
+    assert stopped.shape == reference.shape == cache["blocks.4.hook_resid_pre"].shape
+    torch.testing.assert_close(stopped, cache["blocks.4.hook_resid_pre"], atol=0, rtol=0)
+    torch.testing.assert_close(stopped, reference, atol=1e-5, rtol=0)
 
 
 def test_passes_share_lanes_while_their_masks_agree(ten_layers, ten_prompt, monkeypatch):
@@ -270,16 +287,16 @@ def test_the_hook_path_runs_every_block_on_the_reference_path(ten_layers, ten_pr
     """Baseline and knockout passes of engine="hooks" share one arithmetic: no block takes the
     fast path, not even one outside every window (in half precision the two round differently)."""
     decisions = []
-    use_shadow = FastBlockMixin.use_shadow
+    shadow_mode = FastBlockMixin.shadow_mode
     language_blocks = {id(block) for block in ten_layers.bridge.blocks}  # (the vision tower's blocks may take it)
 
     def spy(self):
-        decision = use_shadow(self)
+        mode = shadow_mode(self)
         if id(self) in language_blocks:
-            decisions.append(decision)
-        return decision
+            decisions.append(mode is not None)
+        return mode
 
-    monkeypatch.setattr(FastBlockMixin, "use_shadow", spy)
+    monkeypatch.setattr(FastBlockMixin, "shadow_mode", spy)
     flow.sweep(ten_layers, [ten_prompt], targets=["cross-frame"], window=1, layers=[2], select="all", engine="hooks",
                progress=False)  # fmt: skip
     spec = pathways.PathwaySpec(inter=(0, 3), v2q=(3, 6), q2l=(6, 9))

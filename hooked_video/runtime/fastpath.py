@@ -38,21 +38,48 @@ def _has_hooks(hook_point: HookPoint) -> bool:
     return bool(hook_point._forward_hooks or hook_point._backward_hooks)
 
 
+#: The bridge block's methods its shadow path reuses (TransformerLens' own handling of a block's
+#: boundary): without them a hooked block takes the bridge path.
+_BOUNDARY_METHODS = ("_maybe_inject_start_residual", "_check_stop_at_layer", "_hook_input_hidden_states",
+                     "_apply_output_hook", "_is_standalone_hidden_state_call")  # fmt: skip
+
+
 class FastBlockMixin:
-    """Runs the block's shadow when none of its hook points has a hook."""
+    """Runs the block's shadow when none of its hook points has a hook, or when only its boundary
+    ones do (``hook_in`` / ``hook_out``, i.e. ``hook_resid_pre`` / ``hook_resid_post``): those fire
+    around the shadow. ``stop_at_layer`` and ``start_at_layer`` act on either path."""
+
+    def shadow_mode(self) -> str | None:
+        """"plain" (no hook), "boundary" (hooks on hook_in / hook_out only), or None: the bridge path
+        (a hook inside the block, training, or the reference path)."""
+        if self.training or attention._STATE.reference:
+            return None
+        hooked = [hp for hp in self._hooked_video_hook_points if _has_hooks(hp)]
+        if not hooked:
+            return "plain"
+        boundary = (getattr(self, "hook_in", None), getattr(self, "hook_out", None))
+        if all(hp is boundary[0] or hp is boundary[1] for hp in hooked) and all(hasattr(self, m) for m in _BOUNDARY_METHODS):
+            return "boundary"
+        return None
 
     def use_shadow(self) -> bool:
-        """True when the block may run its plain HF shadow (eval mode, no hook, no reference path)."""
-        if self.training or attention._STATE.reference:
-            return False
-        return not any(_has_hooks(hp) for hp in self._hooked_video_hook_points)
+        """True when the block runs its plain HF shadow (with its boundary hooks, if any)."""
+        return self.shadow_mode() is not None
 
     def forward(self, *args, **kwargs):
-        """The shadow's forward when ``use_shadow()``, the bridge's otherwise."""
-        if self.use_shadow():
-            kwargs.pop("output_attentions", None)
+        """The shadow's forward when ``shadow_mode()`` allows, the bridge's otherwise."""
+        mode = self.shadow_mode()
+        if mode is None:
+            return super().forward(*args, **kwargs)
+        kwargs.pop("output_attentions", None)
+        if hasattr(self, "_check_stop_at_layer"):  # the bridge's forward(stop_at_layer=, start_at_layer=)
+            args, kwargs = self._maybe_inject_start_residual(args, kwargs)
+            self._check_stop_at_layer(*args, **kwargs)
+        if mode == "plain":
             return self._hooked_video_shadow(*args, **kwargs)
-        return super().forward(*args, **kwargs)
+        args, kwargs = self._hook_input_hidden_states(args, kwargs)
+        standalone = self._is_standalone_hidden_state_call(args, kwargs)
+        return self._apply_output_hook(self._hooked_video_shadow(*args, **kwargs), force_tuple_for_bare_tensor=standalone)
 
 
 _FAST_CLASSES: dict[type, type] = {}
