@@ -182,6 +182,7 @@ def speed(preset: str, device: str, repeats: int) -> dict:
     embedded = model.embed(prompt)
     with torch.no_grad():
         answer = int(model(embedded, logits_to_keep=1)[0, -1].argmax())
+    estimates = {}
     for path in ("fast", "reference"):  # the SDPA forward with recomputed patterns, and materialised patterns
         seconds, peak = timed(lambda: attribution.pattern_gradients(model, embedded, answer, path=path))
         result[f"forward_backward_only_{path}"] = {"s": seconds, "peak_gib": peak}
@@ -189,7 +190,11 @@ def speed(preset: str, device: str, repeats: int) -> dict:
         for granularity in ("conditions", "frame-pairs"):
             seconds, _ = timed(lambda: effects_of(granularity, grads, prompt, flow.TARGETS, False))
             result[f"estimates_only_{granularity}_{path}"] = {"s": seconds}
+        estimates[path] = torch.stack([effect for _, effect in effects_of("conditions", grads, prompt, flow.TARGETS, False)])
         del grads
+    difference = (estimates["fast"] - estimates["reference"]).abs()
+    result["fast_vs_reference"] = {"max_abs_log_p_difference": float(difference.max()),
+                                   "largest_effect": float(estimates["reference"].abs().max())}  # fmt: skip
     print(json.dumps({k: v for k, v in result.items() if "_only_" in k}), flush=True)
     return result
 

@@ -207,6 +207,34 @@ def test_head_rows_rank_knockouts_of_single_heads(toy):
         attribution.head_knockouts(model, [prompt], heads=[1.5], progress=False)
 
 
+def test_head_knockouts_resume_head_by_head(toy, tmp_path, monkeypatch):
+    """Written head by head: an interrupted run resumes without losing or redoing a head."""
+    from hooked_video.analysis.attribution import heads as heads_module
+
+    model, samples = toy
+    kwargs = dict(targets=["cross-frame"], window=1, layers=[2, 5], heads=[0, 1, 2], select="all", progress=False)
+    whole = attribution.head_knockouts(model, samples[:2], **kwargs)
+    run = heads_module.run_passes_with_hooks
+    calls = []
+
+    def interrupted(*args, heads, **other):
+        calls.append((args[1].inputs_embeds.shape, heads[0]))
+        if len(calls) == 5:  # the second sample's second head
+            raise KeyboardInterrupt
+        return run(*args, heads=heads, **other)
+
+    monkeypatch.setattr(heads_module, "run_passes_with_hooks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        attribution.head_knockouts(model, samples[:2], out=tmp_path / "heads", **kwargs)
+    calls.clear()
+    resumed = attribution.head_knockouts(model, samples[:2], out=tmp_path / "heads", **kwargs)
+    assert [head for _, head in calls] == [1, 2]  # only the heads not stored yet
+    key = ["sample_id", "condition", "layer", "head_index"]
+    resumed, whole = (df.sort_values(key).reset_index(drop=True) for df in (resumed, whole))
+    assert len(resumed) == len(whole) == 2 * 2 * 3 and not resumed.duplicated(key).any()
+    np.testing.assert_allclose(resumed.rel_change, whole.rel_change, atol=1e-9)
+
+
 def test_integrated_gradients_sum_to_the_knockout_of_every_layer(toy):
     """Along its gate path IG is complete: the layers' effects of a condition add up to the exact
     change of log P when the condition is knocked out in every layer (the path's end)."""

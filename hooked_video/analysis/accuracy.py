@@ -50,7 +50,12 @@ def predicted_option(last_logits: Float[torch.Tensor, "vocab"], prompt, tokenize
     if rule == "option-argmax":
         letters = torch.tensor(prompt.option_token_ids, device=last_logits.device)
         return int(last_logits[letters].argmax())
-    top = decoded_letter(tokenizer, int(last_logits.argmax()))
+    return option_of_token(int(last_logits.argmax()), prompt, tokenizer)
+
+
+def option_of_token(token_id: int, prompt, tokenizer) -> int | None:
+    """Index of the option whose letter the token decodes to (the paper's rule on a top token), or None."""
+    top = decoded_letter(tokenizer, token_id)
     return next((i for i, letter in enumerate(LETTERS[: len(prompt.options)]) if letter.casefold() == top), None)
 
 

@@ -88,25 +88,41 @@ class _Recomputed:
         pattern = torch.empty(len(chosen), batch, heads, width, n, device=self.device)
         weighted = torch.empty_like(pattern)
         for i, layer in enumerate(chosen):
-            pattern[i], weighted[i] = _recompute(layer, rows)
+            if layer.query.device == self.device:
+                _recompute(layer, rows, pattern[i], weighted[i])
+            else:  # a layer on another GPU of a split model computes there
+                there = [torch.empty(pattern.shape[1:], device=layer.query.device) for _ in range(2)]
+                _recompute(layer, rows, *there)
+                pattern[i], weighted[i] = there
         return pattern, weighted
 
 
-def _recompute(layer: _Layer, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's pattern and pattern x gradient (batch, heads, rows, N), float32."""
+def _products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b^T in float32, (batch, heads, rows, N) from (batch, heads, rows, d) and (batch, heads, N, d):
+    half-precision inputs on a GPU multiply on its tensor cores with float32 accumulation (their
+    products are exact in float32, as the upcast inputs' would be)."""
+    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
+        out = torch.bmm(a.flatten(0, 1), b.flatten(0, 1).transpose(1, 2), out_dtype=torch.float32)
+        return out.view(*a.shape[:-1], b.shape[-2])
+    return torch.matmul(a.float(), b.float().transpose(-1, -2))
+
+
+def _recompute(layer: _Layer, rows: torch.Tensor | None, pattern: torch.Tensor, weighted: torch.Tensor) -> None:
+    """Writes one layer's pattern and pattern x gradient, (batch, heads, rows, N) float32, into
+    ``pattern`` and ``weighted``."""
     query, bias = layer.query, layer.bias
     if rows is not None:
         rows = rows.to(query.device)
         query, bias = query[:, :, rows], bias[..., rows, :]
     groups = query.shape[1] // layer.key.shape[1]
-    keys = layer.key.float().repeat_interleave(groups, dim=1)
-    pattern = (torch.matmul(query.float(), keys.transpose(-1, -2)) * layer.scaling + bias).softmax(-1)
+    scores = _products(query, layer.key.repeat_interleave(groups, dim=1))
+    torch.softmax(scores.mul_(layer.scaling).add_(bias.to(scores.device)), -1, out=pattern)
     if layer.grad is None:
-        return pattern, torch.zeros_like(pattern)
+        weighted.zero_()
+        return
     grad = layer.grad.transpose(1, 2)  # (batch, heads, N, d)
     grad = grad if rows is None else grad[:, :, rows]
-    values = layer.value.float().repeat_interleave(groups, dim=1)
-    return pattern, torch.matmul(grad.float(), values.transpose(-1, -2)) * pattern
+    torch.mul(_products(grad, layer.value.repeat_interleave(groups, dim=1)), pattern, out=weighted)
 
 
 @dataclass

@@ -10,6 +10,7 @@ It runs n_heads passes for every row of ``flow.sweep``: meant for checking on a 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -18,25 +19,31 @@ from tqdm.auto import tqdm
 
 from hooked_video.analysis.accuracy import PAPER_RULE, check_rule
 from hooked_video.analysis.knockout import check_heads
-from hooked_video.analysis.flow.records import (baseline_record, check_selection, is_selected, knockout_record,
+from hooked_video.analysis.flow.records import (baseline_record, check_selection, is_selected, knockout_records,
                                                last_position_probs)
 from hooked_video.analysis.flow.sweep import plan_passes, run_passes_with_hooks
 from hooked_video.analysis.flow.targets import TARGETS, resolve_targets
 from hooked_video.core.checks import InvalidInputError, check_count
 from hooked_video.data.mcqa import identify_all, to_prompt
 from hooked_video.runtime import attention
+from hooked_video.runtime.store import model_identity, open_store
+
+#: A head's row: the sweep's key and the head.
+ROW_KEY = ("sample_id", "target", "condition", "layer", "head_index")
 
 
 @torch.no_grad()
 def head_knockouts(model, samples: Iterable, targets: Sequence[str | Mapping] | str = tuple(TARGETS), window: int = 1,
                    layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, select: str = "correct",
                    batch_size: int = 8, num_frames: int | None = 8, rule: str = PAPER_RULE,
-                   progress: bool = True) -> pd.DataFrame:  # fmt: skip
+                   out: str | Path | None = None, resume: bool = True, progress: bool = True) -> pd.DataFrame:  # fmt: skip
     """``flow.sweep``'s rows, one per head as well: each condition knocked out in one head at a time.
 
     Args:
         targets, window, layers, select, batch_size, num_frames, rule: as ``flow.sweep``.
         heads: the heads to knock out one by one (default: every head).
+        out, resume: a results folder written head by head as each is done; running the same call
+            again resumes where it stopped (``resume=False`` starts over).
 
     Returns:
         ``flow.sweep``'s columns plus ``head_index``; ``attrs["baseline"]`` as in the sweep.
@@ -53,26 +60,56 @@ def head_knockouts(model, samples: Iterable, targets: Sequence[str | Mapping] | 
     passes = plan_passes(resolved, list(range(n_layers)) if layers is None else list(layers), n_layers, window, "center",
                          "above")  # fmt: skip
     items = identify_all(samples)
+    store = None
+    if out is not None:
+        config = {"targets": {t: list(c) for t, c in resolved.items()}, "window": window, "layers": [p.layer for p in passes],
+                  "heads": heads, "select": select, "rule": rule, "num_frames": num_frames, "model": model_identity(model),
+                  "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
+        store = open_store(out, "attribution.head_knockouts", config, [(i, item) for i, _, item in items], key=ROW_KEY,
+                           keys={"baseline": ("sample_id",)}, resume=resume)  # fmt: skip
     rows, baselines = [], []
     bar = tqdm(total=len(items) * len(passes) * len(heads), desc="head knockouts", disable=not progress)
-    for sample_id, task, item in items:
-        prompt = to_prompt(model, item, num_frames)
-        embedded = model.embed(prompt)
-        with attention.reference_attention():  # the passes' own path
-            probs = last_position_probs(model.run_with_hooks(embedded, fwd_hooks=[], logits_to_keep=1))[0].cpu()
-        base = baseline_record(model, sample_id, task, prompt, probs, rule)
-        baselines.append(base)
-        if not is_selected(base, select):
-            bar.update(len(passes) * len(heads))
-            continue
-        edges = {(p.target, p.condition): resolved[p.target][p.condition](prompt.token_map) for p in passes}
-        for head in heads:
-            for chunk, chunk_probs in run_passes_with_hooks(model, embedded, passes, edges, n_layers, batch_size, heads=[head]):
-                rows.extend({**knockout_record(model, base, p_probs, p.target, p.condition, list(p.blocked), p.layer,
-                                               prompt, rule), "head_index": head}
-                            for p, p_probs in zip(chunk, chunk_probs))  # fmt: skip
-                bar.update(len(chunk))
-    bar.close()
+    try:
+        done = {(key[0], key[-1]) for key in store.done("rows")} if store is not None else set()
+        stored = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
+        for sample_id, task, item in items:
+            base = stored.get(sample_id)
+            todo = [h for h in heads if (sample_id, h) not in done]
+            if base is not None and (not todo or not is_selected(base, select)):
+                baselines.append(base)
+                bar.update(len(passes) * len(heads))
+                continue
+            prompt = to_prompt(model, item, num_frames)
+            embedded = model.embed(prompt)
+            if base is None:
+                with attention.reference_attention():  # the passes' own path
+                    probs = last_position_probs(model.run_with_hooks(embedded, fwd_hooks=[], logits_to_keep=1))[0].cpu()
+                base = baseline_record(model, sample_id, task, prompt, probs, rule)
+                if store is not None:
+                    store.add("baseline", [base])
+            baselines.append(base)
+            bar.update(len(passes) * (len(heads) - len(todo)))
+            if not is_selected(base, select):
+                bar.update(len(passes) * len(todo))
+                continue
+            edges = {(p.target, p.condition): resolved[p.target][p.condition](prompt.token_map) for p in passes}
+            for head in todo:
+                new = []
+                for chunk, chunk_probs in run_passes_with_hooks(model, embedded, passes, edges, n_layers, batch_size,
+                                                                heads=[head]):  # fmt: skip
+                    new.extend({**row, "head_index": head} for row in knockout_records(model, base, chunk_probs, chunk,
+                                                                                        prompt, rule))  # fmt: skip
+                    bar.update(len(chunk))
+                if store is not None:
+                    store.add("rows", new)  # a head's rows at once: a rerun redoes a head or skips it whole
+                rows.extend(new)
+        if store is not None:
+            ids = {sample_id for sample_id, _, _ in items}
+            rows = [r for r in store.rows("rows") if r["sample_id"] in ids and r["head_index"] in heads]
+    finally:
+        bar.close()
+        if store is not None:
+            store.close()
     df = pd.DataFrame(rows)
     df.attrs["baseline"] = baselines
     return df

@@ -258,7 +258,7 @@ def _open_ended_items(model, items, passes, resolved, store, runner, anchoring, 
         else:
             results = run_passes_with_hooks(model, embedded, todo, edges, n_layers, batch_size)
         for chunk, chunk_probs in results:
-            new = [_row(base, p, probs_p, model.tokenizer) for p, probs_p in zip(chunk, chunk_probs)]
+            new = [_row(base, p, probs_p, model.tokenizer) for p, probs_p in zip(chunk, chunk_probs.cpu())]
             if store is not None:
                 store.add("rows", new)
             rows.extend(new)

@@ -32,7 +32,7 @@ from hooked_video.analysis.flow.records import (
     baseline_record,
     check_selection,
     is_selected,
-    knockout_record,
+    knockout_records,
     last_position_probs,
 )
 from hooked_video.runtime.distributed import Shard, resolve_shard
@@ -77,7 +77,7 @@ def run_passes_with_hooks(model, embedded, passes: Sequence[Pass], edges: Mappin
                           ) -> Iterable[tuple[list[Pass], torch.Tensor]]:  # fmt: skip
     """The TransformerLens path: batched forwards with knockout hooks on ``hook_attn_scores``
     (each batch item carries its own edge set and layer flags; ``heads``: block in these heads
-    only); yields (passes, probs). Every block runs the reference path, as the baseline does, so
+    only); yields (passes, probs on the model's device). Every block runs the reference path, as the baseline does, so
     that in half precision a knockout's
     probability and its baseline share one arithmetic (blocks without hooks would otherwise take
     the fast path and round differently)."""
@@ -90,18 +90,18 @@ def run_passes_with_hooks(model, embedded, passes: Sequence[Pass], edges: Mappin
         hooks = ko.hooks(stacked, active, heads=heads) + list(extra_hooks)
         with attention.reference_attention():
             logits = model.run_with_hooks(embedded.expand(len(chunk)), fwd_hooks=hooks, logits_to_keep=1)
-        yield chunk, last_position_probs(logits).cpu()
+        yield chunk, last_position_probs(logits)
 
 
 def run_passes_with_engine(engine: Engine, trace, passes: Sequence[Pass], edges: Mapping[tuple, ko.EdgeSet],
                            max_rows: int) -> Iterable[tuple[list[Pass], torch.Tensor]]:  # fmt: skip
     """The sweep engine: only the rows and layers a knockout changes are recomputed; yields
-    (passes, probs) chunk by chunk."""
+    (passes, probs on the model's device) chunk by chunk."""
     device = trace.resid[0].device
     masks = {key: e.mask.to(device) for key, e in edges.items()}
     interventions = [{l: masks[(p.target, p.condition)] for l in p.blocked} for p in passes]
     for indices, logits in engine.run(trace, interventions, max_rows):
-        yield [passes[i] for i in indices], last_position_probs(logits[:, None]).cpu()
+        yield [passes[i] for i in indices], last_position_probs(logits[:, None])
 
 
 #: Samples from which ``engine="auto"`` compiles the engine on a GPU: at the 7B shape on one H200
@@ -289,8 +289,7 @@ def _sweep_items(model, items, passes, resolved, select, store, runner, batch_si
         else:
             results = run_passes_with_hooks(model, embedded, todo, edges, n_layers, batch_size, fwd_hooks)
         for chunk, chunk_probs in results:
-            new_rows = [knockout_record(model, base, p_probs, p.target, p.condition, list(p.blocked), p.layer, prompt, rule)
-                        for p, p_probs in zip(chunk, chunk_probs)]  # fmt: skip
+            new_rows = knockout_records(model, base, chunk_probs, chunk, prompt, rule)
             if store is not None:
                 store.add("rows", new_rows)
             rows.extend(new_rows)
