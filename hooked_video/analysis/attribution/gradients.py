@@ -102,8 +102,13 @@ def _products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     half-precision inputs on a GPU multiply on its tensor cores with float32 accumulation (their
     products are exact in float32, as the upcast inputs' would be)."""
     if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
-        out = torch.bmm(a.flatten(0, 1), b.flatten(0, 1).transpose(1, 2), out_dtype=torch.float32)
-        return out.view(*a.shape[:-1], b.shape[-2])
+        try:
+            out = torch.bmm(a.flatten(0, 1), b.flatten(0, 1).transpose(1, 2), out_dtype=torch.float32)
+            return out.view(*a.shape[:-1], b.shape[-2])
+        except torch.OutOfMemoryError:
+            raise
+        except (TypeError, RuntimeError, NotImplementedError):  # a torch without half-in, float32-out products
+            pass
     return torch.matmul(a.float(), b.float().transpose(-1, -2))
 
 
