@@ -121,9 +121,15 @@ def test_a_pattern_hook_sends_the_gradients_down_the_reference_path(deep, deep_p
             attribution.pattern_gradients(model, embedded, path="fast")
     finally:
         model.reset_hooks()
-    assert attribution.pattern_gradients(model, embedded).path == "fast"
+    grads = attribution.pattern_gradients(model, embedded)
+    assert grads.path == "fast"
+    torch.testing.assert_close(grads.layers(-1)[0], grads.layers(model.cfg.n_layers - 1)[0])
     with pytest.raises(ValueError, match="path must be one of"):
         attribution.pattern_gradients(model, embedded, path="quick")
+    n = embedded.inputs_embeds.shape[1]
+    with attention.edge_masks({0: torch.zeros(n, n, dtype=torch.bool)}):
+        with pytest.raises(ValueError, match="edge_masks"):  # gradients of the unmasked model would be wrong
+            attribution.pattern_gradients(model, embedded, path="fast")
 
 
 def test_pairs_and_single_keys_agree_with_groups(deep, frames):

@@ -170,6 +170,8 @@ class PatternGradients:
                ) -> tuple[Float[torch.Tensor, "layer batch head row key"], Float[torch.Tensor, "layer batch head row key"]]:  # fmt: skip
         """(pattern, pattern x gradient) of ``layers`` (a slice, or one layer), only query ``rows`` if given."""
         single = isinstance(layers, int)
+        if single:
+            layers = range(self.shape[0])[layers]  # a negative index counts from the last layer
         pattern, weighted = self.source.layers(slice(layers, layers + 1) if single else layers, rows)
         return (pattern[0], weighted[0]) if single else (pattern, weighted)
 
@@ -239,24 +241,36 @@ def _bias(attention_mask, q_len: int, k_len: int, blocked, faded, device) -> tor
         bias = bias.masked_fill(blocked if blocked.ndim == 2 else blocked[:, None], -torch.inf)
     if faded is not None:
         bias = bias + torch.log1p(-faded[..., -q_len:, :k_len].to(device))
-    if torch.isneginf(bias).all(-1).any():
+    if (bias <= torch.finfo(torch.float32).min / 2).all(-1).any():  # -inf, or HF's finfo.min of a float mask
         raise _FastPathUnavailable("a row would lose every key")
     return bias
+
+
+def _reference_needed(model) -> str | None:
+    """Why a layer's attention would not run the fast path in this forward (None: every layer's does)."""
+    if attention._STATE.blocked:
+        return "edge_masks() is active"
+    for block in model.bridge.blocks:
+        attn = getattr(block, "attn", None)
+        if not isinstance(attn, attention.FastAttentionMixin) or attn.needs_reference({}):
+            return "a hook or a TransformerLens flag puts a layer on the reference attention path"
+    return None
 
 
 def _fast(model, embedded, answer, alphas, faded, knocked) -> PatternGradients:
     kept: dict[int, _Layer] = {}
     outputs: dict[int, torch.Tensor] = {}
-    biases: dict[tuple, torch.Tensor] = {}  # layers with the same masks share one
+    biases: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # layers with the same masks on one device share one
 
     def keep(module, layer, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
         blocked = knocked.get(layer)
-        key_of = (id(attention_mask), id(blocked))
+        key_of = (id(attention_mask), id(blocked), query.device, query.dtype)
         if key_of not in biases:
-            biases[key_of] = _bias(attention_mask, query.shape[-2], key.shape[-2], blocked, faded, query.device)
-        bias = biases[key_of]
+            bias = _bias(attention_mask, query.shape[-2], key.shape[-2], blocked, faded, query.device)
+            biases[key_of] = bias, bias.to(query.dtype)
+        bias, in_dtype = biases[key_of]
         plain = blocked is None and faded is None
-        mask = attention_mask if plain else bias.to(query.dtype)  # plain: HF's own mask, flash kernels
+        mask = attention_mask if plain else in_dtype  # plain: HF's own mask, flash kernels
         output = attention.attend(module, query, key, value, mask, dropout, scaling, **kwargs)
         if not output.requires_grad:  # a frozen model: the first layer's output is where the graph starts
             output.requires_grad_(True)
@@ -266,6 +280,9 @@ def _fast(model, embedded, answer, alphas, faded, knocked) -> PatternGradients:
         return output
 
     n_layers = model.cfg.n_layers
+    reason = _reference_needed(model)
+    if reason is not None:
+        raise _FastPathUnavailable(reason)
     with torch.enable_grad(), attention.intercepted(keep):
         logits = model(embedded.expand(len(alphas)), logits_to_keep=1)
         if sorted(kept) != list(range(n_layers)):
