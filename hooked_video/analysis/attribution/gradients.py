@@ -120,14 +120,19 @@ def _recompute(layer: _Layer, rows: torch.Tensor | None, pattern: torch.Tensor, 
         rows = rows.to(query.device)
         query, bias = query[:, :, rows], bias[..., rows, :]
     groups = query.shape[1] // layer.key.shape[1]
-    scores = _products(query, layer.key.repeat_interleave(groups, dim=1))
+    scores = _products(query, _per_head(layer.key, groups))
     torch.softmax(scores.mul_(layer.scaling).add_(bias.to(scores.device)), -1, out=pattern)
     if layer.grad is None:
         weighted.zero_()
         return
     grad = layer.grad.transpose(1, 2)  # (batch, heads, N, d)
     grad = grad if rows is None else grad[:, :, rows]
-    torch.mul(_products(grad, layer.value.repeat_interleave(groups, dim=1)), pattern, out=weighted)
+    torch.mul(_products(grad, _per_head(layer.value, groups)), pattern, out=weighted)
+
+
+def _per_head(kv: torch.Tensor, groups: int) -> torch.Tensor:
+    """Keys or values (batch, kv_heads, N, d) for every query head (GQA); as they are without grouping."""
+    return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
 
 
 @dataclass
