@@ -193,8 +193,12 @@ def speed(preset: str, device: str, repeats: int) -> dict:
         estimates[path] = torch.stack([effect for _, effect in effects_of("conditions", grads, prompt, flow.TARGETS, False)])
         del grads
     difference = (estimates["fast"] - estimates["reference"]).abs()
+    fast, reference = estimates["fast"].flatten().float().cpu(), estimates["reference"].flatten().float().cpu()
     result["fast_vs_reference"] = {"max_abs_log_p_difference": float(difference.max()),
-                                   "largest_effect": float(estimates["reference"].abs().max())}  # fmt: skip
+                                   "median_abs_log_p_difference": float(difference.median()),
+                                   "largest_effect": float(estimates["reference"].abs().max()),
+                                   "spearman": float(pd.Series(fast.numpy()).corr(pd.Series(reference.numpy()), method="spearman")),
+                                   "estimates": int(fast.numel())}  # fmt: skip
     print(json.dumps({k: v for k, v in result.items() if "_only_" in k}), flush=True)
     return result
 

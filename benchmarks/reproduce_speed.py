@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shapes import PRESETS, build  # noqa: E402
 
+from hooked_video.analysis import pathways  # noqa: E402
 from hooked_video.app import reproduce as reproduce_module  # noqa: E402
 from hooked_video.data import TVBench, synthetic  # noqa: E402
 from hooked_video.data.mcqa import Sample  # noqa: E402
@@ -86,6 +87,9 @@ def main() -> None:
     parser.add_argument("--in-memory", action="store_true",
                         help="frames in memory instead of encoded files (the default where neither PyAV nor decord "
                              "is installed): no video decoding is timed")
+    parser.add_argument("--pathway-preset", default=None, choices=sorted(pathways.PRESETS),
+                        help="the pathway ranges and random fraction of one of the paper's models, as reproduce uses them "
+                             "on that checkpoint (default: ranges derived from the sweep, r from the run)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="the tokenizer has no token")  # a preset's word-level vocabulary
@@ -99,10 +103,12 @@ def main() -> None:
         start = time.perf_counter()
         with timed_stages(seconds, args.device):
             reproduce_module.reproduce(model, samples, out=Path(tmp) / "run", window=9, select=args.select,
-                                       engine=args.engine, progress=False, discover_samples=0, size_curve=False)  # fmt: skip
+                                       engine=args.engine, progress=False, discover_samples=0, size_curve=False,
+                                       spec=pathways.PathwaySpec.preset(args.pathway_preset) if args.pathway_preset else None)  # fmt: skip
         total = time.perf_counter() - start
     result = {"preset": args.preset, "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "dtype": str(dtype), "samples": len(samples), "select": args.select, "engine": args.engine,
+              "pathway_preset": args.pathway_preset,
               "videos": "frames in memory" if in_memory else "encoded files",
               "total_s": round(total, 2), "per_sample_s": round(total / len(samples), 3),
               "stages_s": {k: round(v, 2) for k, v in seconds.items()},

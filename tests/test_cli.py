@@ -81,7 +81,7 @@ def test_flow_and_lens_commands(tmp_path):
                    "--frames", "64", "--short-windows", "repeat", "--out", str(tmp_path / "prune7b"))  # fmt: skip
     assert mismatch.returncode == 0, mismatch.stderr
     assert "measured on byminji/LLaVA-NeXT-7B-Video-FT (32 layers)" in mismatch.stderr
-    rows = load_results(tmp_path / "prune7b", "random").to_dict("records")
+    rows = load_results(tmp_path / "prune7b").to_dict("records")
     assert {r["random_fraction"] for r in rows} == {0.58}  # the preset's r, as the released 7B script
     own = run("prune", "--model", str(model), "--data", str(data), "--from-sweep", str(tmp_path / "flow"),
               "--threshold", "-1000", "--frames", "4", "--random-fraction", "sample", "--out", str(tmp_path / "own"))  # fmt: skip

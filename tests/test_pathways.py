@@ -98,6 +98,46 @@ def test_presets_name_their_checkpoint_and_warn_on_other_models(deep):
         pathways.PathwaySpec.preset("gpt-5")
 
 
+def python_hash32(x: int) -> int:
+    """The random draw's 32-bit hash with Python integers (exact, no overflow to avoid)."""
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) % 2**32
+    return (x >> 16) ^ x
+
+
+def python_pair_keys(count: int, seed: int, layer: int) -> list[int]:
+    base = python_hash32(seed ^ python_hash32(layer))
+    first, second = python_hash32(base ^ 0x5BD1E995), python_hash32(base ^ 0x1B873593)
+    return [python_hash32(python_hash32(i ^ first) ^ second) for i in range(count)]
+
+
+def test_random_draw_written_out_and_the_same_on_every_device():
+    """Per layer, the pairs at or after the video start with the smallest keys of a seeded 32-bit hash,
+    recomputed with plain Python integers (independently of the int64 tensor arithmetic)."""
+    q = 6 + 18
+    spans = TextSpans(question_block=(q, q + 9), question_text=(q + 1, q + 4), options=((q + 5, q + 7), (q + 7, q + 9)))
+    tm = build_token_map(q + 12, torch.arange(6, q), (2, 3, 3), torch.empty(0, dtype=torch.long), spans, 2, answer=0)
+    n, start, fraction = tm.n_positions, 6, 0.3
+    stated = int(fraction * n * (n + 1) / 2)
+    drawn = pathways.random_layer_edges(tm, 4, fraction, seed=11)
+    ranks = pathways.random_ranks(tm, 4, seed=11)
+    pairs = (torch.tril_indices(n - start, n - start) + start).T.tolist()
+    for layer in range(4):
+        keys = python_pair_keys(len(pairs), 11, layer)
+        assert len(set(keys)) == len(keys)  # a bijection: no ties to break
+        order = sorted(range(len(pairs)), key=keys.__getitem__)
+        expected = torch.zeros(n, n, dtype=torch.bool)
+        expected[tuple(torch.tensor([pairs[i] for i in order[:stated]]).T)] = True
+        assert torch.equal(drawn[layer].mask, expected)
+        expected_ranks = torch.full((n, n), torch.iinfo(torch.int32).max, dtype=torch.int32)
+        for place, i in enumerate(order):
+            expected_ranks[pairs[i][0], pairs[i][1]] = place
+        assert torch.equal(ranks[layer], expected_ranks)
+    if torch.cuda.is_available():  # the same edges where the model is
+        on_gpu = pathways.random_layer_edges(tm, 4, fraction, seed=11, device="cuda")
+        assert all(torch.equal(on_gpu[layer].mask.cpu(), drawn[layer].mask) for layer in range(4))
+
+
 def test_random_baseline_counts_region_and_seed():
     tm = paper_7b_layout()
     n, start = tm.n_positions, int(tm.video.min())
@@ -114,14 +154,6 @@ def test_random_baseline_counts_region_and_seed():
         assert not torch.equal(mask, c[layer].mask)
     assert not torch.equal(a[0].mask, a[1].mask)  # a fresh draw per layer
     knockout.hooks(a, None)  # no query row is fully blocked
-    # the draw, written out: the first edges of a seeded permutation of the pairs at or after the video start
-    generator = torch.Generator().manual_seed(7)
-    pairs = torch.tril_indices(n - start, n - start) + start
-    for layer in range(3):
-        chosen = pairs[:, torch.randperm(pairs.shape[1], generator=generator)[:stated]]
-        expected = torch.zeros(n, n, dtype=torch.bool)
-        expected[chosen[0], chosen[1]] = True
-        assert torch.equal(a[layer].mask, expected)
     # several fractions from one order: the same draws, nested
     ranks = pathways.random_ranks(tm, 3, seed=7)
     smaller = pathways.random_layer_edges(tm, 3, 0.3, seed=7, ranks=ranks)
@@ -144,6 +176,12 @@ def test_pruned_forward_equals_hf_with_explicit_per_layer_masks(arch, deep, deep
     letters = deep_prompt.option_token_ids
     assert row["pathways_pred"] == int(expected[0, letters].argmax())
     assert row["random_retained"] == pytest.approx(row["pathways_retained"], rel=1e-3)  # same pruned share
+    # the random knockout ran beside the pathway's, as a second lane: the HF model with its drawn masks agrees
+    drawn = pathways.random_layer_edges(deep_prompt.token_map, deep.cfg.n_layers, row["random_fraction"],
+                                        pathways.sample_seed(0, "0"))  # fmt: skip
+    random_expected = last_probs(hf, deep_prompt.inputs, {l: e.additive_mask() for l, e in drawn.items()})
+    assert (row["random_pred"], row["random_token"]) == (int(random_expected[0, letters].argmax()), int(random_expected[0].argmax()))
+    assert row["pathways_token"] == int(expected[0].argmax())
 
 
 def make_samples(n):
@@ -158,7 +196,7 @@ def test_evaluate_report_and_resume(deep_paths, tmp_path):
 
     model = HookedVideoLLM.from_pretrained(deep_paths["qwen2_vl"])
     spec = pathways.PathwaySpec(inter=(0, 1), v2q=(0, 2), q2l=(1, 3))
-    report = pathways.evaluate(model, make_samples(4), spec, seed=3, num_frames=None, out=tmp_path, rule="option-argmax",
+    report = pathways.evaluate(model, make_samples(4), spec, seed=3, num_frames=None, out=tmp_path / "run", rule="option-argmax",
                                progress=False)  # fmt: skip
     assert list(report.accuracy.columns) == ["full", "pathways", "random"]
     assert list(report.accuracy.index) == ["count", "direction", "overall"]
@@ -170,12 +208,16 @@ def test_evaluate_report_and_resume(deep_paths, tmp_path):
     # the paper's rule: one r for the whole run, 1 - retained / baseline of the pathway pass
     r = 1 - rows.pathways_retained.sum() / rows.pathways_baseline.sum()
     assert (rows.random_fraction == r).all()
-    fixed = pathways.evaluate(model, make_samples(2), spec, random_fraction=0.1, num_frames=None, progress=False)
+    fixed = pathways.evaluate(model, make_samples(2), spec, random_fraction=0.1, num_frames=None, progress=False,
+                              out=tmp_path / "fixed")  # fmt: skip
+    assert load_results(tmp_path / "fixed", "random").empty  # a fixed r: one pass, the random lane beside the pathway's
+    stored = load_results(tmp_path / "fixed").set_index("sample_id").random_pred.to_dict()
+    assert stored == fixed.rows.set_index("sample_id").random_pred.to_dict() and len(stored) == 2
     assert fixed.rule == "vocab-argmax" and "vocab-argmax" in repr(fixed)
     n = fixed.rows.n_positions.iloc[0]
     blocked_per_layer = (fixed.rows.random_baseline - fixed.rows.random_retained) / model.cfg.n_layers
     assert (blocked_per_layer == int(0.1 * n * (n + 1) / 2)).all()
-    again = pathways.evaluate(model, make_samples(4), spec, seed=3, num_frames=None, out=tmp_path, rule="option-argmax",
+    again = pathways.evaluate(model, make_samples(4), spec, seed=3, num_frames=None, out=tmp_path / "run", rule="option-argmax",
                               progress=False)  # fmt: skip
     pd.testing.assert_frame_equal(again.rows, rows)
-    assert len(load_results(tmp_path)) == 4
+    assert len(load_results(tmp_path / "run")) == 4

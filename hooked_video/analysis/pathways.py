@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import numbers
 import warnings
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 import torch
-from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from hooked_video.runtime import attention
@@ -35,6 +33,8 @@ from hooked_video.data.mcqa import identify_all, to_prompt
 from hooked_video.runtime.distributed import Shard, resolve_shard, wait_for_rows
 from hooked_video.runtime.store import ResultsMismatchError, model_identity, open_store
 from hooked_video.model.tokens import TokenMap
+from hooked_video.analysis.random_pruning import (  # noqa: F401 (importable here, as before)
+    RANDOM_DRAW, causal_edges, random_layer_edges, random_ranks, sample_seed)
 
 Range = tuple[int, int] | None  # inclusive, 0-based; None: closed in every layer
 
@@ -237,11 +237,6 @@ class PathwaySpec:
 
 
 # ----- edge accounting and the random baseline --------------------------------------------------
-def causal_edges(n_positions: int) -> int:
-    """Edges of one layer's causal triangle, diagonal included: N(N+1)/2."""
-    return n_positions * (n_positions + 1) // 2
-
-
 @dataclass
 class EdgeCount:
     """Edges of one prompt over all layers (one head; heads are not multiplied in)."""
@@ -259,45 +254,6 @@ def count_edges(layer_edges: dict[int, ko.EdgeSet], n_positions: int) -> EdgeCou
     per_layer = causal_edges(n_positions)
     blocked = sum(int(e.n_edges) for e in layer_edges.values())
     return EdgeCount(per_layer * len(layer_edges) - blocked, per_layer * len(layer_edges))
-
-
-def random_layer_edges(tm: TokenMap, n_layers: int, fraction: float, seed: int,
-                       ranks: Int[torch.Tensor, "layer N N"] | None = None) -> dict[int, ko.EdgeSet]:  # fmt: skip
-    """Per layer, ``int(fraction * N(N+1)/2)`` causal edges drawn uniformly without replacement
-    among pairs whose query and key are both at or after the video start; a fresh draw per layer.
-    ``ranks``: ``random_ranks(tm, n_layers, seed)`` computed once for several fractions (each
-    fraction's draw is the first edges of the same per-layer order, so they nest)."""
-    n_block = int(fraction * causal_edges(tm.n_positions))
-    start = int(tm.video_group.min())
-    if n_block > causal_edges(tm.n_positions - start):
-        raise ValueError(f"cannot block {n_block} edges per layer: only {causal_edges(tm.n_positions - start)} pairs "
-                         "start at the video")  # fmt: skip
-    ranks = random_ranks(tm, n_layers, seed) if ranks is None else ranks
-    return {layer: ko.EdgeSet(ranks[layer] < n_block) for layer in range(n_layers)}
-
-
-def random_ranks(tm: TokenMap, n_layers: int, seed: int) -> Int[torch.Tensor, "layer N N"]:
-    """Per layer, the place of each causal pair at or after the video start in a uniform random
-    order (seeded; a fresh order per layer); other pairs get the largest int32. Random pruning of
-    ``b`` edges blocks the pairs placed below ``b``."""
-    n = tm.n_positions
-    start = int(tm.video_group.min())
-    k = n - start
-    query, key = torch.tril_indices(k, k) + start  # the candidate pairs, in a fixed order
-    count = query.shape[0]
-    generator = torch.Generator().manual_seed(seed)
-    ranks = torch.full((n_layers, n, n), torch.iinfo(torch.int32).max, dtype=torch.int32)
-    place = torch.empty(count, dtype=torch.int32)
-    for layer in range(n_layers):
-        order = torch.randperm(count, generator=generator)  # candidates in the order they are blocked
-        place[order] = torch.arange(count, dtype=torch.int32)
-        ranks[layer, query, key] = place
-    return ranks
-
-
-def sample_seed(seed: int, sample_id: str) -> int:
-    """A per-sample seed independent of sample order (so a resumed run draws the same edges)."""
-    return zlib.crc32(f"{seed}:{sample_id}".encode())
 
 
 # ----- evaluation ----------------------------------------------------------------------------------
@@ -365,6 +321,11 @@ class _Runner:
         self.engine = engine
         self.trace = engine.trace(embedded) if engine is not None else None
 
+    @property
+    def device(self) -> torch.device:
+        """Where edge masks are best built (the first layer's device)."""
+        return self.trace.resid[0].device if self.trace is not None else next(self.model.hf_model.parameters()).device
+
     def full(self) -> torch.Tensor:
         if self.trace is not None:
             return self.trace.logits[None, None]
@@ -404,12 +365,16 @@ def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = Tr
     row = _prediction(model, prompt, runner.full(), "full", rule)
     edges = spec.layer_edges(tm, n_layers)
     counts = count_edges(edges, tm.n_positions)
-    row.update(_prediction(model, prompt, runner.knocked_out(edges), "pathways", rule))
     row.update(pathways_retained=counts.retained, pathways_baseline=counts.baseline, full_retained=counts.baseline,
                full_baseline=counts.baseline)  # fmt: skip
+    settings = {"pathways": edges}
     if random_baseline:
         fraction = 1 - counts.retention if random_fraction is None else random_fraction
-        row.update(random_prompt(model, prompt, fraction, seed, sample_id, rule, runner))
+        settings["random"], counts = _random_draw(tm, n_layers, fraction, seed, sample_id, runner.device)
+        row.update(counts)
+    logits = runner.knocked_out_many(list(settings.values()), lanes=len(settings))  # side by side
+    for name, last in zip(settings, logits):
+        row.update(_prediction(model, prompt, last[None, None], name, rule))
     return row
 
 
@@ -427,7 +392,10 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
 
     Accuracy follows ``rule``: "vocab-argmax" (the paper's: the argmax over the full
     vocabulary must be the true letter) or "option-argmax". Each sample costs one vision pass
-    per phase and one language-model forward per setting (``engine`` as in ``flow.sweep``).
+    and a forward per setting, the pruned settings side by side (``engine`` as in
+    ``flow.sweep``); with ``random_fraction="run"`` the random baseline is a second pass over
+    the samples, as its fraction needs them all. The random edges are drawn where the model
+    runs (``random_layer_edges``; the same on every device).
     With ``out``, rows are stored as they are computed and a rerun resumes. ``shard``: a share
     of a data-parallel run (see ``flow.sweep``); with ``random_fraction="run"`` each shard waits
     for all shards' pathway rows, so every shard draws the same fraction as one process would.
@@ -446,22 +414,22 @@ def evaluate(model, samples: Iterable, spec: PathwaySpec, random_baseline: bool 
     items = shard.take(items) if shard is not None else items
     store = None
     if out is not None:
-        config = {"spec": spec.settings(), "random_baseline": random_baseline, "random_fraction": random_fraction, "seed": seed,
+        config = {"spec": spec.settings(), "random_baseline": random_baseline, "random_fraction": random_fraction,
+                  "random_draw": RANDOM_DRAW, "seed": seed,
                   "num_frames": num_frames, "rule": rule, "model": model_identity(model),
                   "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
         store = open_store(out, "pathways.evaluate", config, [(i, item) for i, _, item in items], key=("sample_id",),
                            resume=resume, shard=shard)  # fmt: skip
-    per_sample = random_fraction == "sample"
+    in_one_pass = random_fraction != "run"  # the random draw needs no other sample: it runs beside the pathway
+    fixed = random_fraction if isinstance(random_fraction, float) else None
     try:
         rows = _run_phase(model, items, store, "rows", "pathway evaluation", progress, lambda prompt, sid: {
             "answer": prompt.answer, "n_positions": prompt.n_positions,
-            **evaluate_prompt(model, prompt, spec, random_baseline and per_sample, None, seed, sid, rule, engine)}, num_frames)  # fmt: skip
-        if random_baseline and not per_sample and rows:
-            if random_fraction == "run":  # over all samples: shards wait for each other's pathway rows
-                every = wait_for_rows(store, "rows", all_ids) if shard is not None and store is not None else rows
-                fraction = 1 - sum(r["pathways_retained"] for r in every) / sum(r["pathways_baseline"] for r in every)
-            else:
-                fraction = random_fraction
+            **evaluate_prompt(model, prompt, spec, random_baseline and in_one_pass, fixed, seed, sid, rule, engine)}, num_frames)  # fmt: skip
+        if random_baseline and not in_one_pass and rows:
+            # over all samples: shards wait for each other's pathway rows
+            every = wait_for_rows(store, "rows", all_ids) if shard is not None and store is not None else rows
+            fraction = 1 - sum(r["pathways_retained"] for r in every) / sum(r["pathways_baseline"] for r in every)
             _check_stored_fraction(store, fraction)
             random_rows = _run_phase(model, items, store, "random", "random baseline", progress,
                                      lambda prompt, sid: random_prompt(model, prompt, fraction, seed, sid, rule, engine=engine),
@@ -501,12 +469,16 @@ def random_prompt(model, prompt, fraction: float, seed: int, sample_id: str, rul
                   engine: str = "auto") -> dict:  # fmt: skip
     """Prediction and edge counts of one prompt with random pruning of ``fraction`` per layer
     (``runner``: the prompt's runner, if already built)."""
-    tm, n_layers = prompt.token_map, model.cfg.n_layers
-    edges = random_layer_edges(tm, n_layers, fraction, sample_seed(seed, sample_id))
-    counts = count_edges(edges, tm.n_positions)
     runner = runner or _Runner(model, model.embed(prompt), choose_engine(model, engine, ()))
-    return {**_prediction(model, prompt, runner.knocked_out(edges), "random", rule), "random_retained": counts.retained,
-            "random_baseline": counts.baseline, "random_fraction": fraction}  # fmt: skip
+    edges, counts = _random_draw(prompt.token_map, model.cfg.n_layers, fraction, seed, sample_id, runner.device)
+    return {**_prediction(model, prompt, runner.knocked_out(edges), "random", rule), **counts}
+
+
+def _random_draw(tm: TokenMap, n_layers: int, fraction: float, seed: int, sample_id: str, device) -> tuple[dict, dict]:
+    """One sample's random-pruning edges (built on ``device``) and their row fields."""
+    edges = random_layer_edges(tm, n_layers, fraction, sample_seed(seed, sample_id), device=device)
+    counts = count_edges(edges, tm.n_positions)
+    return edges, {"random_retained": counts.retained, "random_baseline": counts.baseline, "random_fraction": fraction}
 
 
 def _run_phase(model, items, store, table: str, desc: str, progress: bool, compute, num_frames) -> list[dict]:

@@ -16,6 +16,7 @@ from hooked_video.analysis.pathways import (
     random_ranks,
     sample_seed,
 )
+from hooked_video.analysis.random_pruning import RANDOM_DRAW
 from hooked_video.core.checks import InvalidInputError
 
 #: About how many sizes of the path get random-pruning points (the found pathway's size always does).
@@ -46,8 +47,9 @@ def _reachable(scorer, fraction: float) -> bool:
 
 
 def random_name(fraction: float, seed: int) -> str:
-    """A random-pruning setting's name: the exact fraction (nearby sizes must not share rows) and seed."""
-    return f"random {fraction!r} seed {seed}"
+    """A random-pruning setting's name: the exact fraction (nearby sizes must not share rows), the
+    seed and the draw (rows of the earlier ``randperm`` draw, stored without it, are not reused)."""
+    return f"random {fraction!r} seed {seed} {RANDOM_DRAW}"
 
 
 def random_setting(scorer, fraction: float, seed: int, orders: dict | None = None) -> dict:
@@ -61,7 +63,8 @@ def random_setting(scorer, fraction: float, seed: int, orders: dict | None = Non
     def edges_of(i, prompt):
         if (i, seed) not in orders:
             orders.clear()  # one order at a time: (layers, N, N) int32 each
-            orders[i, seed] = random_ranks(prompt.token_map, scorer.n_layers, sample_seed(seed, scorer.ids[i]))
+            device = scorer.runners[i].device if i in scorer.runners else None
+            orders[i, seed] = random_ranks(prompt.token_map, scorer.n_layers, sample_seed(seed, scorer.ids[i]), device)
         return random_layer_edges(prompt.token_map, scorer.n_layers, fraction, sample_seed(seed, scorer.ids[i]),
                                   orders[i, seed])  # fmt: skip
 

@@ -45,16 +45,15 @@ def answer_rows(model, prompt, acts: dict[str, torch.Tensor], norm: str, correct
     last position."""
     letters = prompt.option_token_ids
     n_layers = model.cfg.n_layers
-    records = []
+    per_layer = []
     with torch.no_grad():
         for layer, name in enumerate(answer_names(n_layers)):
             resid = apply(final_norm(model), acts[name]) if _normed(norm, layer, n_layers) else acts[name]
             probs = apply(unembed(model), resid).float().softmax(-1).reshape(-1)
-            for option, token in enumerate(letters):
-                records.append({"layer": layer, "option": option, "letter": LETTERS[option],
-                                "is_true": option == prompt.answer, "prob": float(probs[token]),
-                                "norm": norm, "correct": correct})  # fmt: skip
-    return records
+            per_layer.append(probs[list(letters)].cpu())
+    return [{"layer": layer, "option": option, "letter": LETTERS[option], "is_true": option == prompt.answer,
+             "prob": prob, "norm": norm, "correct": correct}
+            for layer, probs in enumerate(torch.stack(per_layer).tolist()) for option, prob in enumerate(probs)]  # fmt: skip
 
 
 def answer_probability_by_layer(model, prompt, *, norm: str, rule: str = PAPER_RULE) -> pd.DataFrame:

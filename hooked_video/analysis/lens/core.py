@@ -144,14 +144,14 @@ def top_tokens(model, residuals: list[torch.Tensor], variant: str, top_k: int) -
     for i, resid in enumerate(residuals):
         p = project(model, resid, variant, is_final=i == len(residuals) - 1).float().softmax(-1)
         top = p.topk(top_k, dim=-1)
-        ids.append(top.indices.cpu())
-        probs.append(top.values.cpu())
-    top_ids = torch.stack(ids)
+        ids.append(top.indices)
+        probs.append(top.values)
+    top_ids = torch.stack([i.to(ids[0].device) for i in ids]).cpu()  # one copy to the host (layers may sit on several GPUs)
     unique = top_ids.unique().tolist()
     names = model.tokenizer.convert_ids_to_tokens(unique)
     # rows of the unembedding past the tokenizer's vocabulary (padding rows, e.g. LLaVA-NeXT-7B's 32064 vs 32002)
     strings = [name if name is not None else f"<no token {i}>" for i, name in zip(unique, names)]
-    return top_ids, torch.stack(probs), dict(zip(unique, strings))
+    return top_ids, torch.stack([p.to(probs[0].device) for p in probs]).cpu(), dict(zip(unique, strings))
 
 
 def is_correct(model, prompt, last_logits: torch.Tensor, rule: str = PAPER_RULE) -> bool | None:

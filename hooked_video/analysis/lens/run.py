@@ -88,7 +88,7 @@ def _probe(model, prompt, variant: str, norm: str, top_k: int, rule: str, keep) 
     lens_acts = {name: acts[name][:n_video] for name in lens}
     answer_acts = {name: acts[name][-1:] for name in answer}
     top_ids, top_probs, str_vocab = top_tokens(model, lens_residuals(model, lens_acts), variant, top_k)
-    tokens = [[str_vocab[int(i)] for i in top_ids[layer, :, 0]] for layer in range(n_layers)]
+    tokens = [[str_vocab[i] for i in layer] for layer in top_ids[:, :, 0].tolist()]
     return correct, {"tokens": tokens, "probs": top_probs[:, :, 0], "positions": video.tolist(),
                      "answer": answer_rows(model, prompt, answer_acts, norm, correct)}  # fmt: skip
 
