@@ -28,7 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shapes import PRESETS, build  # noqa: E402
 
+from hooked_video import HookedVideoLLM  # noqa: E402
 from hooked_video.analysis import pathways  # noqa: E402
+sweep_module = importlib.import_module("hooked_video.analysis.flow.sweep")  # the modules (their packages export functions of these names)
+lens_run = importlib.import_module("hooked_video.analysis.lens.run")
 from hooked_video.app import reproduce as reproduce_module  # noqa: E402
 from hooked_video.data import TVBench, synthetic  # noqa: E402
 from hooked_video.data.mcqa import Sample  # noqa: E402
@@ -40,12 +43,24 @@ STAGES = {"load": (None, "load_benchmark"), "sweep": ("flow", "sweep"), "lens": 
           "report": (None, "write_report")}  # fmt: skip
 
 
+#: With --steps, the steps inside the stages, timed the same way (nested: a step's time is in its stage's).
+STEPS = {"all: embed": (HookedVideoLLM, "embed"), "all: engine trace": (sweep_module.Engine, "trace"),
+         "sweep: prepare": (sweep_module, "to_prompt"),
+         "lens: prepare": (lens_run, "to_prompt"), "lens: forward": (lens_run, "capture"),
+         "lens: top tokens": (lens_run, "top_tokens"), "lens: answer rows": (lens_run, "answer_rows"),
+         "pathways: prepare": (pathways, "to_prompt"), "pathways: embed + trace": (pathways._Runner, "__init__"),
+         "pathways: pathway edges": (pathways.PathwaySpec, "layer_edges"), "pathways: random draw": (pathways, "_random_draw"),
+         "pathways: knockouts": (pathways._Runner, "knocked_out_many"), "pathways: predictions": (pathways, "_prediction")}  # fmt: skip
+
+
 @contextmanager
-def timed_stages(seconds: dict, device: str):
-    """Wraps the stages of ``reproduce`` so that each call adds its time (synchronised) to ``seconds``."""
+def timed_stages(seconds: dict, device: str, steps: bool = False):
+    """Wraps the stages of ``reproduce`` (and with ``steps`` the steps in them) so that each call adds
+    its time (synchronised) to ``seconds``."""
     saved = []
-    for name, (holder, attribute) in STAGES.items():
-        owner = getattr(reproduce_module, holder) if holder else reproduce_module
+    targets = {name: (getattr(reproduce_module, holder) if holder else reproduce_module, attribute)
+               for name, (holder, attribute) in STAGES.items()}  # fmt: skip
+    for name, (owner, attribute) in {**targets, **(STEPS if steps else {})}.items():
         original = getattr(owner, attribute)
 
         def wrapper(*args, _original=original, _name=name, **kwargs):
@@ -90,6 +105,7 @@ def main() -> None:
     parser.add_argument("--pathway-preset", default=None, choices=sorted(pathways.PRESETS),
                         help="the pathway ranges and random fraction of one of the paper's models, as reproduce uses them "
                              "on that checkpoint (default: ranges derived from the sweep, r from the run)")
+    parser.add_argument("--steps", action="store_true", help="also time the steps inside the stages")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="the tokenizer has no token")  # a preset's word-level vocabulary
@@ -101,7 +117,7 @@ def main() -> None:
             Path(tmp) / "data", tasks=synthetic.TEMPORAL_TASKS, per_task=args.per_task, seed=0, progress=False)))  # fmt: skip
         seconds: dict[str, float] = {}
         start = time.perf_counter()
-        with timed_stages(seconds, args.device):
+        with timed_stages(seconds, args.device, args.steps):
             reproduce_module.reproduce(model, samples, out=Path(tmp) / "run", window=9, select=args.select,
                                        engine=args.engine, progress=False, discover_samples=0, size_curve=False,
                                        spec=pathways.PathwaySpec.preset(args.pathway_preset) if args.pathway_preset else None)  # fmt: skip
@@ -112,7 +128,7 @@ def main() -> None:
               "videos": "frames in memory" if in_memory else "encoded files",
               "total_s": round(total, 2), "per_sample_s": round(total / len(samples), 3),
               "stages_s": {k: round(v, 2) for k, v in seconds.items()},
-              "other_s": round(total - sum(seconds.values()), 2)}  # fmt: skip
+              "other_s": round(total - sum(v for k, v in seconds.items() if ":" not in k), 2)}  # fmt: skip
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

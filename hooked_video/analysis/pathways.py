@@ -252,7 +252,10 @@ class EdgeCount:
 def count_edges(layer_edges: dict[int, ko.EdgeSet], n_positions: int) -> EdgeCount:
     """Retained (allowed) and baseline (causal) edges summed over layers."""
     per_layer = causal_edges(n_positions)
-    blocked = sum(int(e.n_edges) for e in layer_edges.values())
+    by_device: dict = {}
+    for e in layer_edges.values():  # summed where the masks are: one host read per device, not one per layer
+        by_device.setdefault(e.mask.device, []).append(e.mask.sum())
+    blocked = sum(int(torch.stack(counts).sum()) for counts in by_device.values())
     return EdgeCount(per_layer * len(layer_edges) - blocked, per_layer * len(layer_edges))
 
 

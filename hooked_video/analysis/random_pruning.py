@@ -10,6 +10,7 @@ copied over).
 from __future__ import annotations
 
 import zlib
+from typing import Iterator
 
 import torch
 from jaxtyping import Int
@@ -37,10 +38,14 @@ def stream_keys(seed: int, layer: int) -> tuple[int, int]:
     return hash32(base ^ 0x5BD1E995), hash32(base ^ 0x1B873593)
 
 
-def pair_keys(count: int, seed: int, layer: int, device=None) -> Int[torch.Tensor, "count"]:
-    """Sort keys of candidate pairs 0..count-1 in one layer's order: distinct values in [0, 2**32)."""
-    first, second = stream_keys(seed, layer)
-    return hash32(hash32(torch.arange(count, dtype=torch.int64, device=device) ^ first) ^ second)
+def pair_keys(count: int, seed: int, layers: range, device=None) -> Int[torch.Tensor, "layer count"]:
+    """Sort keys of candidate pairs 0..count-1 in each layer's order: distinct values in [0, 2**32)."""
+    index = torch.arange(count, dtype=torch.int64, device=device)
+    keys = torch.empty(len(layers), count, dtype=torch.int64, device=device)
+    for row, layer in enumerate(layers):
+        first, second = stream_keys(seed, layer)
+        keys[row] = hash32(hash32(index ^ first) ^ second)
+    return keys
 
 
 def candidate_pairs(tm: TokenMap, device=None) -> tuple[Int[torch.Tensor, "count"], Int[torch.Tensor, "count"]]:
@@ -54,6 +59,15 @@ def candidate_pairs(tm: TokenMap, device=None) -> tuple[Int[torch.Tensor, "count
     return query, key
 
 
+def _orders(count: int, seed: int, n_layers: int, device) -> Iterator[tuple[range, torch.Tensor]]:
+    """(layers, their candidates in blocking order (layers, count)), a few layers at a time: one
+    batched sort each, no host round trip (about 2**25 keys per sort)."""
+    step = max(1, 2**25 // max(count, 1))
+    for first in range(0, n_layers, step):
+        layers = range(first, min(first + step, n_layers))
+        yield layers, pair_keys(count, seed, layers, device).argsort(dim=-1)
+
+
 def random_ranks(tm: TokenMap, n_layers: int, seed: int, device=None) -> Int[torch.Tensor, "layer N N"]:
     """Per layer, the place of each candidate pair (``candidate_pairs``) in a uniform random order
     (seeded; a fresh order per layer; the same on every device); other pairs get the largest
@@ -62,11 +76,10 @@ def random_ranks(tm: TokenMap, n_layers: int, seed: int, device=None) -> Int[tor
     query, key = candidate_pairs(tm, device)
     count = query.shape[0]
     ranks = torch.full((n_layers, n, n), torch.iinfo(torch.int32).max, dtype=torch.int32, device=device)
-    place = torch.empty(count, dtype=torch.int32, device=device)
-    steps = torch.arange(count, dtype=torch.int32, device=device)
-    for layer in range(n_layers):
-        place[pair_keys(count, seed, layer, device).argsort()] = steps  # candidates in the order they are blocked
-        ranks[layer, query, key] = place
+    steps = torch.arange(count, dtype=torch.int32, device=device).expand(1, count)
+    for layers, order in _orders(count, seed, n_layers, device):
+        place = torch.empty(order.shape, dtype=torch.int32, device=device).scatter_(1, order, steps.expand(order.shape))
+        ranks[layers.start:layers.stop, query, key] = place
     return ranks
 
 
@@ -84,15 +97,12 @@ def random_layer_edges(tm: TokenMap, n_layers: int, fraction: float, seed: int,
         raise ValueError(f"cannot block {n_block} edges per layer: only {query.shape[0]} pairs start at the video")
     if ranks is not None:
         return {layer: ko.EdgeSet(ranks[layer] < n_block) for layer in range(n_layers)}
-    edges = {}
-    for layer in range(n_layers):  # the n_block smallest keys (distinct), without sorting them all
-        mask = torch.zeros(n, n, dtype=torch.bool, device=device)
-        if n_block:
-            keys = pair_keys(query.shape[0], seed, layer, device)
-            chosen = keys <= keys.kthvalue(n_block).values
-            mask[query[chosen], key[chosen]] = True
-        edges[layer] = ko.EdgeSet(mask)
-    return edges
+    masks = torch.zeros(n_layers, n, n, dtype=torch.bool, device=device)
+    for layers, order in _orders(query.shape[0], seed, n_layers, device):
+        chosen = order[:, :n_block]  # (layers, n_block): the first candidates of each order
+        rows = torch.arange(layers.start, layers.stop, device=device)[:, None].expand(chosen.shape)
+        masks[rows, query[chosen], key[chosen]] = True
+    return {layer: ko.EdgeSet(masks[layer]) for layer in range(n_layers)}
 
 
 def causal_edges(n_positions: int) -> int:
