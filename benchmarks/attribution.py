@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from hooked_video import HookedVideoLLM, flow, knockout  # noqa: E402
 from hooked_video.analysis import attribution  # noqa: E402
 from hooked_video.analysis.attribution.groups import effects_of  # noqa: E402
+from hooked_video.analysis.attribution.compare import spearman  # noqa: E402
 from hooked_video.data import TVBench, synthetic  # noqa: E402
 
 #: The paper's window (9 of 32 layers) scaled to the toys' 12 layers, odd.
@@ -144,8 +145,8 @@ def estimates(models, repeats: int) -> dict:
     return result
 
 
-def speed(preset: str, device: str, repeats: int) -> dict:
-    from knockout_sweep import make_confident, peak_gib, sync  # noqa: E402
+def speed(preset: str, device: str, repeats: int, profiled: bool = False) -> dict:
+    from knockout_sweep import make_confident, peak_gib, profile, sync  # noqa: E402
     from shapes import model_and_prompt  # noqa: E402
 
     model, prompt = model_and_prompt(preset, device)
@@ -190,6 +191,9 @@ def speed(preset: str, device: str, repeats: int) -> dict:
         for granularity in ("conditions", "frame-pairs"):
             seconds, _ = timed(lambda: effects_of(granularity, grads, prompt, flow.TARGETS, False))
             result[f"estimates_only_{granularity}_{path}"] = {"s": seconds}
+        if profiled:  # where the estimates' time goes (GPU kernels, idle time, the CPU's own operators)
+            result[f"profile_estimates_conditions_{path}"] = profile(
+                lambda: effects_of("conditions", grads, prompt, flow.TARGETS, False))
         estimates[path] = torch.stack([effect for _, effect in effects_of("conditions", grads, prompt, flow.TARGETS, False)])
         del grads
     difference = (estimates["fast"] - estimates["reference"]).abs()
@@ -197,7 +201,7 @@ def speed(preset: str, device: str, repeats: int) -> dict:
     result["fast_vs_reference"] = {"max_abs_log_p_difference": float(difference.max()),
                                    "median_abs_log_p_difference": float(difference.median()),
                                    "largest_effect": float(estimates["reference"].abs().max()),
-                                   "spearman": float(pd.Series(fast.numpy()).corr(pd.Series(reference.numpy()), method="spearman")),
+                                   "spearman": spearman(pd.Series(fast.numpy()), pd.Series(reference.numpy())),
                                    "estimates": int(fast.numel())}  # fmt: skip
     print(json.dumps({k: v for k, v in result.items() if "_only_" in k}), flush=True)
     return result
@@ -214,6 +218,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["toy-video-ft", "toy-image"], help="bundled models (--fidelity)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="with --speed: profile the estimates of both paths (GPU)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     result = {}
@@ -222,7 +227,7 @@ def main() -> None:
     if args.estimates:
         result["estimates"] = estimates(args.models, args.repeats)
     if args.speed:
-        result["speed"] = speed(args.preset, args.device, args.repeats)
+        result["speed"] = speed(args.preset, args.device, args.repeats, args.profile)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))

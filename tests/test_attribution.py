@@ -288,3 +288,17 @@ def test_figures_draw_each_granularity(toy):
     assert len(bars) == len(prompt.token_map.question)
     with pytest.raises(ValueError, match="granularity='cells'"):
         viz.cells_on_frames(tokens, prompt.frames)
+
+
+def test_distinct_key_sets_rebuild_every_row():
+    """The estimates read each distinct key set once: the dedup must give back every row exactly."""
+    from hooked_video.analysis.attribution.estimates import _distinct_rows
+
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.rand(40, 19, generator=generator) < 0.5
+    rows = torch.cat([rows, rows[::3], rows[:0]])  # repeated rows
+    keysets, inverse = _distinct_rows(rows)
+    assert torch.equal(keysets[inverse], rows)
+    assert len(keysets) == len(torch.unique(rows, dim=0))
+    empty, none = _distinct_rows(rows[:0])
+    assert empty.shape == (0, 19) and none.shape == (0,)

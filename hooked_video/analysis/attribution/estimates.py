@@ -14,6 +14,9 @@ Each function returns one value per layer (and per head with ``per_head``).
 
 from __future__ import annotations
 
+from typing import Iterator
+
+import numpy as np
 import torch
 from jaxtyping import Bool, Float
 
@@ -36,42 +39,86 @@ def _effect(s_k, p_k, s, alphas, integrated: bool):
     return -(s_k - p_k * s) / (1 - p_k).clamp_min(MIN_REMAINING)
 
 
-def _layer_chunks(grads: PatternGradients, bytes_per_layer: int) -> list[slice]:
-    """Slices of the layers, as many at once as ``CHUNK_BYTES`` allows: each is read with a few
-    large operations instead of one small one per layer (fewer kernel launches on a GPU)."""
-    n_layers = grads.shape[0]
-    size = max(1, min(n_layers, CHUNK_BYTES // max(1, bytes_per_layer)))
-    return [slice(start, min(start + size, n_layers)) for start in range(0, n_layers, size)]
+def _layer_chunks(grads: PatternGradients, bytes_per_layer: int, within: slice | None = None) -> list[slice]:
+    """Slices of the layers (of ``within``), as many at once as ``CHUNK_BYTES`` allows: each is read
+    with a few large operations instead of one small one per layer (fewer kernel launches on a GPU)."""
+    within = within or slice(0, grads.shape[0])
+    return [slice(within.start + part.start, within.start + part.stop)
+            for part in _blocks(within.stop - within.start, bytes_per_layer)]  # fmt: skip
 
 
 def mask_effects(grads: PatternGradients, masks: list[Bool[torch.Tensor, "query key"]], per_head: bool = False,
                  integrated: bool = False) -> list[Float[torch.Tensor, "layer *head"]]:  # fmt: skip
     """Effect on log P(answer) of blocking each mask's edges, per layer (mean over the batch's path
     points). The masks' rows share few distinct key sets (a frame's rows all lose the same earlier
-    frames): the layers are read once, by one matmul against every distinct key set."""
+    frames): the layers are read once, by one matmul against every distinct key set; each mask's
+    effect is then taken over many layers at once (a few kernels per mask, not per layer)."""
     device = grads.device
-    masks = [m.to(device) for m in masks]
     rows = [m.any(-1).nonzero().squeeze(-1) for m in masks]
-    keysets, inverse = torch.unique(torch.cat([m[r] for m, r in zip(masks, rows)]), dim=0, return_inverse=True)
-    columns = inverse.split([len(r) for r in rows])
-    onehot = keysets.T.float()  # (N, distinct key sets)
+    keysets, inverse = _distinct_rows(torch.cat([m[r] for m, r in zip(masks, rows)]))
+    columns = [c.to(device) for c in inverse.split([len(r) for r in rows])]
+    onehot = keysets.T.float().to(device)  # (N, distinct key sets)
     alphas = grads.alphas.to(device)
     _, batch, heads, n, _ = grads.shape
+    rows = [r.to(device) for r in rows]
     every_row = torch.cat(rows).unique()  # only rows some mask touches are read
     position = torch.full((n,), -1, dtype=torch.long, device=device)
     position[every_row] = torch.arange(len(every_row), device=device)
     rows = [position[r] for r in rows]
-    per_layer = 4 * batch * heads * len(every_row) * (2 * onehot.shape[1] + 1) + grads.bytes_per_layer(len(every_row))
     values: list[list[torch.Tensor]] = [[] for _ in masks]
-    for layers in _layer_chunks(grads, per_layer):
-        pattern, weighted = grads.layers(layers, every_row)
-        s_groups, p_groups = weighted @ onehot, pattern @ onehot  # (layers, batch, heads, rows, sets)
-        s_all = weighted.sum(-1)
+    for s_groups, p_groups, s_all in _block_sums(grads, every_row, onehot):
         for i, (q, c) in enumerate(zip(rows, columns)):
             effect = _effect(s_groups[..., q, c], p_groups[..., q, c], s_all[..., q], alphas, integrated)
             values[i].append(effect.sum(-1).mean(1))  # (layers, heads)
-    out = [torch.cat(v).cpu() for v in values]
-    return out if per_head else [v.sum(-1) for v in out]
+    out = torch.stack([torch.cat(v) for v in values]).cpu().unbind(0)  # one copy to the host
+    return list(out) if per_head else [v.sum(-1) for v in out]
+
+
+def _block_sums(grads: PatternGradients, rows: torch.Tensor, onehot: torch.Tensor,
+                self_edges: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """Per block of layers: S and P of each key group (``onehot``, (N, groups)) and S of the whole
+    row, for the query ``rows``: (layers, batch, heads, rows, groups) twice and (layers, batch,
+    heads, rows). A block holds as many layers' sums as ``CHUNK_BYTES`` allows, recomputed in
+    chunks of layers that fit beside them. ``self_edges=False``: each row's own entry (query =
+    key) is left out of its key groups."""
+    _, batch, heads, _, _ = grads.shape
+    reduced = 4 * batch * heads * len(rows) * (2 * onehot.shape[1] + 1)  # bytes of one layer's sums
+    own = torch.arange(len(rows), device=rows.device)
+    for block in _blocks(grads.shape[0], reduced):
+        sums: list[list[torch.Tensor]] = [[], [], []]
+        for layers in _layer_chunks(grads, reduced + grads.bytes_per_layer(len(rows)), block):
+            pattern, weighted = grads.layers(layers, rows)
+            s_k, p_k = weighted @ onehot, pattern @ onehot
+            if not self_edges:
+                s_k -= weighted[..., own, rows, None] * onehot[rows]
+                p_k -= pattern[..., own, rows, None] * onehot[rows]
+            for kept, value in zip(sums, (s_k, p_k, weighted.sum(-1))):
+                kept.append(value)
+            del pattern, weighted
+        yield tuple(torch.cat(kept) for kept in sums)
+
+
+def _distinct_rows(rows: Bool[torch.Tensor, "rows N"]) -> tuple[Bool[torch.Tensor, "sets N"], torch.Tensor]:
+    """The distinct rows of a boolean matrix and, per row, the index of its distinct row (on the
+    host, each row packed to bytes and looked up in a dict: ``unique(dim=0)`` sorts whole rows)."""
+    packed = np.packbits(rows.cpu().numpy(), axis=1)
+    index_of: dict[bytes, int] = {}
+    inverse, representatives = [], []
+    for i, row in enumerate(packed):
+        key = row.tobytes()
+        if key not in index_of:
+            index_of[key] = len(representatives)
+            representatives.append(i)
+        inverse.append(index_of[key])
+    distinct = packed[representatives]
+    keysets = torch.from_numpy(np.unpackbits(distinct, axis=1, count=rows.shape[1]).astype(bool))
+    return keysets, torch.tensor(inverse, dtype=torch.long)
+
+
+def _blocks(n_layers: int, bytes_per_layer: int) -> list[slice]:
+    """Slices of the layers whose ``bytes_per_layer`` each fit ``CHUNK_BYTES`` together."""
+    size = max(1, min(n_layers, CHUNK_BYTES // max(1, bytes_per_layer)))
+    return [slice(start, min(start + size, n_layers)) for start in range(0, n_layers, size)]
 
 
 def group_effects(grads: PatternGradients, mask: Bool[torch.Tensor, "query key"], per_head: bool = False,
@@ -84,29 +131,24 @@ def pair_effects(grads: PatternGradients, query_groups: list[torch.Tensor], key_
                  per_head: bool = False, integrated: bool = False,
                  self_edges: bool = True) -> Float[torch.Tensor, "layer *head qgroup kgroup"]:  # fmt: skip
     """Effect of blocking key group j from query group i, for every (i, j) at once, per layer:
-    (layer, [head,] n_query_groups, n_key_groups); a pair with no causal edge is 0.
-    ``self_edges=False``: each query keeps its own edge (query = key) open."""
+    (layer, [head,] n_query_groups, n_key_groups); a pair with no causal edge is 0 (keys after a
+    query hold no mass). ``self_edges=False``: each query keeps its own edge (query = key) open.
+    The query groups' rows are read together, once per layer."""
     device = grads.device
-    _, batch, heads, n, _ = grads.shape
+    n = grads.shape[3]
     onehot = torch.zeros(n, len(key_groups), device=device)
     for j, positions in enumerate(key_groups):
         onehot[torch.as_tensor(positions, device=device), j] = 1
     alphas = grads.alphas.to(device)
     queries = [torch.as_tensor(positions, device=device).reshape(-1) for positions in query_groups]
-    widest = max(len(q) for q in queries)
+    every_row = torch.cat(queries).unique()
+    position = torch.full((n,), -1, dtype=torch.long, device=device)
+    position[every_row] = torch.arange(len(every_row), device=device)
+    queries = [position[q] for q in queries]
     out = []
-    per_layer = 4 * batch * heads * widest * (2 * n + 3 * len(key_groups)) + grads.bytes_per_layer(widest)
-    for layers in _layer_chunks(grads, per_layer):
-        per_group = []
-        for q in queries:  # keys after a query hold no mass: non-causal pairs add 0
-            probs, weighted = grads.layers(layers, q)  # (layers, batch, heads, rows, N)
-            s_k, p_k, s = weighted @ onehot, probs @ onehot, weighted.sum(-1, keepdim=True)
-            if not self_edges:  # take each row's own entry out of the key groups that hold it
-                rows = torch.arange(len(q), device=device)
-                own = onehot[q]  # (rows, key groups)
-                s_k = s_k - weighted[..., rows, q, None] * own
-                p_k = p_k - probs[..., rows, q, None] * own
-            per_group.append(_effect(s_k, p_k, s, alphas, integrated).sum(-2).mean(1))  # (layers, heads, key groups)
+    for s_k, p_k, s in _block_sums(grads, every_row, onehot, self_edges):
+        per_group = [_effect(s_k[..., q, :], p_k[..., q, :], s[..., q, None], alphas, integrated).sum(-2).mean(1)
+                     for q in queries]  # (layers, heads, key groups) each  # fmt: skip
         out.append(torch.stack(per_group, -2))  # (layers, heads, query groups, key groups)
     stacked = torch.cat(out).cpu()
     return stacked if per_head else stacked.sum(1)

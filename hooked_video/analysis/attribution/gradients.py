@@ -121,7 +121,8 @@ def _recompute(layer: _Layer, rows: torch.Tensor | None, pattern: torch.Tensor, 
         query, bias = query[:, :, rows], bias[..., rows, :]
     groups = query.shape[1] // layer.key.shape[1]
     scores = _products(query, _per_head(layer.key, groups))
-    torch.softmax(scores.mul_(layer.scaling).add_(bias.to(scores.device)), -1, out=pattern)
+    torch.add(bias.to(scores.device), scores, alpha=layer.scaling, out=scores)  # scale and mask in one pass
+    torch.softmax(scores, -1, out=pattern)
     if layer.grad is None:
         weighted.zero_()
         return
