@@ -252,10 +252,8 @@ class EdgeCount:
 def count_edges(layer_edges: dict[int, ko.EdgeSet], n_positions: int) -> EdgeCount:
     """Retained (allowed) and baseline (causal) edges summed over layers."""
     per_layer = causal_edges(n_positions)
-    by_device: dict = {}
-    for e in layer_edges.values():  # summed where the masks are: one host read per device, not one per layer
-        by_device.setdefault(e.mask.device, []).append(e.mask.sum())
-    blocked = sum(int(torch.stack(counts).sum()) for counts in by_device.values())
+    sums = [e.mask.sum() for e in layer_edges.values()]  # one host read for all layers, not one each
+    blocked = int(torch.stack([t.to(sums[0].device) for t in sums]).sum()) if sums else 0
     return EdgeCount(per_layer * len(layer_edges) - blocked, per_layer * len(layer_edges))
 
 
@@ -373,8 +371,8 @@ def evaluate_prompt(model, prompt, spec: PathwaySpec, random_baseline: bool = Tr
     settings = {"pathways": edges}
     if random_baseline:
         fraction = 1 - counts.retention if random_fraction is None else random_fraction
-        settings["random"], counts = _random_draw(tm, n_layers, fraction, seed, sample_id, runner.device)
-        row.update(counts)
+        settings["random"], random_counts = _random_draw(tm, n_layers, fraction, seed, sample_id, runner.device)
+        row.update(random_counts)
     logits = runner.knocked_out_many(list(settings.values()), lanes=len(settings))  # side by side
     for name, last in zip(settings, logits):
         row.update(_prediction(model, prompt, last[None, None], name, rule))

@@ -39,14 +39,6 @@ def _effect(s_k, p_k, s, alphas, integrated: bool):
     return -(s_k - p_k * s) / (1 - p_k).clamp_min(MIN_REMAINING)
 
 
-def _layer_chunks(grads: PatternGradients, bytes_per_layer: int, within: slice | None = None) -> list[slice]:
-    """Slices of the layers (of ``within``), as many at once as ``CHUNK_BYTES`` allows: each is read
-    with a few large operations instead of one small one per layer (fewer kernel launches on a GPU)."""
-    within = within or slice(0, grads.shape[0])
-    return [slice(within.start + part.start, within.start + part.stop)
-            for part in _blocks(within.stop - within.start, bytes_per_layer)]  # fmt: skip
-
-
 def mask_effects(grads: PatternGradients, masks: list[Bool[torch.Tensor, "query key"]], per_head: bool = False,
                  integrated: bool = False) -> list[Float[torch.Tensor, "layer *head"]]:  # fmt: skip
     """Effect on log P(answer) of blocking each mask's edges, per layer (mean over the batch's path
@@ -84,9 +76,9 @@ def _block_sums(grads: PatternGradients, rows: torch.Tensor, onehot: torch.Tenso
     _, batch, heads, _, _ = grads.shape
     reduced = 4 * batch * heads * len(rows) * (2 * onehot.shape[1] + 1)  # bytes of one layer's sums
     own = torch.arange(len(rows), device=rows.device)
-    for block in _blocks(grads.shape[0], reduced):
+    for block in _blocks(slice(0, grads.shape[0]), reduced):
         sums: list[list[torch.Tensor]] = [[], [], []]
-        for layers in _layer_chunks(grads, reduced + grads.bytes_per_layer(len(rows)), block):
+        for layers in _blocks(block, reduced + grads.bytes_per_layer(len(rows))):
             pattern, weighted = grads.layers(layers, rows)
             s_k, p_k = weighted @ onehot, pattern @ onehot
             if not self_edges:
@@ -115,10 +107,11 @@ def _distinct_rows(rows: Bool[torch.Tensor, "rows N"]) -> tuple[Bool[torch.Tenso
     return keysets, torch.tensor(inverse, dtype=torch.long)
 
 
-def _blocks(n_layers: int, bytes_per_layer: int) -> list[slice]:
-    """Slices of the layers whose ``bytes_per_layer`` each fit ``CHUNK_BYTES`` together."""
-    size = max(1, min(n_layers, CHUNK_BYTES // max(1, bytes_per_layer)))
-    return [slice(start, min(start + size, n_layers)) for start in range(0, n_layers, size)]
+def _blocks(layers: slice, bytes_per_layer: int) -> list[slice]:
+    """``layers`` cut into slices as large as ``CHUNK_BYTES`` allows at ``bytes_per_layer`` each
+    (a few large operations instead of one small one per layer: fewer kernel launches on a GPU)."""
+    size = max(1, CHUNK_BYTES // max(1, bytes_per_layer))
+    return [slice(start, min(start + size, layers.stop)) for start in range(layers.start, layers.stop, size)]
 
 
 def group_effects(grads: PatternGradients, mask: Bool[torch.Tensor, "query key"], per_head: bool = False,

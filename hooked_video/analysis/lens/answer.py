@@ -18,7 +18,7 @@ import torch
 
 from hooked_video.analysis.accuracy import PAPER_RULE
 from hooked_video.runtime.capture import capture
-from hooked_video.analysis.lens.core import apply, final_norm, is_correct, unembed
+from hooked_video.analysis.lens.core import apply, final_norm, is_correct, stacked_on_host, unembed
 from hooked_video.model.prompt import LETTERS
 
 NORMS = ("released", "final", "none")
@@ -50,10 +50,10 @@ def answer_rows(model, prompt, acts: dict[str, torch.Tensor], norm: str, correct
         for layer, name in enumerate(answer_names(n_layers)):
             resid = apply(final_norm(model), acts[name]) if _normed(norm, layer, n_layers) else acts[name]
             probs = apply(unembed(model), resid).float().softmax(-1).reshape(-1)
-            per_layer.append(probs[list(letters)].cpu())
+            per_layer.append(probs[list(letters)])
     return [{"layer": layer, "option": option, "letter": LETTERS[option], "is_true": option == prompt.answer,
              "prob": prob, "norm": norm, "correct": correct}
-            for layer, probs in enumerate(torch.stack(per_layer).tolist()) for option, prob in enumerate(probs)]  # fmt: skip
+            for layer, probs in enumerate(stacked_on_host(per_layer).tolist()) for option, prob in enumerate(probs)]  # fmt: skip
 
 
 def answer_probability_by_layer(model, prompt, *, norm: str, rule: str = PAPER_RULE) -> pd.DataFrame:

@@ -138,6 +138,11 @@ class LensResult:
                 f"k={self.top_ids.shape[-1]}, correct={self.correct})")  # fmt: skip
 
 
+def stacked_on_host(per_layer: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer results stacked and copied to the host at once (layers may sit on several GPUs)."""
+    return torch.stack([t.to(per_layer[0].device) for t in per_layer]).cpu()
+
+
 def top_tokens(model, residuals: list[torch.Tensor], variant: str, top_k: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(top ids, top probs) of shape (L, positions, k) and the strings of the ids seen."""
     ids, probs = [], []
@@ -146,12 +151,12 @@ def top_tokens(model, residuals: list[torch.Tensor], variant: str, top_k: int) -
         top = p.topk(top_k, dim=-1)
         ids.append(top.indices)
         probs.append(top.values)
-    top_ids = torch.stack([i.to(ids[0].device) for i in ids]).cpu()  # one copy to the host (layers may sit on several GPUs)
+    top_ids = stacked_on_host(ids)
     unique = top_ids.unique().tolist()
     names = model.tokenizer.convert_ids_to_tokens(unique)
     # rows of the unembedding past the tokenizer's vocabulary (padding rows, e.g. LLaVA-NeXT-7B's 32064 vs 32002)
     strings = [name if name is not None else f"<no token {i}>" for i, name in zip(unique, names)]
-    return top_ids, torch.stack([p.to(probs[0].device) for p in probs]).cpu(), dict(zip(unique, strings))
+    return top_ids, stacked_on_host(probs), dict(zip(unique, strings))
 
 
 def is_correct(model, prompt, last_logits: torch.Tensor, rule: str = PAPER_RULE) -> bool | None:
