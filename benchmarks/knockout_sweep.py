@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shapes import PRESETS, build_hf, model_and_prompt  # noqa: E402
+from shapes import PRESETS, add_masked_sdpa_option, build_hf, model_and_prompt, use_masked_sdpa  # noqa: E402
 
 from hooked_video import flow, knockout  # noqa: E402
 
@@ -185,8 +185,10 @@ def main() -> None:
     parser.add_argument("--confident", type=float, default=0.0,
                         help="raise the baseline answer's logit by this much (a well-conditioned prediction for the "
                              "exactness comparison; random weights otherwise give near-uniform distributions)")
+    add_masked_sdpa_option(parser)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    use_masked_sdpa(args.masked_sdpa)
     if args.float32_truth and args.skip_hooks:
         parser.error("--float32-truth compares the exactness sweeps, which --skip-hooks skips")
     device = args.device
@@ -196,7 +198,8 @@ def main() -> None:
     if args.confident:
         make_confident(model, prompt, args.confident)
     result = {"preset": args.preset, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-              "dtype": str(dtype), "n_positions": prompt.n_positions, "n_layers": n_layers, "batch_size": args.batch_size}  # fmt: skip
+              "dtype": str(dtype), "n_positions": prompt.n_positions, "n_layers": n_layers, "batch_size": args.batch_size,
+              "masked_sdpa": args.masked_sdpa}  # fmt: skip
     print(json.dumps(result), flush=True)
 
     # the released approach as the released scripts run it: a plain HF model (eager attention,

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shapes import PRESETS, build  # noqa: E402
+from shapes import PRESETS, add_masked_sdpa_option, build, use_masked_sdpa  # noqa: E402
 
 from hooked_video import HookedVideoLLM  # noqa: E402
 from hooked_video.analysis import pathways  # noqa: E402
@@ -106,10 +106,12 @@ def main() -> None:
                         help="the pathway ranges and random fraction of one of the paper's models, as reproduce uses them "
                              "on that checkpoint (default: ranges derived from the sweep, r from the run)")
     parser.add_argument("--steps", action="store_true", help="also time the steps inside the stages")
+    add_masked_sdpa_option(parser)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="the tokenizer has no token")  # a preset's word-level vocabulary
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    use_masked_sdpa(args.masked_sdpa)
     model = build(args.preset, args.device, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         in_memory = args.in_memory or not video_io()
@@ -124,7 +126,7 @@ def main() -> None:
         total = time.perf_counter() - start
     result = {"preset": args.preset, "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "dtype": str(dtype), "samples": len(samples), "select": args.select, "engine": args.engine,
-              "pathway_preset": args.pathway_preset,
+              "pathway_preset": args.pathway_preset, "masked_sdpa": args.masked_sdpa,
               "videos": "frames in memory" if in_memory else "encoded files",
               "total_s": round(total, 2), "per_sample_s": round(total / len(samples), 3),
               "stages_s": {k: round(v, 2) for k, v in seconds.items()},

@@ -155,3 +155,18 @@ def model_and_prompt(preset: str, device: str):
     prompt = model.prepare(frames_for(preset), "which way does the ball move ?", ["left", "right", "up", "down"],
                            answer=1, num_frames=None)  # fmt: skip
     return model, prompt
+
+
+def add_masked_sdpa_option(parser) -> None:
+    """``--masked-sdpa``: which SDPA kernels masked attention (knockouts) runs on."""
+    parser.add_argument("--masked-sdpa", default="package", choices=["package", "torch"],
+                        help="SDPA kernels of masked attention (knockouts): the package's order (memory-efficient first; "
+                             "default) or PyTorch's own choice (cuDNN first on an H100)")  # fmt: skip
+
+
+def use_masked_sdpa(choice: str) -> None:
+    """Apply ``--masked-sdpa`` (process-wide)."""
+    from hooked_video.runtime import attention
+
+    if choice == "torch":
+        attention.MASKED_SDPA_BACKENDS = ()

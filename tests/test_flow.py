@@ -132,6 +132,25 @@ def test_summary_mean_and_bootstrap_ci():
     assert 1 < second.ci_high - second.ci_low < 8  # sd 5.9 / sqrt(50) ~ 0.83; 95% ~ 3.3 wide
 
 
+def test_summary_intervals_are_each_groups_own_bootstrap():
+    """The summary's interval of every group is ``bootstrap_ci`` of that group's values alone (groups of
+    several sizes, a missing value, groups in order of first appearance), as a loop over groups gives it."""
+    rng = np.random.default_rng(3)
+    rows = [{"task": task, "target": "t", "condition": condition, "layer": layer, "rel_change": rng.normal(-5, 10)}
+            for task, n in (("b", 7), ("a", 3)) for condition in ("y", "x") for layer in (2, 0, 1) for _ in range(n)]
+    df = pd.DataFrame(rows)
+    df.loc[5, "rel_change"] = np.nan  # a group with a missing value: its interval is NaN, its mean skips it
+    summary = flow.summarize(df, n_boot=200, seed=4)
+    assert list(summary.task.unique()) == ["b", "a"] and list(summary.condition.unique()) == ["y", "x"]
+    for _, row in summary.iterrows():
+        values = df[(df.task == row.task) & (df.condition == row.condition) & (df.layer == row.layer)].rel_change
+        low, high = flow.bootstrap_ci(values.to_numpy(), n_boot=200, seed=4)
+        assert row.n == len(values) and row["mean"] == pytest.approx(values.mean())
+        assert (row.ci_low, row.ci_high) == pytest.approx((low, high), nan_ok=True)
+    assert summary.ci_low.isna().sum() == 1
+    assert flow.summarize(df.iloc[:0]).empty
+
+
 def test_custom_conditions_and_layers(llava):
     custom = {"my-target": {"video->last": lambda tm: knockout.between(tm.video, tm.last, tm)}}
     df = flow.sweep(llava, make_samples(1), targets=[custom, "cross-frame"], layers=[1, 2], window=1,

@@ -116,6 +116,21 @@ def test_curves_of_models_with_different_targets():
     assert len(fig.axes) == 2
 
 
+def test_curves_name_each_condition_once_per_column_in_one_colour():
+    rows = [{"task": task, "target": target, "condition": condition, "layer": layer, "rel_change": -float(layer)}
+            for task in ("a", "b") for target, conditions in (("cross-frame", ["cross-frame"]), ("vql-to-ql", ["v->l", "q->l"]))
+            for condition in conditions for layer in range(3)]  # fmt: skip
+    df = pd.DataFrame(rows)
+    df = df[~((df.task == "a") & (df.condition == "v->l"))]  # a condition missing from the first row's panel
+    fig = viz.knockout_curves(df)
+    (cross_a, vql_a), (cross_b, vql_b) = np.array(fig.axes).reshape(2, 2)
+    assert [t.get_text() for t in cross_a.get_legend().get_texts()] == ["cross-frame"]
+    assert [t.get_text() for t in vql_a.get_legend().get_texts()] == ["q->l", "v->l"]  # the column's every condition
+    assert cross_b.get_legend() is None and vql_b.get_legend() is None
+    colour = {ax: {line.get_label(): line.get_color() for line in ax.lines} for ax in (vql_a, vql_b)}
+    assert colour[vql_a]["q->l"] == colour[vql_b]["q->l"] != colour[vql_b]["v->l"]
+
+
 # ----- 6. window styles -----------------------------------------------------------------------------
 def released_window(layer, k, n_layers, style):
     """The released code's layer lists, written out independently."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -128,12 +129,23 @@ def _eager(query, key, value, mask, scaling) -> torch.Tensor:
     return torch.matmul(weights, value).transpose(1, 2).contiguous()
 
 
+#: SDPA kernels for a masked call on a GPU (knockouts), in order of preference. cuDNN's attention
+#: builds an execution plan for every new shape: each new prompt length cost a four-target sweep
+#: 1-2 s more at the 7B shape on an H100, where memory-efficient attention (no plans) was 3-9%
+#: slower per call (benchmarks/results.md). An empty tuple leaves the choice to PyTorch.
+MASKED_SDPA_BACKENDS = (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
+
+
 def attend(module, query, key, value, mask, dropout, scaling, **kwargs) -> torch.Tensor:
     """The fast path's attention of (batch, heads, q, d_head) queries under ``mask`` (None: causal),
-    output (batch, q, heads, d_head): SDPA, or the reference arithmetic under ``eager_arithmetic()``."""
+    output (batch, q, heads, d_head): SDPA (masked calls on a GPU with ``MASKED_SDPA_BACKENDS``),
+    or the reference arithmetic under ``eager_arithmetic()``."""
     if _STATE.eager:
         return _eager(query, key, value, mask, scaling)
-    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)[0]
+    if mask is None or not query.is_cuda or not MASKED_SDPA_BACKENDS:
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)[0]
+    with sdpa_kernel(list(MASKED_SDPA_BACKENDS), set_priority=True):
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)[0]
 
 
 def _band(mask: torch.Tensor | None, edges, start: int, stop: int, offset: int, k_len: int, device) -> torch.Tensor:

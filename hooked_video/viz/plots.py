@@ -31,42 +31,57 @@ def knockout_curves(data: pd.DataFrame | Mapping[str, pd.DataFrame], value: str 
     """Mean relative change per layer with bootstrap 95% bands: one row of panels per task (the
     paper never pools tasks; ``pool_tasks=True`` does), one panel per target, one colour per
     condition, one line style per model (``{"image": df1, "video-FT": df2}``; the sweeps may
-    cover different targets). Layers are drawn at x = layer + 1 as in the paper; a relative-change
-    panel spans at least ``MIN_SPAN`` (2) percentage points, so that noise stays flat."""
+    cover different targets); each column's legend is in its first panel with lines. Layers are
+    drawn at x = layer + 1 as in the paper; a relative-change panel spans at least ``MIN_SPAN``
+    (2) percentage points, so that noise stays flat."""
     models = _as_models(data)
     frames = [df for df in models.values() if len(df)]
     all_targets = list(dict.fromkeys(t for df in frames for t in df.target))
     targets = list(targets) if targets else all_targets
     all_tasks = ["all tasks"] if pool_tasks else sorted({t for df in frames for t in df.task}) or ["all tasks"]
     tasks = list(tasks) if tasks else all_tasks
+    keys = ["target", "condition", "layer"] if pool_tasks else ["task", "target", "condition", "layer"]
+    summaries = {name: summarize(df, value=value, by=keys, n_boot=n_boot, seed=seed) if len(df) else None
+                 for name, df in models.items()}  # fmt: skip
+    styles = dict(zip(summaries, LINESTYLES * 4))
     fig = StaticFigure(figsize=(4.2 * max(len(targets), 1), 3.4 * len(tasks)), layout="constrained")
     axes = fig.subplots(len(tasks), max(len(targets), 1), squeeze=False)
-    for row, task in zip(axes, tasks):
-        for ax, target in zip(row, targets):
-            colours: dict[str, str] = {}
-            for style, (model_name, df) in zip(LINESTYLES * 4, models.items()):
-                rows = df[df.target == target] if pool_tasks else df[(df.target == target) & (df.task == task)]
-                summary = summarize(rows, value=value, pool_tasks=True, n_boot=n_boot, seed=seed)
-                for condition, curve in summary.groupby("condition", sort=False):
+    for column, target in enumerate(targets):
+        # one colour per condition in every row of the column, named once, in its first panel
+        lines = {(name, condition): None for name, summary in summaries.items() if summary is not None
+                 for condition in summary.condition[summary.target == target]}  # fmt: skip
+        colours = {condition: f"C{i}" for i, condition in enumerate(dict.fromkeys(c for _, c in lines))}
+        for row, task in enumerate(tasks):
+            ax = axes[row, column]
+            for name, summary in summaries.items():
+                if summary is None:
+                    continue
+                panel = summary[summary.target == target] if pool_tasks else summary[(summary.target == target) & (summary.task == task)]
+                for condition, curve in panel.groupby("condition", sort=False):
                     x = curve.layer.to_numpy() + 1
-                    colour = colours.setdefault(condition, f"C{len(colours)}")
-                    label = f"{condition} ({model_name})" if model_name else condition
-                    ax.plot(x, curve["mean"], style, color=colour, label=label, linewidth=1.6)
-                    ax.fill_between(x, curve.ci_low, curve.ci_high, color=colour, alpha=0.15, linewidth=0)
-            ax.axhline(0, color="grey", linewidth=0.8)
-            if value == "rel_change":  # noise of a few thousandths of a percent is not drawn as a deep dip
-                low, high = ax.get_ylim()
-                if high - low < MIN_SPAN:
-                    middle = (high + low) / 2
-                    ax.set_ylim(middle - MIN_SPAN / 2, middle + MIN_SPAN / 2)
-            ax.set_title(target if len(tasks) == 1 and pool_tasks else f"{task}: {target}", fontsize=10)
-            ax.set_xlabel("layer (1-based)")
-            ax.set_ylabel("relative change of P(answer) (%)" if value == "rel_change" else value)
-            if colours:
-                ax.legend(fontsize=7)
-            else:
+                    lines[name, condition] = ax.plot(x, curve["mean"], styles[name], color=colours[condition],
+                                                     label=f"{condition} ({name})" if name else condition, linewidth=1.6)[0]  # fmt: skip
+                    ax.fill_between(x, curve.ci_low, curve.ci_high, color=colours[condition], alpha=0.15, linewidth=0)
+            _finish_panel(ax, value, target if len(tasks) == 1 and pool_tasks else f"{task}: {target}")
+            if not ax.lines[1:]:  # only the zero line
                 ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", color="grey")
+        shown = [line for line in lines.values() if line is not None]
+        if shown:
+            next(ax for ax in axes[:, column] if ax.lines[1:]).legend(handles=shown, fontsize=7)
     return fig
+
+
+def _finish_panel(ax, value: str, title: str) -> None:
+    """Zero line, y range (a relative change spans at least ``MIN_SPAN``), title and labels."""
+    ax.axhline(0, color="grey", linewidth=0.8)
+    if value == "rel_change":  # noise of a few thousandths of a percent is not drawn as a deep dip
+        low, high = ax.get_ylim()
+        if high - low < MIN_SPAN:
+            middle = (high + low) / 2
+            ax.set_ylim(middle - MIN_SPAN / 2, middle + MIN_SPAN / 2)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("layer (1-based)")
+    ax.set_ylabel("relative change of P(answer) (%)" if value == "rel_change" else value)
 
 
 def keyword_bars(frequencies: KeywordFrequencies | Mapping[str, KeywordFrequencies], title: str = "") -> Figure:

@@ -36,15 +36,45 @@ def summarize(df: pd.DataFrame, value: str = "rel_change", by: Sequence[str] | N
 
     Groups are (task, target, condition, layer): one curve per task, as in the paper.
     ``pool_tasks=True`` pools the tasks (so does a table without a task column); ``by`` sets
-    the grouping columns explicitly.
+    the grouping columns explicitly. Each group's interval is ``bootstrap_ci`` of its values
+    (the same numbers), computed for all groups of one size at once.
     """
     by = _grouping(df, by, pool_tasks)
-    records = []
-    for key, group in df.groupby(by, sort=False):
-        low, high = bootstrap_ci(group[value].to_numpy(), n_boot, ci, seed)
-        key = key if isinstance(key, tuple) else (key,)
-        records.append({**dict(zip(by, key)), "mean": group[value].mean(), "ci_low": low, "ci_high": high, "n": len(group)})
-    return by_layer(pd.DataFrame(records, columns=[*by, "mean", "ci_low", "ci_high", "n"]), by)
+    columns = [*by, "mean", "ci_low", "ci_high", "n"]
+    grouped = df.groupby(by, sort=False)
+    table = grouped[value].agg(["mean", "size"]).reset_index().rename(columns={"size": "n"})
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    codes = grouped.ngroup().to_numpy()
+    kept = codes >= 0  # rows of a key with a missing value belong to no group
+    order = np.argsort(codes[kept], kind="stable")  # each group's rows in their original order
+    values = df[value].to_numpy(dtype=float)[kept][order]
+    starts = np.concatenate([[0], np.cumsum(table.n.to_numpy())[:-1]])
+    low, high = np.empty(len(table)), np.empty(len(table))
+    for size in np.unique(table.n):
+        groups = np.flatnonzero(table.n.to_numpy() == size)
+        rows = values[starts[groups, None] + np.arange(size)]  # (groups, size)
+        low[groups], high[groups] = _bootstrap_rows(rows, n_boot, ci, seed)
+    table["ci_low"], table["ci_high"] = low, high
+    return by_layer(table[columns], by)
+
+
+#: Bootstrap means computed at once (groups x resamples x values) for ``summarize``.
+_BOOTSTRAP_BLOCK = 1 << 22
+
+
+def _bootstrap_rows(rows: np.ndarray, n_boot: int, ci: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``bootstrap_ci`` of every row of ``rows`` (groups, size): the same resamples for each
+    row, as each group's own call draws them from a fresh generator of ``seed``."""
+    size = rows.shape[1]
+    picks = np.random.default_rng(seed).integers(0, size, (n_boot, size))
+    alpha = (1 - ci) / 2
+    step = max(1, _BOOTSTRAP_BLOCK // (n_boot * size))
+    low, high = np.empty(len(rows)), np.empty(len(rows))
+    for start in range(0, len(rows), step):
+        means = rows[start : start + step][:, picks].mean(-1)  # (groups, n_boot)
+        low[start : start + step], high[start : start + step] = np.quantile(means, [alpha, 1 - alpha], axis=1)
+    return low, high
 
 
 def by_layer(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:

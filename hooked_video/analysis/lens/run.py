@@ -144,6 +144,8 @@ def _lens_items(model, items, variant, norm, select, rule, store, num_frames, pr
     base_rows = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
     top1 = store.rows("lens") if store is not None else []
     answers = store.rows("answer_probability") if store is not None else []
+    # keys stored before this run (a killed run's rows of a sample without its baseline row), read once
+    stored = {table: store.done(table) for table in ("lens", "answer_probability")} if store is not None else {}
     keep = lambda correct: is_selected({"correct": correct}, select)  # noqa: E731
     baseline = []
     for sample_id, task, item in tqdm(items, desc="logit lens", disable=not progress):
@@ -157,8 +159,8 @@ def _lens_items(model, items, variant, norm, select, rule, store, num_frames, pr
                         for layer in range(model.cfg.n_layers)]  # fmt: skip
             new_answers = [{"sample_id": sample_id, "task": task, **r} for r in probe["answer"]]
             if store is not None:  # rows a killed run stored already are skipped by key
-                new_top1 = _only_new(store, "lens", new_top1)
-                new_answers = _only_new(store, "answer_probability", new_answers)
+                new_top1 = _only_new(store, "lens", new_top1, stored["lens"])
+                new_answers = _only_new(store, "answer_probability", new_answers, stored["answer_probability"])
             top1 += new_top1
             answers += new_answers
         row = {"sample_id": sample_id, "task": task, "correct": correct}
@@ -168,9 +170,9 @@ def _lens_items(model, items, variant, norm, select, rule, store, num_frames, pr
     return baseline, top1, answers
 
 
-def _only_new(store, table: str, rows: list[dict]) -> list[dict]:
-    """Store ``rows``; returns those not stored before (a resumed sample's rows appear once)."""
-    done = store.done(table)
-    fresh = [r for r in rows if tuple(r[f] for f in store.key(table)) not in done]
+def _only_new(store, table: str, rows: list[dict], stored: set[tuple]) -> list[dict]:
+    """Store ``rows``; returns those whose key is not in ``stored`` (the keys the store held when
+    the run began: a resumed sample's rows appear once; a run stores each sample once)."""
+    fresh = [r for r in rows if tuple(r[f] for f in store.key(table)) not in stored]
     store.add(table, fresh)
     return fresh

@@ -1,0 +1,75 @@
+"""Sweeps of questions whose prompt lengths the process has not seen yet, with each SDPA kernel order
+for masked attention: seconds per sample, first time and again.
+
+cuDNN's attention builds an execution plan for every new shape, and every new prompt length gives a
+sweep new shapes; memory-efficient attention builds none. The questions are split in two halves
+of the same lengths; each order sweeps one half fresh and then the other half (lengths it has seen).
+
+    python benchmarks/prompt_lengths.py --preset llava-next-video-7b --per-task 6 --out results/prompt_lengths.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reproduce_speed import memory_samples  # noqa: E402
+from shapes import PRESETS, build  # noqa: E402
+
+from hooked_video.analysis import flow  # noqa: E402
+from hooked_video.runtime import attention  # noqa: E402
+
+#: The kernel orders compared: the package's default, and PyTorch's own choice.
+ORDERS = {"package": attention.MASKED_SDPA_BACKENDS, "torch": ()}
+
+
+def timed_sweep(model, sample, device: str) -> float:
+    """Seconds of one four-target sweep of one question (synchronised)."""
+    torch.cuda.synchronize() if device.startswith("cuda") else None
+    start = time.perf_counter()
+    flow.sweep(model, [sample], select="all", progress=False)
+    torch.cuda.synchronize() if device.startswith("cuda") else None
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--per-task", type=int, default=6)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="the tokenizer has no token")
+    model = build(args.preset, args.device, torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    samples = memory_samples(args.per_task)
+    halves = {"package": samples[0::2], "torch": samples[1::2]}  # the tasks' questions alternate: same lengths
+    lengths = [model.prepare(s.video, question=s.question, options=s.options).n_positions for s in samples]
+    result = {"preset": args.preset, "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+              "questions": len(samples), "distinct_lengths": len(set(lengths)), "lengths": lengths}  # fmt: skip
+    timed_sweep(model, samples[0], args.device)  # warm-up (a length of both halves)
+    for order, backends in ORDERS.items():
+        attention.MASKED_SDPA_BACKENDS = backends
+        fresh = [timed_sweep(model, s, args.device) for s in halves[order]]
+        seen = [timed_sweep(model, s, args.device) for s in halves["torch" if order == "package" else "package"]]
+        result[order] = {"new_lengths_mean_s": statistics.mean(fresh), "new_lengths_median_s": statistics.median(fresh),
+                         "new_lengths_max_s": max(fresh), "seen_lengths_mean_s": statistics.mean(seen),
+                         "seen_lengths_median_s": statistics.median(seen),
+                         "per_question_s": [round(t, 3) for t in fresh]}  # fmt: skip
+        print(json.dumps({order: result[order]}), flush=True)
+    attention.MASKED_SDPA_BACKENDS = ORDERS["package"]
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
