@@ -97,6 +97,36 @@ def test_lens_run_selects_correct_samples_by_default(steered, tmp_path):
         steered.logits = {}
 
 
+def test_lens_run_takes_known_answers_and_runs_only_the_selected_samples(steered):
+    """With ``known_correct`` (a sweep's baseline records), the lens selects by them and runs no forward
+    for a sample they drop; with the sweep's own answers the run equals one that finds them itself."""
+    steered.logits = {"A": 5.0, "B": 1.0}
+    data = samples(4, answers=[0, 1, 0, 1])
+    forwards = []
+    counter = steered.hf_model.lm_head.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        sweep = flow.sweep(steered, data, targets=["cross-frame"], layers=[0], window=1, select="all", num_frames=None,
+                           progress=False)  # fmt: skip
+        answered = {b["sample_id"]: b["correct"] for b in sweep.attrs["baseline"]}
+        assert answered == {"s0": True, "s1": False, "s2": True, "s3": False}
+        forwards.clear()
+        alone = lens.run(steered, data, variant="unembed", norm="released", num_frames=None, progress=False)
+        assert len(forwards) == 4
+        forwards.clear()
+        told = lens.run(steered, data, variant="unembed", norm="released", num_frames=None, progress=False,
+                        known_correct=answered)  # fmt: skip
+        assert len(forwards) == 2  # the two wrongly answered samples are not run
+        for table in ("baseline", "top1", "answer_probability"):
+            pd.testing.assert_frame_equal(getattr(told, table), getattr(alone, table))
+        flipped = lens.run(steered, data, variant="unembed", norm="released", num_frames=None, progress=False,
+                           known_correct={"s0": False, "s1": True})  # s2, s3 found by their own forward
+        assert flipped.baseline.correct.tolist() == [False, True, True, False]
+        assert set(flipped.top1.sample_id) == {"s1", "s2"} == set(flipped.answer_probability.sample_id)
+    finally:
+        counter.remove()
+        steered.logits = {}
+
+
 # ----- 4. per-task results ------------------------------------------------------------------------
 def test_summaries_are_per_task_unless_pooled():
     df = pd.DataFrame({"task": ["a", "a", "b", "b"], "target": "t", "condition": "c", "layer": 0,

@@ -161,8 +161,10 @@ def reproduce(video_model, data, out: str | Path = "runs/paper", image_model=Non
         image_cf = _merged(lambda part: flow.sweep(image_model, items, targets=["cross-frame"], out=out / "image_flow",
                                                    shard=part, **common), shard)  # fmt: skip
     norm = released_norm(video_model)
+    answered = {b["sample_id"]: bool(b["correct"]) for b in sweep.attrs["baseline"]}  # no second forward to find out
     lens_run = _merged(lambda part: lens.run(video_model, items, variant=lens_variant, norm=norm, select=select,
-                                             out=out / "lens", progress=progress, shard=part), shard)  # fmt: skip
+                                             out=out / "lens", progress=progress, shard=part, known_correct=answered),
+                       shard)  # fmt: skip
     acc = pd.concat({"video": baseline_accuracy(sweep).accuracy}
                     | ({"image": baseline_accuracy(image_cf).accuracy} if image_model else {}), axis=1)  # fmt: skip
     acc.attrs["rule"] = PAPER_RULE

@@ -70,8 +70,10 @@ class LensRun:
         return f"LensRun(variant={self.variant!r}, norm={self.norm!r}, select={self.select!r}: {kept} of {n} samples)"
 
 
-def _probe(model, prompt, variant: str, norm: str, top_k: int, rule: str, keep) -> tuple[bool | None, dict | None]:
-    """One forward: correctness, and (if ``keep(correct)``) the lens tokens and answer rows."""
+def _probe(model, prompt, variant: str, norm: str, top_k: int, rule: str, keep,
+           known: bool | None = None) -> tuple[bool | None, dict | None]:  # fmt: skip
+    """One forward: correctness (``known`` if given), and (if ``keep(correct)``) the lens tokens
+    and answer rows."""
     n_layers = model.cfg.n_layers
     tm = prompt.token_map
     video, last = tm.video, tm.last
@@ -81,7 +83,7 @@ def _probe(model, prompt, variant: str, norm: str, top_k: int, rule: str, keep) 
         wanted[name] = torch.cat([wanted[name], last]) if name in wanted else last
     reduce = {name: (lambda act, pos=pos: act[pos.to(act.device)]) for name, pos in wanted.items()}
     acts, logits = capture(model, prompt, list(wanted), reduce)
-    correct = is_correct(model, prompt, logits[0, -1], rule)
+    correct = is_correct(model, prompt, logits[0, -1], rule) if known is None else known
     if not keep(correct):
         return correct, None
     n_video = len(video)
@@ -96,7 +98,7 @@ def _probe(model, prompt, variant: str, norm: str, top_k: int, rule: str, keep) 
 @torch.no_grad()
 def run(model, samples: Iterable, *, variant: str, norm: str, select: str = "correct", rule: str = PAPER_RULE,
         out: str | Path | None = None, resume: bool = True, num_frames: int | None = 8, progress: bool = True,
-        shard: Shard | str | None = None) -> LensRun:  # fmt: skip
+        shard: Shard | str | None = None, known_correct: Mapping[str, bool] | None = None) -> LensRun:  # fmt: skip
     """Logit lens (top-1 of every video position, per entry) and answer probability by layer
     over ``samples``, for the samples ``select`` keeps.
 
@@ -109,6 +111,10 @@ def run(model, samples: Iterable, *, variant: str, norm: str, select: str = "cor
             ``results.sqlite``; ``store.load_results(out, table)``); a rerun with the same
             settings resumes.
         shard: a share of a data-parallel run (see ``flow.sweep``).
+        known_correct: whether each sample (by id) is answered correctly under ``rule``, where
+            that is known already (a sweep's baseline records of the same samples and frames:
+            ``{r["sample_id"]: r["correct"] for r in df.attrs["baseline"]}``). Those samples are
+            selected by it, and one that ``select`` drops is not run at all.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -126,7 +132,8 @@ def run(model, samples: Iterable, *, variant: str, norm: str, select: str = "cor
                            keys={"lens": ("sample_id", "layer"), "answer_probability": ("sample_id", "layer", "option")},
                            resume=resume, shard=shard)  # fmt: skip
     try:
-        baseline, top1, answers = _lens_items(model, items, variant, norm, select, rule, store, num_frames, progress)
+        baseline, top1, answers = _lens_items(model, items, variant, norm, select, rule, store, num_frames, progress,
+                                              known_correct or {})  # fmt: skip
     finally:
         if store is not None:
             store.close()
@@ -138,9 +145,9 @@ def run(model, samples: Iterable, *, variant: str, norm: str, select: str = "cor
                    pd.DataFrame(answers), variant, norm, select, rule, model.cfg.n_layers)  # fmt: skip
 
 
-def _lens_items(model, items, variant, norm, select, rule, store, num_frames, progress):
+def _lens_items(model, items, variant, norm, select, rule, store, num_frames, progress, known: Mapping[str, bool]):
     """The loop over samples: (baselines, lens rows, answer-probability rows) of all samples,
-    those stored by an earlier run included."""
+    those stored by an earlier run included; a sample ``known`` to be dropped is not run."""
     base_rows = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
     top1 = store.rows("lens") if store is not None else []
     answers = store.rows("answer_probability") if store is not None else []
@@ -152,7 +159,9 @@ def _lens_items(model, items, variant, norm, select, rule, store, num_frames, pr
         if sample_id in base_rows:
             baseline.append(base_rows[sample_id])
             continue
-        correct, probe = _probe(model, to_prompt(model, item, num_frames), variant, norm, 1, rule, keep)
+        correct, probe = known.get(sample_id), None
+        if correct is None or keep(correct):
+            correct, probe = _probe(model, to_prompt(model, item, num_frames), variant, norm, 1, rule, keep, correct)
         if probe is not None:
             new_top1 = [{"sample_id": sample_id, "task": task, "layer": layer, "positions": probe["positions"],
                          "top1": probe["tokens"][layer], "top1_prob": probe["probs"][layer].tolist()}
