@@ -24,13 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce_speed import memory_samples  # noqa: E402
-from shapes import PRESETS, build  # noqa: E402
+from shapes import MASKED_SDPA_ORDERS, PRESETS, build, use_masked_sdpa  # noqa: E402
 
 from hooked_video.analysis import flow  # noqa: E402
-from hooked_video.runtime import attention  # noqa: E402
-
-#: The kernel orders compared: the package's default, and PyTorch's own choice.
-ORDERS = {"package": attention.MASKED_SDPA_BACKENDS, "torch": ()}
 
 
 def timed_sweep(model, sample, device: str) -> float:
@@ -57,8 +53,8 @@ def main() -> None:
     result = {"preset": args.preset, "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "questions": len(samples), "distinct_lengths": len(set(lengths)), "lengths": lengths}  # fmt: skip
     timed_sweep(model, samples[0], args.device)  # warm-up (a length of both halves)
-    for order, backends in ORDERS.items():
-        attention.MASKED_SDPA_BACKENDS = backends
+    for order in MASKED_SDPA_ORDERS:
+        use_masked_sdpa(order)
         fresh = [timed_sweep(model, s, args.device) for s in halves[order]]
         seen = [timed_sweep(model, s, args.device) for s in halves["torch" if order == "package" else "package"]]
         result[order] = {"new_lengths_mean_s": statistics.mean(fresh), "new_lengths_median_s": statistics.median(fresh),
@@ -66,7 +62,7 @@ def main() -> None:
                          "seen_lengths_median_s": statistics.median(seen),
                          "per_question_s": [round(t, 3) for t in fresh]}  # fmt: skip
         print(json.dumps({order: result[order]}), flush=True)
-    attention.MASKED_SDPA_BACKENDS = ORDERS["package"]
+    use_masked_sdpa("package")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from hooked_video.runtime import attention
+
 CLIP_L_336 = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, image_size=336,
                   patch_size=14)  # fmt: skip
 VICUNA_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
@@ -157,16 +159,17 @@ def model_and_prompt(preset: str, device: str):
     return model, prompt
 
 
+#: The ``--masked-sdpa`` choices: the package's kernel order for masked SDPA, or PyTorch's own choice.
+MASKED_SDPA_ORDERS = {"package": attention.MASKED_SDPA_BACKENDS, "torch": ()}
+
+
 def add_masked_sdpa_option(parser) -> None:
     """``--masked-sdpa``: which SDPA kernels masked attention (knockouts) runs on."""
-    parser.add_argument("--masked-sdpa", default="package", choices=["package", "torch"],
+    parser.add_argument("--masked-sdpa", default="package", choices=list(MASKED_SDPA_ORDERS),
                         help="SDPA kernels of masked attention (knockouts): the package's order (memory-efficient first; "
                              "default) or PyTorch's own choice (cuDNN first on an H100)")  # fmt: skip
 
 
 def use_masked_sdpa(choice: str) -> None:
     """Apply ``--masked-sdpa`` (process-wide)."""
-    from hooked_video.runtime import attention
-
-    if choice == "torch":
-        attention.MASKED_SDPA_BACKENDS = ()
+    attention.MASKED_SDPA_BACKENDS = MASKED_SDPA_ORDERS[choice]

@@ -30,6 +30,7 @@ from hooked_video.runtime.engine import Engine
 from hooked_video.analysis.flow.records import last_position_probs
 from hooked_video.analysis.flow.sweep import choose_engine
 from hooked_video.data.mcqa import identify_all, to_prompt
+from hooked_video.runtime.capture import stacked_on_host
 from hooked_video.runtime.distributed import Shard, resolve_shard, wait_for_rows
 from hooked_video.runtime.store import ResultsMismatchError, model_identity, open_store
 from hooked_video.model.tokens import TokenMap
@@ -253,7 +254,7 @@ def count_edges(layer_edges: dict[int, ko.EdgeSet], n_positions: int) -> EdgeCou
     """Retained (allowed) and baseline (causal) edges summed over layers."""
     per_layer = causal_edges(n_positions)
     sums = [e.mask.sum() for e in layer_edges.values()]  # one host read for all layers, not one each
-    blocked = int(torch.stack([t.to(sums[0].device) for t in sums]).sum()) if sums else 0
+    blocked = int(stacked_on_host(sums).sum()) if sums else 0
     return EdgeCount(per_layer * len(layer_edges) - blocked, per_layer * len(layer_edges))
 
 

@@ -30,3 +30,8 @@ def capture(model, prompt, names: Sequence[str], reduce: Callable | Mapping[str,
         hooks = list(fwd_hooks) + [(name, keeper(name)) for name in names]
         logits = model.run_with_hooks(prompt, fwd_hooks=hooks, logits_to_keep=logits_to_keep)
     return store, logits
+
+
+def stacked_on_host(per_layer: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer results stacked and copied to the host at once (layers may sit on several GPUs)."""
+    return torch.stack([t.to(per_layer[0].device) for t in per_layer]).cpu()

@@ -49,10 +49,11 @@ def summarize(df: pd.DataFrame, value: str = "rel_change", by: Sequence[str] | N
     kept = codes >= 0  # rows of a key with a missing value belong to no group
     order = np.argsort(codes[kept], kind="stable")  # each group's rows in their original order
     values = df[value].to_numpy(dtype=float)[kept][order]
-    starts = np.concatenate([[0], np.cumsum(table.n.to_numpy())[:-1]])
+    sizes = table.n.to_numpy()
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     low, high = np.empty(len(table)), np.empty(len(table))
-    for size in np.unique(table.n):
-        groups = np.flatnonzero(table.n.to_numpy() == size)
+    for size in np.unique(sizes):
+        groups = np.flatnonzero(sizes == size)
         rows = values[starts[groups, None] + np.arange(size)]  # (groups, size)
         low[groups], high[groups] = _bootstrap_rows(rows, n_boot, ci, seed)
     table["ci_low"], table["ci_high"] = low, high

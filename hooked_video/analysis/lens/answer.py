@@ -18,7 +18,8 @@ import torch
 
 from hooked_video.analysis.accuracy import PAPER_RULE
 from hooked_video.runtime.capture import capture
-from hooked_video.analysis.lens.core import apply, final_norm, is_correct, stacked_on_host, unembed
+from hooked_video.analysis.lens.core import apply, final_norm, is_correct, unembed
+from hooked_video.runtime.capture import stacked_on_host
 from hooked_video.model.prompt import LETTERS
 
 NORMS = ("released", "final", "none")

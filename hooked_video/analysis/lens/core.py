@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 
 from hooked_video.analysis.accuracy import PAPER_RULE, predicted_option
-from hooked_video.runtime.capture import capture
+from hooked_video.runtime.capture import capture, stacked_on_host
 from hooked_video.model.tokens import TokenMap
 
 VARIANTS = ("unembed", "unembed-raw", "embed")
@@ -136,11 +136,6 @@ class LensResult:
     def __repr__(self) -> str:
         return (f"LensResult(variant={self.variant!r}, layers={self.n_layers}, positions={len(self.positions)}, "
                 f"k={self.top_ids.shape[-1]}, correct={self.correct})")  # fmt: skip
-
-
-def stacked_on_host(per_layer: list[torch.Tensor]) -> torch.Tensor:
-    """Per-layer results stacked and copied to the host at once (layers may sit on several GPUs)."""
-    return torch.stack([t.to(per_layer[0].device) for t in per_layer]).cpu()
 
 
 def top_tokens(model, residuals: list[torch.Tensor], variant: str, top_k: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
