@@ -35,6 +35,7 @@ lens_run = importlib.import_module("hooked_video.analysis.lens.run")
 from hooked_video.app import reproduce as reproduce_module  # noqa: E402
 from hooked_video.data import TVBench, synthetic  # noqa: E402
 from hooked_video.data.mcqa import Sample  # noqa: E402
+from hooked_video.data.prefetch import PromptPreparer  # noqa: E402
 
 #: The stages reproduce calls, as (module attribute holder, attribute) pairs, timed by wrapping.
 STAGES = {"load": (None, "load_benchmark"), "sweep": ("flow", "sweep"), "lens": ("lens", "run"),
@@ -45,10 +46,9 @@ STAGES = {"load": (None, "load_benchmark"), "sweep": ("flow", "sweep"), "lens": 
 
 #: With --steps, the steps inside the stages, timed the same way (nested: a step's time is in its stage's).
 STEPS = {"all: embed": (HookedVideoLLM, "embed"), "all: engine trace": (sweep_module.Engine, "trace"),
-         "sweep: prepare": (sweep_module, "to_prompt"),
-         "lens: prepare": (lens_run, "to_prompt"), "lens: forward": (lens_run, "capture"),
+         "all: prepare (waited for)": (PromptPreparer, "prompt"), "lens: forward": (lens_run, "capture"),
          "lens: top tokens": (lens_run, "top_tokens"), "lens: answer rows": (lens_run, "answer_rows"),
-         "pathways: prepare": (pathways, "to_prompt"), "pathways: embed + trace": (pathways._Runner, "__init__"),
+         "pathways: embed + trace": (pathways._Runner, "__init__"),
          "pathways: pathway edges": (pathways.PathwaySpec, "layer_edges"), "pathways: random draw": (pathways, "_random_draw"),
          "pathways: knockouts": (pathways._Runner, "knocked_out_many"), "pathways: predictions": (pathways, "_prediction")}  # fmt: skip
 

@@ -10,8 +10,9 @@ directly on the device in the benchmark dtype.
 from __future__ import annotations
 
 import contextlib
-
+import json
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -173,3 +174,22 @@ def add_masked_sdpa_option(parser) -> None:
 def use_masked_sdpa(choice: str) -> None:
     """Apply ``--masked-sdpa`` (process-wide)."""
     attention.MASKED_SDPA_BACKENDS = MASKED_SDPA_ORDERS[choice]
+
+
+def timed_sweep(model, samples, device: str, engine: str = "fast") -> float:
+    """Seconds of one four-target sweep of ``samples`` (every one knocked out; synchronised)."""
+    from hooked_video.analysis import flow
+
+    synchronise = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    synchronise()
+    start = time.perf_counter()
+    flow.sweep(model, samples, select="all", progress=False, engine=engine)
+    synchronise()
+    return time.perf_counter() - start
+
+
+def report(result: dict, out: str | None) -> None:
+    """Print a benchmark's result as JSON, and write it to ``out`` if given."""
+    print(json.dumps(result, indent=1))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1))

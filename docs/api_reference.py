@@ -38,7 +38,7 @@ API_MODULES = [
                                  "hooked_video.analysis.discovery.blocks", "hooked_video.analysis.discovery.ranked",
                                  "hooked_video.analysis.accuracy"]),
     ("data/: datasets", ["hooked_video.data.mcqa", "hooked_video.data.layout", "hooked_video.data.benchmarks",
-                         "hooked_video.data.synthetic"]),
+                         "hooked_video.data.synthetic", "hooked_video.data.prefetch"]),
     ("runtime/: how forwards run", ["hooked_video.runtime.edges", "hooked_video.runtime.attention",
                                     "hooked_video.runtime.fastpath", "hooked_video.runtime.engine",
                                     "hooked_video.runtime.capture", "hooked_video.runtime.store",

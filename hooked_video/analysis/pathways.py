@@ -29,7 +29,8 @@ from hooked_video.core.checks import InvalidInputError, check_count
 from hooked_video.runtime.engine import Engine
 from hooked_video.analysis.flow.records import last_position_probs
 from hooked_video.analysis.flow.sweep import choose_engine
-from hooked_video.data.mcqa import identify_all, to_prompt
+from hooked_video.data.mcqa import identify_all
+from hooked_video.data.prefetch import PromptPreparer
 from hooked_video.runtime.capture import stacked_on_host
 from hooked_video.runtime.distributed import Shard, resolve_shard, wait_for_rows
 from hooked_video.runtime.store import ResultsMismatchError, model_identity, open_store
@@ -487,13 +488,14 @@ def _run_phase(model, items, store, table: str, desc: str, progress: bool, compu
     """One row per sample from ``compute(prompt, sample_id)``, resuming from ``store``'s ``table``."""
     done = {r["sample_id"]: r for r in store.rows(table)} if store is not None else {}
     rows = []
-    for sample_id, task, item in tqdm(items, desc=desc, disable=not progress):
-        if sample_id not in done:
-            row = {"sample_id": sample_id, "task": task, **compute(to_prompt(model, item, num_frames), sample_id)}
-            if store is not None:
-                store.add(table, [row])
-            done[sample_id] = row
-        rows.append(done[sample_id])
+    with PromptPreparer(model, items, num_frames, wanted=lambda sample_id: sample_id not in done) as preparer:
+        for sample_id, task, _ in tqdm(items, desc=desc, disable=not progress):
+            if sample_id not in done:
+                row = {"sample_id": sample_id, "task": task, **compute(preparer.prompt(sample_id), sample_id)}
+                if store is not None:
+                    store.add(table, [row])
+                done[sample_id] = row
+            rows.append(done[sample_id])
     return rows
 
 

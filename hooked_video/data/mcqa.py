@@ -68,9 +68,10 @@ class Sample:
         """(frames, their seconds) sampled by ``model``'s family's rule (``family.frame_sampling``)."""
         return self.load_frames(num_frames, model.family.frame_sampling, with_times=True)
 
-    def prepare(self, model, num_frames: int | None = 8, **prepare_kwargs):
-        """This sample as a VideoPrompt for ``model`` (frames sampled by the model family's rule)."""
-        frames, times = self.frames_for(model, num_frames)
+    def prepare(self, model, num_frames: int | None = 8, decoded: tuple | None = None, **prepare_kwargs):
+        """This sample as a VideoPrompt for ``model`` (frames sampled by the model family's rule;
+        ``decoded``: what ``frames_for(model, num_frames)`` returned, if already called)."""
+        frames, times = self.frames_for(model, num_frames) if decoded is None else decoded
         return model.prepare(frames, self.question, self.options, self.answer, num_frames=None,
                              **{"frame_times": times, **prepare_kwargs})  # fmt: skip
 

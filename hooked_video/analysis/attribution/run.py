@@ -31,7 +31,8 @@ from hooked_video.analysis.attribution.groups import check_granularity, effects_
 from hooked_video.analysis.flow.records import baseline_record, check_selection, is_selected, last_position_probs
 from hooked_video.analysis.flow.targets import TARGETS, resolve_targets
 from hooked_video.core.checks import check_count
-from hooked_video.data.mcqa import identify_all, to_prompt
+from hooked_video.data.mcqa import identify_all
+from hooked_video.data.prefetch import PromptPreparer
 from hooked_video.runtime.distributed import Shard, resolve_shard
 from hooked_video.runtime.store import model_identity, open_store
 
@@ -101,16 +102,20 @@ def attribute(
                   "granularity": granularity, "head": head, "dtype": str(next(model.hf_model.parameters()).dtype)}  # fmt: skip
         store = open_store(out, "flow.attribute", config, [(i, item) for i, _, item in items], key=ROW_KEY,
                            keys={"baseline": ("sample_id",)}, resume=resume, shard=shard)  # fmt: skip
+    preparer = None
     try:
         frames, baselines = [], []
         done = {key[0] for key in store.done("rows")} if store is not None else set()
         done_base = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
-        for sample_id, task, item in tqdm(items, desc=f"attribution ({method})", disable=not progress):
+        resumed = lambda sample_id: sample_id in done_base and (  # noqa: E731  (stored, nothing left to do)
+            sample_id in done or not is_selected(done_base[sample_id], select))
+        preparer = PromptPreparer(model, items, num_frames, wanted=lambda sample_id: not resumed(sample_id))
+        for sample_id, task, _ in tqdm(items, desc=f"attribution ({method})", disable=not progress):
             base = done_base.get(sample_id)
-            if base is not None and (sample_id in done or not is_selected(base, select)):
+            if resumed(sample_id):
                 baselines.append(base)
                 continue
-            prompt = to_prompt(model, item, num_frames)
+            prompt = preparer.prompt(sample_id)
             embedded = model.embed(prompt)
             clean = pattern_gradients(model, embedded) if method == "atp" else None  # its forward is the baseline's
             if clean is not None:
@@ -136,6 +141,7 @@ def attribute(
             ids = {sample_id for sample_id, _, _ in items}
             frames = [pd.DataFrame([r for r in store.rows("rows") if r["sample_id"] in ids])]
     finally:
+        preparer.close() if preparer is not None else None
         if store is not None:
             store.close()
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

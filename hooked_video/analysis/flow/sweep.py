@@ -27,7 +27,8 @@ from hooked_video.runtime import attention
 from hooked_video.analysis import knockout as ko
 from hooked_video.analysis.accuracy import PAPER_RULE, check_rule
 from hooked_video.core.checks import InvalidInputError, check_count
-from hooked_video.data.mcqa import identify_all, to_prompt
+from hooked_video.data.mcqa import identify_all
+from hooked_video.data.prefetch import PromptPreparer
 from hooked_video.analysis.flow.records import (
     baseline_record,
     check_selection,
@@ -256,44 +257,52 @@ def _sweep_items(model, items, passes, resolved, select, store, runner, batch_si
     done_rows = store.done("rows") if store is not None else set()
     done_base = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
     rows, baselines = [], []
-    bar = tqdm(total=len(items) * len(passes), desc="knockout passes", disable=not progress)
-    for sample_id, task, item in items:
-        todo = [p for p in passes if (sample_id, p.target, p.condition, p.layer) not in done_rows]
+
+    def to_do(sample_id: str) -> list[Pass]:
+        return [p for p in passes if (sample_id, p.target, p.condition, p.layer) not in done_rows]
+
+    def resumed(sample_id: str) -> bool:  # stored, with nothing left to compute
         base = done_base.get(sample_id)
-        if base is not None and (not todo or not is_selected(base, select)):
+        return base is not None and (not to_do(sample_id) or not is_selected(base, select))
+
+    bar = tqdm(total=len(items) * len(passes), desc="knockout passes", disable=not progress)
+    with PromptPreparer(model, items, num_frames, wanted=lambda sample_id: not resumed(sample_id)) as preparer:
+        for sample_id, task, _ in items:
+            if resumed(sample_id):
+                baselines.append(done_base[sample_id])
+                bar.update(len(passes))
+                continue
+            todo, base = to_do(sample_id), done_base.get(sample_id)
+            prompt = preparer.prompt(sample_id)
+            if prompt.answer is None:
+                raise ValueError(f"sample {sample_id!r} has no answer; sweeps need multiple-choice prompts with answer=...")
+            embedded = model.embed(prompt)
+            if runner is not None:
+                trace = runner.trace(embedded)
+                probs = last_position_probs(trace.logits[None, None])[0].cpu()
+            else:
+                with attention.reference_attention():  # the reference path throughout
+                    logits = model.run_with_hooks(embedded, fwd_hooks=list(fwd_hooks), logits_to_keep=1)
+                probs = last_position_probs(logits)[0].cpu()
+            base = base or baseline_record(model, sample_id, task, prompt, probs, rule)
+            if sample_id not in done_base and store is not None:
+                store.add("baseline", [base])
             baselines.append(base)
-            bar.update(len(passes))
-            continue
-        prompt = to_prompt(model, item, num_frames)
-        if prompt.answer is None:
-            raise ValueError(f"sample {sample_id!r} has no answer; sweeps need multiple-choice prompts with answer=...")
-        embedded = model.embed(prompt)
-        if runner is not None:
-            trace = runner.trace(embedded)
-            probs = last_position_probs(trace.logits[None, None])[0].cpu()
-        else:
-            with attention.reference_attention():  # the reference path throughout
-                logits = model.run_with_hooks(embedded, fwd_hooks=list(fwd_hooks), logits_to_keep=1)
-            probs = last_position_probs(logits)[0].cpu()
-        base = base or baseline_record(model, sample_id, task, prompt, probs, rule)
-        if sample_id not in done_base and store is not None:
-            store.add("baseline", [base])
-        baselines.append(base)
-        if not is_selected(base, select):
-            bar.update(len(passes))
-            continue
-        bar.update(len(passes) - len(todo))
-        edges = {(p.target, p.condition): resolved[p.target][p.condition](prompt.token_map) for p in todo}
-        if runner is not None:
-            results = run_passes_with_engine(runner, trace, todo, edges, batch_size * prompt.n_positions)
-        else:
-            results = run_passes_with_hooks(model, embedded, todo, edges, n_layers, batch_size, fwd_hooks)
-        for chunk, chunk_probs in results:
-            new_rows = knockout_records(model, base, chunk_probs, chunk, prompt, rule)
-            if store is not None:
-                store.add("rows", new_rows)
-            rows.extend(new_rows)
-            bar.update(len(chunk))
+            if not is_selected(base, select):
+                bar.update(len(passes))
+                continue
+            bar.update(len(passes) - len(todo))
+            edges = {(p.target, p.condition): resolved[p.target][p.condition](prompt.token_map) for p in todo}
+            if runner is not None:
+                results = run_passes_with_engine(runner, trace, todo, edges, batch_size * prompt.n_positions)
+            else:
+                results = run_passes_with_hooks(model, embedded, todo, edges, n_layers, batch_size, fwd_hooks)
+            for chunk, chunk_probs in results:
+                new_rows = knockout_records(model, base, chunk_probs, chunk, prompt, rule)
+                if store is not None:
+                    store.add("rows", new_rows)
+                rows.extend(new_rows)
+                bar.update(len(chunk))
     bar.close()
     return rows, baselines
 

@@ -142,10 +142,10 @@ def top_tokens(model, residuals: list[torch.Tensor], variant: str, top_k: int) -
     """(top ids, top probs) of shape (L, positions, k) and the strings of the ids seen."""
     ids, probs = [], []
     for i, resid in enumerate(residuals):
-        p = project(model, resid, variant, is_final=i == len(residuals) - 1).float().softmax(-1)
-        top = p.topk(top_k, dim=-1)
+        logits = project(model, resid, variant, is_final=i == len(residuals) - 1).float()
+        top = logits.topk(top_k, dim=-1)  # the softmax's top k, without materialising it
         ids.append(top.indices)
-        probs.append(top.values)
+        probs.append((top.values - logits.logsumexp(-1, keepdim=True)).exp())
     top_ids = stacked_on_host(ids)
     unique = top_ids.unique().tolist()
     names = model.tokenizer.convert_ids_to_tokens(unique)

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from hooked_video.analysis.accuracy import PAPER_RULE, check_rule
 from hooked_video.runtime.capture import capture
-from hooked_video.data.mcqa import identify_all, to_prompt
+from hooked_video.data.mcqa import identify_all
+from hooked_video.data.prefetch import PromptPreparer
 from hooked_video.runtime.distributed import Shard, resolve_shard
 from hooked_video.analysis.flow.records import check_selection, is_selected
 from hooked_video.analysis.lens.answer import answer_names, answer_rows, check_norm
@@ -155,27 +156,30 @@ def _lens_items(model, items, variant, norm, select, rule, store, num_frames, pr
     stored = {table: store.done(table) for table in ("lens", "answer_probability")} if store is not None else {}
     keep = lambda correct: is_selected({"correct": correct}, select)  # noqa: E731
     baseline = []
-    for sample_id, task, item in tqdm(items, desc="logit lens", disable=not progress):
-        if sample_id in base_rows:
-            baseline.append(base_rows[sample_id])
-            continue
-        correct, probe = known.get(sample_id), None
-        if correct is None or keep(correct):
-            correct, probe = _probe(model, to_prompt(model, item, num_frames), variant, norm, 1, rule, keep, correct)
-        if probe is not None:
-            new_top1 = [{"sample_id": sample_id, "task": task, "layer": layer, "positions": probe["positions"],
-                         "top1": probe["tokens"][layer], "top1_prob": probe["probs"][layer].tolist()}
-                        for layer in range(model.cfg.n_layers)]  # fmt: skip
-            new_answers = [{"sample_id": sample_id, "task": task, **r} for r in probe["answer"]]
-            if store is not None:  # rows a killed run stored already are skipped by key
-                new_top1 = _only_new(store, "lens", new_top1, stored["lens"])
-                new_answers = _only_new(store, "answer_probability", new_answers, stored["answer_probability"])
-            top1 += new_top1
-            answers += new_answers
-        row = {"sample_id": sample_id, "task": task, "correct": correct}
-        if store is not None:  # written last: a sample counts as done only once its lens rows are stored
-            store.add("baseline", [row])
-        baseline.append(row)
+    runs = lambda sample_id: known.get(sample_id) is None or keep(known[sample_id])  # noqa: E731  (a forward)
+    wanted = lambda sample_id: sample_id not in base_rows and runs(sample_id)  # noqa: E731
+    with PromptPreparer(model, items, num_frames, wanted=wanted) as preparer:
+        for sample_id, task, _ in tqdm(items, desc="logit lens", disable=not progress):
+            if sample_id in base_rows:
+                baseline.append(base_rows[sample_id])
+                continue
+            correct, probe = known.get(sample_id), None
+            if runs(sample_id):
+                correct, probe = _probe(model, preparer.prompt(sample_id), variant, norm, 1, rule, keep, correct)
+            if probe is not None:
+                new_top1 = [{"sample_id": sample_id, "task": task, "layer": layer, "positions": probe["positions"],
+                             "top1": probe["tokens"][layer], "top1_prob": probe["probs"][layer].tolist()}
+                            for layer in range(model.cfg.n_layers)]  # fmt: skip
+                new_answers = [{"sample_id": sample_id, "task": task, **r} for r in probe["answer"]]
+                if store is not None:  # rows a killed run stored already are skipped by key
+                    new_top1 = _only_new(store, "lens", new_top1, stored["lens"])
+                    new_answers = _only_new(store, "answer_probability", new_answers, stored["answer_probability"])
+                top1 += new_top1
+                answers += new_answers
+            row = {"sample_id": sample_id, "task": task, "correct": correct}
+            if store is not None:  # written last: a sample counts as done only once its lens rows are stored
+                store.add("baseline", [row])
+            baseline.append(row)
     return baseline, top1, answers
 
 
