@@ -1,12 +1,12 @@
-"""Videos decoded ahead, on a background thread, while the current sample is analysed.
+"""Videos decoded ahead, on background threads, while the current sample is analysed.
 
 An analysis prepares its samples one at a time: decode the sampled frames of the video file
 (PyAV or decord), then run the processor and tokenizer (``model.prepare``). Decoding takes
-0.1-0.5 s for a 10-20 s 1080p clip (``benchmarks/results.md``), none of it on the GPU, while the
-GPU waits. ``PromptPreparer`` decodes the next samples' frames on one worker thread while the
-caller analyses the current one (for a model on a GPU; on the CPU the model's own threads use the
-cores, so by default it decodes when asked). The processor and tokenizer still run on the caller's thread:
-a fast tokenizer is not safe to share between threads.
+0.1-0.5 s for a 10-20 s 1080p clip (``benchmarks/results.md``), all of it on the CPU, while a
+GPU would wait. ``PromptPreparer`` decodes the next samples' frames on worker threads (one per
+sample ahead) while the caller analyses the current one: for a model on a GPU; on the CPU the
+model's own threads use the cores, so by default it decodes when asked. The processor and
+tokenizer still run on the caller's thread: a fast tokenizer is not safe to share between threads.
 
     with PromptPreparer(model, items, num_frames=8, wanted=lambda sample_id: ...) as preparer:
         for sample_id, task, item in items:
@@ -56,7 +56,8 @@ class PromptPreparer:
         num_frames: frames sampled per video.
         wanted: which sample ids the caller will ask for (default: all); only those are decoded
             ahead, so a resumed run decodes nothing for the samples it skips.
-        ahead: how many samples to decode ahead (default: ``default_ahead(model)``; 0: none).
+        ahead: how many samples to decode ahead, each on its own thread (default:
+            ``default_ahead(model)``; 0: none).
     """
 
     def __init__(self, model, items: Sequence[tuple[str, str, object]], num_frames: int | None,
@@ -69,7 +70,7 @@ class PromptPreparer:
                        if decodes_a_file(item) and (wanted is None or wanted(sample_id))]  # fmt: skip
         self._next = 0  # the first entry of _queue not submitted yet
         self._pending: dict[int, Future] = {}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="hooked-video-decode") if self.ahead and self._queue else None
+        self._pool = ThreadPoolExecutor(self.ahead, thread_name_prefix="hooked-video-decode") if self.ahead and self._queue else None
         self._submit_after(-1)  # the first ones decode while the caller sets up
 
     def prompt(self, sample_id: str):

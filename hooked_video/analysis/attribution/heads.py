@@ -24,7 +24,8 @@ from hooked_video.analysis.flow.records import (baseline_record, check_selection
 from hooked_video.analysis.flow.sweep import plan_passes, run_passes_with_hooks
 from hooked_video.analysis.flow.targets import TARGETS, resolve_targets
 from hooked_video.core.checks import InvalidInputError, check_count
-from hooked_video.data.mcqa import identify_all, to_prompt
+from hooked_video.data.mcqa import identify_all
+from hooked_video.data.prefetch import PromptPreparer
 from hooked_video.runtime import attention
 from hooked_video.runtime.store import model_identity, open_store
 
@@ -69,17 +70,21 @@ def head_knockouts(model, samples: Iterable, targets: Sequence[str | Mapping] | 
                            keys={"baseline": ("sample_id",)}, resume=resume)  # fmt: skip
     rows, baselines = [], []
     bar = tqdm(total=len(items) * len(passes) * len(heads), desc="head knockouts", disable=not progress)
+    preparer = None
     try:
         done = {(key[0], key[-1]) for key in store.done("rows")} if store is not None else set()
         stored = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
-        for sample_id, task, item in items:
+        resumed = lambda sample_id: sample_id in stored and (  # noqa: E731  (stored, nothing left to do)
+            all((sample_id, h) in done for h in heads) or not is_selected(stored[sample_id], select))
+        preparer = PromptPreparer(model, items, num_frames, wanted=lambda sample_id: not resumed(sample_id))
+        for sample_id, task, _ in items:
             base = stored.get(sample_id)
             todo = [h for h in heads if (sample_id, h) not in done]
-            if base is not None and (not todo or not is_selected(base, select)):
+            if resumed(sample_id):
                 baselines.append(base)
                 bar.update(len(passes) * len(heads))
                 continue
-            prompt = to_prompt(model, item, num_frames)
+            prompt = preparer.prompt(sample_id)
             embedded = model.embed(prompt)
             if base is None:
                 with attention.reference_attention():  # the passes' own path
@@ -108,6 +113,7 @@ def head_knockouts(model, samples: Iterable, targets: Sequence[str | Mapping] | 
             rows = [r for r in store.rows("rows") if r["sample_id"] in ids and r["head_index"] in heads]
     finally:
         bar.close()
+        preparer.close() if preparer is not None else None
         if store is not None:
             store.close()
     df = pd.DataFrame(rows)

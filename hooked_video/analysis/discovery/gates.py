@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from hooked_video.analysis.attribution.gradients import without
 from hooked_video.analysis.pathways import FLOWS, PathwaySpec
-from hooked_video.data.mcqa import to_prompt
+from hooked_video.data.prefetch import PromptPreparer
 
 #: Samples per Adam step (each a forward and a backward).
 BATCH = 8
@@ -91,14 +91,15 @@ def gate_logits(model, items: list, flows: Sequence[str], num_frames: int | None
     theta = torch.full((len(flows), n_layers), 3.0, device=device, requires_grad=True)
     first = _everywhere(flows, n_layers)
     samples = []
-    for _, _, item in items:
-        prompt = to_prompt(model, item, num_frames)
-        embedded = model.embed(prompt)
-        with torch.no_grad():
-            top = int(model(embedded, logits_to_keep=1)[0, -1].argmax())
-        masks = flow_masks(prompt.token_map, flows, n_layers)
-        blocked = first.layer_edges(prompt.token_map, n_layers)[0].mask  # the same in every layer at the first step
-        samples.append((embedded, top, gate_hooks(theta, masks, blocked), masks.sum((1, 2)).float().to(device)))
+    with PromptPreparer(model, items, num_frames) as preparer:
+        for sample_id, _, _ in items:
+            prompt = preparer.prompt(sample_id)
+            embedded = model.embed(prompt)
+            with torch.no_grad():
+                top = int(model(embedded, logits_to_keep=1)[0, -1].argmax())
+            masks = flow_masks(prompt.token_map, flows, n_layers)
+            blocked = first.layer_edges(prompt.token_map, n_layers)[0].mask  # the same in every layer at the first step
+            samples.append((embedded, top, gate_hooks(theta, masks, blocked), masks.sum((1, 2)).float().to(device)))
     optimizer = torch.optim.Adam([theta], lr=lr)
     with _frozen(model), torch.enable_grad():
         batch = min(BATCH, len(samples))

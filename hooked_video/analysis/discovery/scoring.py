@@ -22,7 +22,7 @@ from hooked_video.analysis.flow.records import last_position_probs
 from hooked_video.analysis.flow.sweep import choose_engine
 from hooked_video.analysis.pathways import _Runner, count_edges
 from hooked_video.core.checks import InvalidInputError
-from hooked_video.data.mcqa import to_prompt
+from hooked_video.data.prefetch import PromptPreparer
 from hooked_video.runtime.distributed import Shard, wait_for
 from hooked_video.runtime.store_format import _normal
 
@@ -52,7 +52,8 @@ class Scorer:
         self.model, self.store, self.n_layers, self.rule, self.shard = model, store, model.cfg.n_layers, rule, shard
         self.ids = [sample_id for sample_id, _, _ in items]
         self.tasks = [task for _, task, _ in items]
-        self.prompts = [to_prompt(model, item, num_frames) for _, _, item in tqdm(items, desc="preparing", disable=not progress)]
+        with PromptPreparer(model, items, num_frames) as preparer:
+            self.prompts = [preparer.prompt(sample_id) for sample_id, _, _ in tqdm(items, desc="preparing", disable=not progress)]
         #: The samples this process computes: every sample, or a shard's, by the samples' ``positions`` in the whole
         #: run (default: their order here), as ``Shard.take`` shares a run out (a group of a run is shared alike).
         positions = list(range(len(items))) if positions is None else positions
