@@ -101,6 +101,21 @@ def test_asked_out_of_order_or_without_ahead(model, samples):
     assert DECODED == [("q1", threading.current_thread().name)]
 
 
+def test_a_sample_class_with_its_own_prepare_is_prepared_when_asked(model, samples):
+    made, _ = samples
+
+    class OwnPrompt(CountedSample):
+        def prepare(self, model, num_frames=8):  # a user's own prompt: its frames, another question
+            frames, _ = self.frames_for(model, num_frames)
+            return model.prepare(frames, "what happens ?", self.options, self.answer, num_frames=None)
+
+    own = OwnPrompt(**{k: getattr(made[0], k) for k in ("id", "video", "question", "options", "answer")})
+    with PromptPreparer(model, identify_all([own, made[1]]), num_frames=4) as preparer:
+        prompt = preparer.prompt("q0")
+    assert [name for i, name in DECODED if i == "q0"] == [threading.current_thread().name]  # by its prepare, when asked
+    assert_same_prompt(prompt, own.prepare(model, 4))
+
+
 def test_a_broken_video_raises_when_its_sample_is_asked_for(model, samples):
     made, broken = samples
     with pytest.raises(VideoError) as direct:

@@ -41,9 +41,9 @@ def default_ahead(model) -> int:
 
 
 def decodes_a_file(item) -> bool:
-    """Whether preparing ``item`` reads a video file (a Sample with a path; not in-memory frames
-    or a VideoPrompt)."""
-    return isinstance(item, Sample) and isinstance(item.video, (str, os.PathLike))
+    """Whether preparing ``item`` reads a video file that can be decoded ahead: a Sample with a
+    path (not in-memory frames or a VideoPrompt) whose class keeps Sample's own ``prepare``."""
+    return isinstance(item, Sample) and isinstance(item.video, (str, os.PathLike)) and type(item).prepare is Sample.prepare
 
 
 class PromptPreparer:
