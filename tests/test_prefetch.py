@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hooked_video import HookedVideoLLM, flow, lens, pathways, save_video
+from hooked_video.analysis import attribution
 from hooked_video.core.video import VideoError
 from hooked_video.data.mcqa import Sample, identify_all, to_prompt
 from hooked_video.data import prefetch
@@ -127,6 +128,8 @@ def test_a_broken_video_raises_when_its_sample_is_asked_for(model, samples):
             preparer.prompt("broken")
         assert_same_prompt(preparer.prompt("q1"), to_prompt(model, made[1], 4))
     assert str(ahead.value) == str(direct.value)
+    worker = [name for i, name in DECODED if i == "broken"][1:]  # after the direct call's decode
+    assert len(worker) == 1 and worker[0].startswith("hooked-video-decode")  # the worker's error, not a second try
 
 
 def test_decoding_ahead_by_default_only_for_a_model_on_a_gpu(model, monkeypatch):
@@ -161,6 +164,8 @@ def test_resumed_runs_decode_only_what_is_left(model, samples, tmp_path):
                                             out=out, progress=False).top1,
         "pathways": lambda items, out: pathways.evaluate(model, items, pathways.PathwaySpec((0, 1), (0, 2), (1, 3), 4), random_fraction=0.2,
                                                          num_frames=4, out=out, progress=False).rows,
+        "head_knockouts": lambda items, out: attribution.head_knockouts(model, items, targets=["cross-frame"], heads=[0],
+                                                                        select="all", num_frames=4, out=out, progress=False),
         "attribute": lambda items, out: flow.attribute(model, items, targets=["cross-frame"], window=1, select="all",
                                                        num_frames=4, out=out, progress=False),
     }  # fmt: skip

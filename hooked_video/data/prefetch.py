@@ -42,7 +42,8 @@ def default_ahead(model) -> int:
 
 def decodes_a_file(item) -> bool:
     """Whether preparing ``item`` reads a video file that can be decoded ahead: a Sample with a
-    path (not in-memory frames or a VideoPrompt) whose class keeps Sample's own ``prepare``."""
+    path (not in-memory frames or a VideoPrompt) whose class keeps Sample's own ``prepare``. A
+    subclass's own ``frames_for`` / ``load_frames`` then runs on a worker thread."""
     return isinstance(item, Sample) and isinstance(item.video, (str, os.PathLike)) and type(item).prepare is Sample.prepare
 
 
@@ -97,7 +98,8 @@ class PromptPreparer:
             self._next += 1
 
     def close(self) -> None:
-        """Stop the worker; frames decoded for samples never asked for are dropped."""
+        """Stop the workers; frames decoded for samples never asked for are dropped. A decode
+        already under way finishes in the background (the interpreter waits for it at exit)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

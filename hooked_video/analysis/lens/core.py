@@ -143,7 +143,7 @@ def top_tokens(model, residuals: list[torch.Tensor], variant: str, top_k: int) -
     ids, probs = [], []
     for i, resid in enumerate(residuals):
         logits = project(model, resid, variant, is_final=i == len(residuals) - 1).float()
-        top = logits.topk(top_k, dim=-1)  # the softmax's top k, without materialising it
+        top = logits.topk(top_k, dim=-1)  # the softmax's top k: exp(logit - logsumexp), no division pass
         ids.append(top.indices)
         probs.append((top.values - logits.logsumexp(-1, keepdim=True)).exp())
     top_ids = stacked_on_host(ids)
