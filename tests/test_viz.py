@@ -66,12 +66,12 @@ def screenshot(html_path, png_path):
                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={png_path.parent / f'chromium-profile-{attempt}'}", "--virtual-time-budget=15000",
                  "--window-size=1200,900", f"--screenshot={png_path}", html_path.as_uri()],
-                check=True, capture_output=True, timeout=90,
+                check=True, capture_output=True, timeout=30,
             )  # fmt: skip
             break
         except subprocess.TimeoutExpired as hung:
             if attempt:
-                pytest.skip(f"headless Chromium did not exit within 90 s, twice: {(hung.stderr or b'')[-300:]!r}")
+                pytest.skip(f"headless Chromium did not exit within 30 s, twice: {(hung.stderr or b'')[-300:]!r}")
     return np.asarray(Image.open(png_path).convert("RGB")).astype(int)
 
 
