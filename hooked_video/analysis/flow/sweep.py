@@ -263,7 +263,8 @@ def _sweep_items(model, items, passes, resolved, select, store, runner, batch_si
 
     def resumed(sample_id: str) -> bool:  # stored, with nothing left to compute
         base = done_base.get(sample_id)
-        return base is not None and (not to_do(sample_id) or not is_selected(base, select))
+        left = any((sample_id, p.target, p.condition, p.layer) not in done_rows for p in passes)
+        return base is not None and (not left or not is_selected(base, select))
 
     bar = tqdm(total=len(items) * len(passes), desc="knockout passes", disable=not progress)
     with PromptPreparer(model, items, num_frames, wanted=lambda sample_id: not resumed(sample_id)) as preparer:
