@@ -53,6 +53,10 @@ def check_png(fig, path, min_coloured=0.01):
     return image
 
 
+#: Seconds per headless Chromium try: it renders the long page in seconds when it works.
+CHROMIUM_TIMEOUT_S = 30
+
+
 def screenshot(html_path, png_path):
     """Render a page in headless Chromium; return the screenshot as an RGB array. Headless Chromium
     now and then never exits, having written nothing (seen in two CI runs, on pages it had rendered
@@ -66,12 +70,12 @@ def screenshot(html_path, png_path):
                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={png_path.parent / f'chromium-profile-{attempt}'}", "--virtual-time-budget=15000",
                  "--window-size=1200,900", f"--screenshot={png_path}", html_path.as_uri()],
-                check=True, capture_output=True, timeout=30,
+                check=True, capture_output=True, timeout=CHROMIUM_TIMEOUT_S,
             )  # fmt: skip
             break
         except subprocess.TimeoutExpired as hung:
             if attempt:
-                pytest.skip(f"headless Chromium did not exit within 30 s, twice: {(hung.stderr or b'')[-300:]!r}")
+                pytest.skip(f"headless Chromium did not exit within {CHROMIUM_TIMEOUT_S} s, twice: {(hung.stderr or b'')[-300:]!r}")
     return np.asarray(Image.open(png_path).convert("RGB")).astype(int)
 
 

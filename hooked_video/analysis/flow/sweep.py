@@ -17,7 +17,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -258,13 +258,12 @@ def _sweep_items(model, items, passes, resolved, select, store, runner, batch_si
     done_base = {r["sample_id"]: r for r in store.rows("baseline")} if store is not None else {}
     rows, baselines = [], []
 
-    def to_do(sample_id: str) -> list[Pass]:
-        return [p for p in passes if (sample_id, p.target, p.condition, p.layer) not in done_rows]
+    def to_do(sample_id: str) -> Iterator[Pass]:  # the passes not stored yet, in order
+        return (p for p in passes if (sample_id, p.target, p.condition, p.layer) not in done_rows)
 
     def resumed(sample_id: str) -> bool:  # stored, with nothing left to compute
         base = done_base.get(sample_id)
-        left = any((sample_id, p.target, p.condition, p.layer) not in done_rows for p in passes)
-        return base is not None and (not left or not is_selected(base, select))
+        return base is not None and (next(to_do(sample_id), None) is None or not is_selected(base, select))
 
     bar = tqdm(total=len(items) * len(passes), desc="knockout passes", disable=not progress)
     with PromptPreparer(model, items, num_frames, wanted=lambda sample_id: not resumed(sample_id)) as preparer:
@@ -273,7 +272,7 @@ def _sweep_items(model, items, passes, resolved, select, store, runner, batch_si
                 baselines.append(done_base[sample_id])
                 bar.update(len(passes))
                 continue
-            todo, base = to_do(sample_id), done_base.get(sample_id)
+            todo, base = list(to_do(sample_id)), done_base.get(sample_id)
             prompt = preparer.prompt(sample_id)
             if prompt.answer is None:
                 raise ValueError(f"sample {sample_id!r} has no answer; sweeps need multiple-choice prompts with answer=...")
